@@ -1,0 +1,5 @@
+import sys
+
+from nst3d.cli import main
+
+sys.exit(main())

@@ -1,0 +1,55 @@
+"""The protocol between the stylization loop and a backend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+
+@dataclass
+class Render:
+    """Rendered views.
+
+    rgb:   [V, 3, H, W] linear-ish display RGB, nominally in [0, 1] (not clamped while optimising).
+    mask:  [V, 1, H, W] in [0, 1], 1 where the asset covers the pixel; None means every pixel counts.
+    depth: [V, 1, H, W] camera-space z (OpenCV), 0 where nothing was hit; None if the backend has none.
+    """
+
+    rgb: torch.Tensor
+    mask: torch.Tensor | None = None
+    depth: torch.Tensor | None = None
+
+
+class Backend(Protocol):
+    """What the loop needs from a representation.
+
+    Views are opaque to the loop (an nst3d.cameras.Cameras, or anything the backend likes). If a views
+    object has an attribute `key` that is not None, the loop caches the content features of those views
+    under that key (the backend promises the same key means the same content render).
+    """
+
+    #: True if `render` runs without autograd and gradients go back through `backward_image`
+    #: (deferred back-propagation, for NeRFs that cannot hold a full view's graph in memory).
+    deferred: bool
+
+    def parameters(self) -> list[dict[str, Any]]:
+        """Optimiser parameter groups ({"params": [...], "lr": ...}) of the appearance only."""
+        ...
+
+    def train_views(self, step: int, generator: torch.Generator) -> Any:
+        """The views to render at this optimisation step (may be jittered)."""
+        ...
+
+    def render(self, views: Any) -> Render:
+        """Render the current (stylized) appearance; differentiable unless `deferred`."""
+        ...
+
+    def render_content(self, views: Any) -> Render:
+        """Render the original appearance (the content target), without gradients."""
+        ...
+
+    def backward_image(self, views: Any, grad_rgb: torch.Tensor) -> None:
+        """Deferred backends only: accumulate d loss / d params from grad_rgb [V, 3, H, W]."""
+        ...

@@ -1,0 +1,57 @@
+"""The `nst3d` command: one sub-command per module in nst3d.commands.
+
+User errors print one line (no traceback) and exit 2; Ctrl-C or Cancel exits 130; out-of-memory exits 3.
+Nothing is half-written in any of these cases: outputs go to temporary names and are renamed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from nst3d import __version__
+from nst3d.errors import UserError
+
+COMMANDS = ("image", "mesh", "splat", "nerf", "render", "demo", "bench", "worker")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nst3d", description="Neural style transfer for 3D assets and images.")
+    parser.add_argument("--version", action="version", version=f"nst3d {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"nst3d.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"nst3d.commands.{name}":
+                raise
+            continue  # TODO(integration): remove once every command module exists
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except UserError as exc:
+        print(f"nst3d: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nnst3d: cancelled; nothing was written", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("nst3d: error: out of memory; lower --size or --views", file=sys.stderr)
+        return 3
+    except Exception as exc:
+        if exc.__class__.__name__ == "OutOfMemoryError":
+            print("nst3d: error: out of GPU memory; lower --size or --views, or use --device cpu", file=sys.stderr)
+            return 3
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

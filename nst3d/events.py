@@ -1,0 +1,82 @@
+"""Progress events: plain dicts, written as JSON lines for machines (the Blender add-on reads them) or shown
+as a tqdm bar for people. Standard library only, apart from the optional tqdm import."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections.abc import Callable
+from typing import IO, Any
+
+Event = dict[str, Any]
+EventSink = Callable[[Event], None]
+
+
+def ignore(event: Event) -> None:
+    """A sink that drops every event."""
+
+
+class JsonLines:
+    """Write each event as one JSON line and flush, so a reader sees it at once."""
+
+    def __init__(self, stream: IO[str] | None = None):
+        self.stream = stream or sys.stdout
+        self._lock = threading.Lock()
+
+    def __call__(self, event: Event) -> None:
+        line = json.dumps(event, default=_jsonable)
+        with self._lock:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+
+class ProgressBar:
+    """Show "progress" events as a tqdm bar with the current loss; other events as short lines."""
+
+    def __init__(self, desc: str = "stylizing", quiet: bool = False):
+        self.desc = desc
+        self.quiet = quiet
+        self.bar = None
+
+    def __call__(self, event: Event) -> None:
+        if self.quiet:
+            return
+        kind = event.get("event")
+        if kind == "progress":
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=event["total"], desc=event.get("stage", self.desc), unit="step",
+                                dynamic_ncols=True, file=sys.stderr)
+            self.bar.n = event["step"]
+            self.bar.set_postfix(loss=f"{event['loss']:.4g}", refresh=False)
+            self.bar.refresh()
+        elif kind in ("done", "stage_done"):
+            self.close()
+        elif kind == "message":
+            self.close()
+            print(event["text"], file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def fan_out(*sinks: EventSink) -> EventSink:
+    """One sink that forwards every event to each of `sinks`."""
+
+    def send(event: Event) -> None:
+        for sink in sinks:
+            sink(event)
+
+    return send
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)

@@ -1,0 +1,143 @@
+"""File helpers shared by every backend: atomic writes, output checks, image I/O."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nst3d.errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+MAX_IMAGE_PIXELS = 100_000_000  # 100 MP: a 10k x 10k image decodes to 300 MB of RGB bytes
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    A crash, Ctrl-C or error inside the block leaves no half-written file behind.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def check_output(path: str | os.PathLike, inputs: Sequence[str | os.PathLike] = (),
+                 suffixes: Sequence[str] | None = None, is_dir: bool = False) -> Path:
+    """Fail early (before any compute) if `path` cannot be written or would overwrite an input."""
+    path = Path(path)
+    resolved = path.resolve()
+    for item in inputs:
+        if Path(item).resolve() == resolved:
+            raise UserError(f"output {path} is also an input; choose another output path (inputs are never overwritten)")
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise UserError(f"unsupported output type '{path.suffix or path.name}'; use one of {', '.join(suffixes)}")
+    parent = path if is_dir else path.parent
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise UserError(f"cannot write to {parent}: the folder is not writable; choose another output path")
+    if path.exists() and not is_dir and path.is_dir():
+        raise UserError(f"output {path} is a folder; give a file name")
+    parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def load_image(path: str | os.PathLike, what: str = "image") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Read an image file as float RGB in [0, 1].
+
+    Returns (rgb [3, H, W], alpha [1, H, W] or None). Grayscale, palette, 16-bit and RGBA files are accepted.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder; give an image file")
+    Image.MAX_IMAGE_PIXELS = None  # we check the size ourselves, with a clearer message
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise UserError(f"{what} {path} is {w}x{h} ({w * h / 1e6:.0f} MP), above the "
+                                f"{MAX_IMAGE_PIXELS // 1_000_000} MP limit; downscale it first")
+            img.load()
+            array = _to_float_array(img)
+    except UserError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"cannot read {what} {path}: not a readable image ({exc.__class__.__name__}); "
+                        "re-save it as PNG or JPEG") from None
+    tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    if tensor.shape[0] == 4:
+        return tensor[:3], tensor[3:]
+    return tensor, None
+
+
+def _to_float_array(img) -> np.ndarray:
+    """PIL image -> float32 array [H, W, 3 or 4] in [0, 1], whatever the mode and bit depth."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        data = np.asarray(img, dtype=np.float32)
+        peak = 65535.0 if mode.startswith("I;16") or data.max() > 255 else 255.0
+        gray = np.clip(data / peak, 0.0, 1.0)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode == "F":
+        gray = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+        return np.repeat(gray[..., None], 3, axis=2)
+    has_alpha = mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info)
+    img = img.convert("RGBA" if has_alpha else "RGB")
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def save_image(rgb: torch.Tensor, path: str | os.PathLike, alpha: torch.Tensor | None = None) -> None:
+    """Write rgb [3, H, W] (and optional alpha [1, H, W]) in [0, 1] atomically; format from the suffix."""
+    from PIL import Image
+
+    path = Path(path)
+    channels = rgb if alpha is None else torch.cat([rgb, alpha.to(rgb)], dim=0)
+    array = (channels.detach().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
+    mode = "RGBA" if alpha is not None else "RGB"
+    if mode == "RGBA" and path.suffix.lower() in (".jpg", ".jpeg", ".bmp"):
+        array, mode = array[..., :3], "RGB"
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(array), mode).save(tmp, format=_pil_format(path))
+
+
+def _pil_format(path: Path) -> str:
+    return {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP",
+            ".tif": "TIFF", ".tiff": "TIFF"}.get(path.suffix.lower(), "PNG")
+
+
+def resize_to(rgb: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize [C, H, W] so that its longer side is `size` (area filter down, bilinear up)."""
+    h, w = rgb.shape[-2:]
+    scale = size / max(h, w)
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    if (new_h, new_w) == (h, w):
+        return rgb
+    mode = "area" if scale < 1 else "bilinear"
+    kwargs = {} if mode == "area" else {"align_corners": False}
+    return torch.nn.functional.interpolate(rgb[None], size=(new_h, new_w), mode=mode, **kwargs)[0]
+
+
+def write_json(data: dict, path: str | os.PathLike) -> None:
+    """Write a JSON document atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=lambda v: v.item() if hasattr(v, "item") else str(v)) + "\n")

@@ -1,0 +1,238 @@
+"""Style, content and smoothness losses: pure functions over VGG features, plus the StyleTarget that holds
+the style images' statistics (computed once per run) and the Objective that combines the named terms.
+
+Feature maps are [B, C, H, W]; masks are [B, 1, H, W] in [0, 1] (1 = asset pixel) or None (all pixels).
+Every style term is normalised by the size of its target, so each layer weighs about the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from nst3d.features import VGGFeatures
+
+LOSS_KINDS = ("gram", "adain", "nnfm")
+EPS = 1e-8
+NNFM_MAX_STYLE_TOKENS = 8192
+NNFM_CHUNK = 4096
+
+
+def resize_mask(mask: torch.Tensor | None, features: torch.Tensor) -> torch.Tensor | None:
+    """Mask [B, 1, H, W] resampled (area) to the feature map's size, [B, 1, h, w]."""
+    if mask is None or mask.shape[-2:] == features.shape[-2:]:
+        return mask
+    return F.interpolate(mask, size=features.shape[-2:], mode="area")
+
+
+def gram(features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Gram matrices [B, C, C], averaged over (masked) positions (Gatys et al., per-position normalised)."""
+    b, c = features.shape[:2]
+    flat = features.reshape(b, c, -1)
+    mask = resize_mask(mask, features)
+    if mask is None:
+        return flat @ flat.transpose(1, 2) / flat.shape[-1]
+    weights = mask.reshape(b, 1, -1)
+    return (flat * weights) @ flat.transpose(1, 2) / weights.sum(-1, keepdim=True).clamp(min=EPS)
+
+
+def mean_std(features: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation over (masked) positions, each [B, C] (as in AdaIN)."""
+    b, c = features.shape[:2]
+    flat = features.reshape(b, c, -1)
+    mask = resize_mask(mask, features)
+    weights = torch.ones_like(flat[:, :1]) if mask is None else mask.reshape(b, 1, -1)
+    total = weights.sum(-1).clamp(min=EPS)
+    mean = (flat * weights).sum(-1) / total
+    var = ((flat - mean[..., None]) ** 2 * weights).sum(-1) / total
+    return mean, (var + 1e-5).sqrt()
+
+
+def gram_loss(features: torch.Tensor, target_gram: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared Frobenius distance between Gram matrices relative to the target's, averaged over B."""
+    diff = gram(features, mask) - target_gram
+    return (diff.pow(2).sum((-2, -1)) / target_gram.pow(2).sum().clamp(min=EPS)).mean()
+
+
+def mean_std_loss(features: torch.Tensor, target_mean: torch.Tensor, target_std: torch.Tensor,
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
+    """AdaIN statistic matching: squared distance of means and stds relative to the target's, mean over B."""
+    mean, std = mean_std(features, mask)
+    scale = (target_mean.pow(2).sum() + target_std.pow(2).sum()).clamp(min=EPS)
+    return (((mean - target_mean).pow(2).sum(-1) + (std - target_std).pow(2).sum(-1)) / scale).mean()
+
+
+def nnfm_loss(features: torch.Tensor, style_tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Nearest-neighbour feature matching (ARF): mean over (masked) positions of the cosine distance
+    from each feature to its nearest style feature. style_tokens: [N, C], unit length."""
+    b, c = features.shape[:2]
+    tokens = F.normalize(features.reshape(b, c, -1).transpose(1, 2), dim=-1)  # [B, P, C]
+    mask = resize_mask(mask, features)
+    weights = torch.ones(tokens.shape[:2], device=features.device) if mask is None else mask.reshape(b, -1)
+    nearest = []
+    for start in range(0, tokens.shape[1], NNFM_CHUNK):
+        chunk = tokens[:, start:start + NNFM_CHUNK]
+        with torch.no_grad():
+            index = (chunk @ style_tokens.T).argmax(-1)  # [B, p]
+        nearest.append((chunk * style_tokens[index]).sum(-1))  # cosine similarity to the nearest, [B, p]
+    cosine = torch.cat(nearest, dim=1)
+    return (((1 - cosine) * weights).sum(-1) / weights.sum(-1).clamp(min=EPS)).mean()
+
+
+def content_loss(features: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared feature difference relative to the target's mean square, over (masked) positions."""
+    mask = resize_mask(mask, features)
+    sq = (features - target).pow(2)
+    scale = target.pow(2).mean().clamp(min=EPS)
+    if mask is None:
+        return sq.mean() / scale
+    return (sq * mask).sum() / (mask.sum() * features.shape[1]).clamp(min=EPS) / scale
+
+
+def tv_loss(rgb: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Total variation: mean squared difference between neighbouring pixels [B, 3, H, W] (inside the mask)."""
+    dx = (rgb[..., :, 1:] - rgb[..., :, :-1]).pow(2)
+    dy = (rgb[..., 1:, :] - rgb[..., :-1, :]).pow(2)
+    if mask is None:
+        return dx.mean() + dy.mean()
+    mx = mask[..., :, 1:] * mask[..., :, :-1]
+    my = mask[..., 1:, :] * mask[..., :-1, :]
+    return (dx * mx).sum() / (3 * mx.sum()).clamp(min=EPS) + (dy * my).sum() / (3 * my.sum()).clamp(min=EPS)
+
+
+def downsample(rgb: torch.Tensor, scale: float) -> torch.Tensor:
+    """[B, C, H, W] resized by `scale` with an area filter (scale 1 returns the input)."""
+    if scale == 1.0:
+        return rgb
+    size = (max(8, round(rgb.shape[-2] * scale)), max(8, round(rgb.shape[-1] * scale)))
+    return F.interpolate(rgb, size=size, mode="area")
+
+
+@dataclass
+class StyleTarget:
+    """Statistics of one or more style images, blended by weight; computed once per run.
+
+    grams: {tap: [C, C]}; means/stds: {tap: [C]}; tokens: {tap: [N, C]} unit features for NNFM.
+    """
+
+    layers: list[str]
+    weights: list[float]
+    grams: dict[str, torch.Tensor] = field(default_factory=dict)
+    means: dict[str, torch.Tensor] = field(default_factory=dict)
+    stds: dict[str, torch.Tensor] = field(default_factory=dict)
+    tokens: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    @torch.no_grad()
+    def from_images(cls, vgg: VGGFeatures, images: Sequence[torch.Tensor], layers: Sequence[str],
+                    weights: Sequence[float] | None = None, scales: Sequence[float] = (1.0,)) -> StyleTarget:
+        """images: style images [3, H, W] in [0, 1]; weights: blend weights (normalised to sum 1).
+
+        With several `scales`, the statistics of each are kept under "tap@scale" for scale != 1.
+        """
+        weights = [1.0] * len(images) if weights is None else list(weights)
+        total = sum(weights)
+        weights = [w / total for w in weights]
+        target = cls(list(layers), weights)
+        device = vgg.mean.device
+        for image, weight in zip(images, weights, strict=True):
+            for scale in scales:
+                feats = vgg(downsample(image[None].to(device), scale), layers)
+                for tap, f in feats.items():
+                    key = tap if scale == 1.0 else f"{tap}@{scale:g}"
+                    mean, std = mean_std(f)
+                    _accumulate(target.grams, key, weight * gram(f)[0])
+                    _accumulate(target.means, key, weight * mean[0])
+                    _accumulate(target.stds, key, weight * std[0])
+                    tokens = F.normalize(f[0].reshape(f.shape[1], -1).T, dim=-1)
+                    # Each style contributes tokens in proportion to its weight.
+                    keep = max(1, int(NNFM_MAX_STYLE_TOKENS * weight))
+                    if tokens.shape[0] > keep:
+                        tokens = tokens[torch.linspace(0, tokens.shape[0] - 1, keep).long()]
+                    target.tokens[key] = tokens if key not in target.tokens else torch.cat([target.tokens[key], tokens])
+        return target
+
+
+def _accumulate(store: dict[str, torch.Tensor], key: str, value: torch.Tensor) -> None:
+    store[key] = value if key not in store else store[key] + value
+
+
+def style_term(kind: str, features: torch.Tensor, target: StyleTarget, key: str,
+               mask: torch.Tensor | None) -> torch.Tensor:
+    """One layer's style loss of the given kind (gram | adain | nnfm)."""
+    if kind == "gram":
+        return gram_loss(features, target.grams[key], mask)
+    if kind == "adain":
+        return mean_std_loss(features, target.means[key], target.stds[key], mask)
+    if kind == "nnfm":
+        return nnfm_loss(features, target.tokens[key], mask)
+    raise ValueError(f"unknown style loss {kind!r}; use one of {LOSS_KINDS}")
+
+
+@dataclass
+class Objective:
+    """The weighted sum of style, content and TV terms for rendered views.
+
+    call(rgb [V, 3, H, W], mask [V, 1, H, W] | None, content {tap: features} | None) -> named terms,
+    including "total" (the one to minimise).
+    """
+
+    vgg: VGGFeatures
+    target: StyleTarget
+    content_layer: str
+    loss: str = "gram"
+    style_weight: float = 1.0
+    content_weight: float = 0.1
+    tv_weight: float = 0.0
+    style_scales: tuple[float, ...] = (1.0,)
+
+    @property
+    def taps(self) -> list[str]:
+        return list(dict.fromkeys([*self.target.layers, self.content_layer]))
+
+    @torch.no_grad()
+    def content_features(self, rgb: torch.Tensor) -> torch.Tensor:
+        """Content target features [V, C, h, w] of the original appearance."""
+        return self.vgg(rgb, [self.content_layer])[self.content_layer]
+
+    def __call__(self, rgb: torch.Tensor, mask: torch.Tensor | None,
+                 content: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        feats = self.vgg(rgb, self.taps)
+        style = sum(style_term(self.loss, feats[tap], self.target, tap, mask) for tap in self.target.layers)
+        for scale in self.style_scales:
+            if scale == 1.0:
+                continue
+            small = self.vgg(downsample(rgb, scale), self.target.layers)
+            small_mask = None if mask is None else downsample(mask, scale)
+            style = style + sum(style_term(self.loss, small[tap], self.target, f"{tap}@{scale:g}", small_mask)
+                                for tap in self.target.layers)
+        style = style / (len(self.target.layers) * len(self.style_scales))
+        terms = {"style": style}
+        total = self.style_weight * style
+        if content is not None and self.content_weight > 0:
+            terms["content"] = content_loss(feats[self.content_layer], content, mask)
+            total = total + self.content_weight * terms["content"]
+        if self.tv_weight > 0:
+            terms["tv"] = tv_loss(rgb, mask)
+            total = total + self.tv_weight * terms["tv"]
+        terms["total"] = total
+        return terms
+
+
+@torch.no_grad()
+def style_distance(vgg: VGGFeatures, rgb: torch.Tensor, target: StyleTarget,
+                   mask: torch.Tensor | None = None) -> float:
+    """Gram distance to the style (relative, averaged over style taps and views): the report's metric."""
+    feats = vgg(rgb, target.layers)
+    return float(sum(gram_loss(feats[t], target.grams[t], mask) for t in target.layers) / len(target.layers))
+
+
+@torch.no_grad()
+def content_distance(vgg: VGGFeatures, rgb: torch.Tensor, content_rgb: torch.Tensor, layer: str,
+                     mask: torch.Tensor | None = None) -> float:
+    """Relative feature distance to the content at `layer` (0 = identical)."""
+    feats = vgg(torch.cat([rgb, content_rgb]), [layer])[layer]
+    return float(content_loss(feats[: len(rgb)], feats[len(rgb):], mask))

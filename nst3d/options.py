@@ -1,0 +1,203 @@
+"""The stylization options every command shares (image, mesh, splat, nerf, batch, the Blender worker),
+spelled the same everywhere, and the set-up they imply (device, VGG, style target, objective)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from nst3d.color import PRESERVE_MODES, prepare_styles
+from nst3d.errors import UserError
+from nst3d.features import VGGFeatures, default_layers, load_vgg
+from nst3d.files import load_image, resize_to
+from nst3d.losses import LOSS_KINDS, Objective, StyleTarget
+from nst3d.stylize import OPTIMIZERS, LoopConfig
+
+
+@dataclass
+class StyleOptions:
+    """Everything that says how to stylize, whatever the asset. None means "the backend's default"."""
+
+    styles: list[Path] = field(default_factory=list)
+    style_weights: list[float] | None = None
+    loss: str = "gram"
+    strength: float = 1.0
+    content_weight: float | None = None
+    tv_weight: float | None = None
+    steps: int | None = None
+    size: int | None = None
+    style_size: int | None = None
+    views: int | None = None
+    optimizer: str = "adam"
+    lr: float | None = None
+    init: str = "content"
+    preserve_color: str = "none"
+    weights: Path | None = None
+    preprocess: str = "auto"
+    style_layers: list[str] | None = None
+    content_layer: str | None = None
+    device: str = "auto"
+    seed: int = 0
+    report: Path | None = None
+
+
+@dataclass
+class BackendDefaults:
+    """A backend's defaults for the options left as None."""
+
+    steps: int = 300
+    size: int = 256
+    views: int = 1
+    content_weight: float = 0.1
+    tv_weight: float = 0.0
+    lr: float = 0.02
+    style_scales: tuple[float, ...] = (1.0,)
+
+
+def _csv(kind):
+    def parse(text: str):
+        try:
+            return [kind(item) for item in text.split(",") if item.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} values, got '{text}'") from None
+    return parse
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+    return parse
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return value
+
+
+def add_style_options(parser: argparse.ArgumentParser, defaults: BackendDefaults, style_required: bool = True) -> None:
+    """Add the shared options to a sub-command's parser; help texts show this backend's defaults."""
+    g = parser.add_argument_group("stylization")
+    g.add_argument("--style", dest="styles", action="append", type=Path, required=style_required, default=None,
+                   metavar="IMAGE", help="style image; repeat for a blend of several")
+    g.add_argument("--style-weights", type=_csv(float), metavar="W1,W2", help="blend weights of the styles")
+    g.add_argument("--loss", choices=LOSS_KINDS, default="gram",
+                   help="style loss: gram (Gatys), adain (mean/std), nnfm (nearest neighbour, ARF)")
+    g.add_argument("--strength", type=_non_negative, default=1.0, help="style weight multiplier (default 1)")
+    g.add_argument("--content-weight", type=_non_negative, help=f"content weight (default {defaults.content_weight})")
+    g.add_argument("--tv-weight", type=_non_negative, help=f"total-variation weight (default {defaults.tv_weight})")
+    g.add_argument("--steps", type=_positive(int), help=f"optimisation steps (default {defaults.steps})")
+    g.add_argument("--size", type=_positive(int), help=f"working/render resolution in px (default {defaults.size})")
+    g.add_argument("--style-size", type=_positive(int), help="style image resolution in px (default: --size)")
+    g.add_argument("--views", type=_positive(int), help=f"views per step, 3D backends (default {defaults.views})")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    g.add_argument("--lr", type=_positive(float), help=f"learning rate (default {defaults.lr})")
+    g.add_argument("--init", choices=("content", "noise"), default="content", help="start from the content or noise")
+    g.add_argument("--preserve-color", choices=PRESERVE_MODES, default="none",
+                   help="keep the content's colours: luminance-only transfer or style histogram matching")
+    g.add_argument("--weights", type=Path, help="VGG-19 weights file (default: $NST3D_VGG19_WEIGHTS, hub cache, download)")
+    g.add_argument("--preprocess", choices=("auto", "torchvision", "caffe"), default="auto",
+                   help="VGG input convention (auto: caffe for files named *caffe*)")
+    g.add_argument("--style-layers", type=_csv(str), metavar="A,B,C", help="VGG taps for the style loss")
+    g.add_argument("--content-layer", metavar="TAP", help="VGG tap for the content loss")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    g.add_argument("--seed", type=int, default=0, help="random seed (runs are repeatable)")
+    g.add_argument("--report", type=Path, metavar="JSON", help="write a JSON report of the run here")
+
+
+def options_from_args(args: argparse.Namespace) -> StyleOptions:
+    """The StyleOptions a parsed command line asks for."""
+    names = StyleOptions.__dataclass_fields__
+    opts = StyleOptions(**{k: v for k, v in vars(args).items() if k in names and v is not None})
+    if opts.style_weights is not None and len(opts.style_weights) != len(opts.styles):
+        raise UserError(f"--style-weights has {len(opts.style_weights)} values for {len(opts.styles)} --style images")
+    if opts.style_weights is not None and (min(opts.style_weights) < 0 or sum(opts.style_weights) <= 0):
+        raise UserError("--style-weights must be non-negative and not all zero")
+    return opts
+
+
+def with_defaults(opts: StyleOptions, defaults: BackendDefaults) -> StyleOptions:
+    """A copy of opts with the backend's defaults filled in."""
+    filled = StyleOptions(**vars(opts))
+    for name in ("steps", "size", "views", "content_weight", "tv_weight", "lr"):
+        if getattr(filled, name) is None:
+            setattr(filled, name, getattr(defaults, name))
+    if filled.style_size is None:
+        filled.style_size = filled.size
+    return filled
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda when available, else cpu; asking for cuda without one is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return torch.device(name)
+
+
+def load_styles(opts: StyleOptions) -> list[torch.Tensor]:
+    """The style images [3, h, w], resized so their longer side is opts.style_size."""
+    if not opts.styles:
+        raise UserError("no style image: pass --style IMAGE")
+    return [resize_to(load_image(path, "style image")[0], opts.style_size) for path in opts.styles]
+
+
+def vgg_for(opts: StyleOptions, device: torch.device) -> VGGFeatures:
+    """The frozen VGG-19 for these options, checked against the taps they ask for (fails before any work)."""
+    vgg = load_vgg(opts.weights, opts.preprocess, device)
+    style_layers, content_layer = taps_for(opts, vgg)
+    vgg.check_taps([*style_layers, content_layer])
+    return vgg
+
+
+def taps_for(opts: StyleOptions, vgg: VGGFeatures) -> tuple[list[str], str]:
+    """(style taps, content tap): the options' own, else defaults that the weights cover.
+    NNFM defaults to the relu3 block, as ARF does."""
+    style_layers, content_layer = default_layers(vgg)
+    if opts.loss == "nnfm":
+        style_layers = [t for t in ("relu3_1", "relu3_2", "relu3_3", "relu3_4") if t in vgg.available] or style_layers
+    return opts.style_layers or style_layers, opts.content_layer or content_layer
+
+
+def build_objective(opts: StyleOptions, vgg: VGGFeatures, styles: list[torch.Tensor], palette: torch.Tensor,
+                    defaults: BackendDefaults) -> Objective:
+    """The objective for these options. palette: [3, ...] content colours for colour preservation."""
+    style_layers, content_layer = taps_for(opts, vgg)
+    vgg.check_taps([*style_layers, content_layer])
+    styles = prepare_styles(styles, palette.cpu(), opts.preserve_color)
+    target = StyleTarget.from_images(vgg, styles, style_layers, opts.style_weights, defaults.style_scales)
+    return Objective(vgg, target, content_layer, loss=opts.loss, style_weight=opts.strength,
+                     content_weight=opts.content_weight, tv_weight=opts.tv_weight,
+                     style_scales=defaults.style_scales)
+
+
+def loop_config(opts: StyleOptions, stage: str = "stylizing") -> LoopConfig:
+    return LoopConfig(steps=opts.steps, optimizer=opts.optimizer, lr=opts.lr, seed=opts.seed, stage=stage)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this run: CUDA allocator peak on a GPU, else the process's peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")

@@ -1,0 +1,110 @@
+"""THE stylization loop, written once for every backend (see nst3d.backends.base for the protocol)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from nst3d.backends.base import Backend
+from nst3d.errors import UserError
+from nst3d.events import EventSink, ignore
+from nst3d.losses import Objective
+
+OPTIMIZERS = ("adam", "lbfgs")
+
+
+class Cancelled(KeyboardInterrupt):
+    """The user asked to stop (Cancel button, Esc, or a stop callback); handled like Ctrl-C."""
+
+
+@dataclass
+class LoopConfig:
+    """How to optimise. lr applies to parameter groups that do not set their own."""
+
+    steps: int = 300
+    optimizer: str = "adam"
+    lr: float = 0.02
+    seed: int = 0
+    stage: str = "stylizing"
+
+
+def make_optimizer(groups: list[dict[str, Any]], config: LoopConfig) -> torch.optim.Optimizer:
+    """Adam over the backend's parameter groups, or L-BFGS (one function evaluation per step + line search)."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr)
+    if config.optimizer == "lbfgs":
+        params = [p for g in groups for p in g["params"]]
+        return torch.optim.LBFGS(params, lr=1.0, max_iter=1, history_size=20, line_search_fn="strong_wolfe")
+    raise UserError(f"unknown optimizer '{config.optimizer}'; use adam or lbfgs")
+
+
+def stylize(backend: Backend, objective: Objective, config: LoopConfig, on_event: EventSink = ignore,
+            should_stop: Callable[[], bool] | None = None) -> list[dict[str, float]]:
+    """Optimise the backend's appearance parameters to minimise `objective` on its rendered views.
+
+    Emits {"event": "progress", "step", "total", "loss", "terms", "stage"} after every step and returns the
+    per-step loss terms. Raises Cancelled when `should_stop()` turns true (KeyboardInterrupt passes through).
+    """
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    optimizer = make_optimizer(backend.parameters(), config)
+    content_cache: dict[Any, torch.Tensor] = {}
+    history: list[dict[str, float]] = []
+    started = time.perf_counter()
+
+    def evaluate(views: Any) -> dict[str, torch.Tensor]:
+        content = _content_features(backend, objective, views, content_cache)
+        render = backend.render(views)
+        if not backend.deferred:
+            terms = objective(render.rgb, render.mask, content)
+            terms["total"].backward()
+            return terms
+        # Deferred back-propagation: d loss / d image here, the backend pushes it into its parameters.
+        image = render.rgb.detach().requires_grad_(True)
+        terms = objective(image, render.mask, content)
+        terms["total"].backward()
+        backend.backward_image(views, image.grad)
+        return terms
+
+    for step in range(config.steps):
+        if should_stop is not None and should_stop():
+            raise Cancelled()
+        views = backend.train_views(step, generator)
+        latest: dict[str, dict[str, torch.Tensor]] = {}
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad(set_to_none=True)
+            latest["terms"] = evaluate(views)
+            return latest["terms"]["total"]
+
+        if config.optimizer == "lbfgs":
+            optimizer.step(closure)
+        else:
+            closure()
+            optimizer.step()
+        terms = {name: float(value.detach()) for name, value in latest["terms"].items()}
+        if not math.isfinite(terms["total"]):
+            raise UserError("the optimisation diverged (loss is not finite); lower --strength or the learning rate")
+        history.append(terms)
+        on_event({"event": "progress", "stage": config.stage, "step": step + 1, "total": config.steps,
+                  "loss": terms["total"], "terms": terms, "elapsed": time.perf_counter() - started})
+    return history
+
+
+def _content_features(backend: Backend, objective: Objective, views: Any,
+                      cache: dict[Any, torch.Tensor]) -> torch.Tensor | None:
+    """Content target features for these views, cached when the views carry a key."""
+    if objective.content_weight <= 0:
+        return None
+    key = getattr(views, "key", None)
+    if key is not None and key in cache:
+        return cache[key]
+    features = objective.content_features(backend.render_content(views).rgb)
+    if key is not None:
+        cache[key] = features
+    return features
