@@ -1,0 +1,114 @@
+"""The evaluation metrics on an analytic scene (a ray-traced sphere with a procedural surface colour)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from nst3d.backends.base import Render
+from nst3d.cameras import Cameras
+from nst3d.eval import (
+    HeldOutViews,
+    backward_warp,
+    consistency,
+    evaluate,
+    held_out_directions,
+    held_out_views,
+    per_view_baseline,
+    sphere_framer,
+)
+from nst3d.losses import Objective, StyleTarget
+from nst3d.stylize import LoopConfig
+
+SIZE = 48
+
+
+def sphere_render(cameras: Cameras, colour=None) -> Render:
+    """Ray-trace a unit sphere at the origin; colour(points [V, H, W, 3]) -> [V, H, W, 3]."""
+    origins, dirs = cameras.rays()  # t along dirs = camera z
+    b = (origins * dirs).sum(-1)
+    a = (dirs * dirs).sum(-1)
+    c = (origins * origins).sum(-1) - 1.0
+    disc = b * b - a * c
+    hit = disc > 0
+    t = torch.where(hit, (-b - disc.clamp(min=0).sqrt()) / a, torch.zeros_like(a))
+    points = origins + t[..., None] * dirs
+    colour = colour or (lambda p: 0.5 + 0.4 * torch.sin(3 * p))
+    rgb = torch.where(hit[..., None], colour(points), torch.ones_like(points))
+    mask = hit.float()[:, None]
+    return Render(rgb.permute(0, 3, 1, 2), mask, (t * hit)[:, None])
+
+
+def held() -> HeldOutViews:
+    return held_out_views(sphere_framer(torch.zeros(3), 1.0, SIZE, SIZE), count=3)
+
+
+def test_directions_are_turned_by_the_asked_angles():
+    anchors, short, long = held_out_directions(4, 5.0, 45.0)
+    angle = lambda a, b: torch.rad2deg(torch.arccos((a * b).sum(-1).clamp(-1, 1)))
+    # Turning about the up axis: the angle between directions is below the turn where the view is elevated.
+    assert (angle(anchors, short) <= 5.0 + 1e-3).all() and (angle(anchors, short) > 4.0).all()
+    assert (angle(anchors, long) <= 45.0 + 1e-3).all() and (angle(anchors, long) > 35.0).all()
+    assert torch.allclose(anchors.norm(dim=-1), torch.ones(4))
+
+
+def test_warp_of_a_view_into_itself_is_the_identity():
+    views = held()
+    cams = views.anchors
+    r = sphere_render(cams)
+    warped, valid = backward_warp(r.rgb, r.depth, r.mask, cams, r.depth, r.mask, cams)
+    assert valid.sum() > 0.5 * r.mask.sum()
+    assert torch.allclose(warped * valid, r.rgb * valid, atol=1e-4)
+
+
+def test_consistent_colours_are_near_the_floor_and_per_view_noise_is_high():
+    views = held()
+    r = sphere_render(views.all())
+    same = consistency(r, views)
+    assert same["short_range"] < 0.03 and same["long_range"] < 0.05
+    assert same["covisible"]["short_range"] > 0.8 and same["covisible"]["long_range"] > 0.4
+    generator = torch.Generator().manual_seed(0)
+    noisy = Render((r.rgb + 0.2 * torch.randn(r.rgb.shape, generator=generator)).clamp(0, 1), r.mask, r.depth)
+    bad = consistency(noisy, views)
+    assert bad["short_range"] > 5 * same["short_range"] and bad["short_range"] > 0.15
+    assert bad["long_range"] > 0.15
+
+
+def test_occluded_points_fail_the_depth_test():
+    views = held()
+    cams = views.anchors
+    r = sphere_render(cams)
+    # A second "view" whose depth claims something sits in front of the sphere everywhere.
+    blocker = Render(r.rgb, r.mask, r.depth * 0.5)
+    _, valid = backward_warp(blocker.rgb, blocker.depth, blocker.mask, cams, r.depth, r.mask, cams)
+    assert valid.sum() == 0
+
+
+def _objective(vgg) -> Objective:
+    style = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(1))
+    target = StyleTarget.from_images(vgg, [style], ["relu1_1", "relu2_1"])
+    return Objective(vgg, target, "relu2_1", content_weight=0.1)
+
+
+def test_evaluate_reports_before_after_and_baseline(vgg):
+    views = held_out_views(sphere_framer(torch.zeros(3), 1.0, 32, 32), count=2)
+    objective = _objective(vgg)
+    tint = lambda p: (0.5 + 0.4 * torch.sin(3 * p)) * torch.tensor([1.0, 0.6, 0.3])
+    report = evaluate(lambda c: sphere_render(c, tint), sphere_render, views, objective,
+                      baseline_config=LoopConfig(steps=2, lr=0.02))
+    assert report["style_distance"]["before"] > 0 and report["style_distance"]["after"] > 0
+    assert report["content_distance"] > 0
+    for key in ("short_range", "long_range"):
+        assert math.isfinite(report["consistency"][key])
+        assert math.isfinite(report["floor"]["consistency"][key])
+        assert report["baseline"]["consistency_above_floor"][key] >= 0
+    assert report["held_out"]["count"] == 2
+
+
+def test_per_view_baseline_changes_only_by_stylizing(vgg):
+    views = held_out_views(sphere_framer(torch.zeros(3), 1.0, 32, 32), count=1)
+    content = sphere_render(views.anchors)
+    out = per_view_baseline(content, _objective(vgg), LoopConfig(steps=3, lr=0.05))
+    assert out.rgb.shape == content.rgb.shape and out.depth is content.depth
+    assert not torch.allclose(out.rgb, content.rgb)
