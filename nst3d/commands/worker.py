@@ -1,0 +1,33 @@
+"""`nst3d worker JOB.json`: run one job described in JSON, streaming JSON-line events on stdout (what the
+Blender add-on and the batch script launch). `nst3d worker --check` reports versions, device and weights."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from nst3d.errors import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("worker", help="run one JSON job and stream JSON-line events (for the Blender add-on)",
+                       description=__doc__)
+    p.add_argument("job", nargs="?", type=Path, help="job file (see nst3d.worker for the format)")
+    p.add_argument("--check", action="store_true",
+                   help="print one JSON line with versions, device and weights, then exit (0: ready, 2: not)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device to check")
+    p.add_argument("--weights", help="VGG-19 weights file to check")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from nst3d import worker
+
+    if args.check:
+        report = worker.check(args.device, args.weights)
+        print(json.dumps(report), flush=True)
+        return 0 if report["ok"] else 2
+    if args.job is None:
+        raise UserError("give a job file (nst3d worker JOB.json) or --check")
+    return worker.run_job_file(args.job)

@@ -1,0 +1,416 @@
+"""Run one stylization job described in JSON and stream its events as JSON lines on stdout.
+
+This is what the Blender add-on and the headless batch script launch (`nst3d worker JOB.json`), so that
+Blender never imports torch. The job file (paths relative to the job file's folder):
+
+    {"nst3d_job": 1, "kind": "mesh", "input": "input.glb", "output_dir": "out",
+     "options": {"styles": ["starry.jpg"], "steps": 200, ...},   # 1:1 nst3d.options.StyleOptions fields
+     "texture_size": 512, "style_map": null, "export_format": "glb"}
+
+Events, one JSON object per line on stdout (everything else the process prints goes to stderr):
+    {"event": "start", ...}   {"event": "progress", "step", "total", "loss", ...}
+    {"event": "done", "outputs": [...], "textures": [{"material", "path", "factor"}], "report": {...}}
+    {"event": "error", "message": "one line"}   {"event": "cancelled"}
+Exit status: 0 done, 2 bad job/input, 1 crash, 3 out of memory, 130 cancelled (SIGTERM/SIGINT). On any
+failure the output folder the worker created is removed: nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import struct
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import IO, Any
+
+from nst3d import __version__
+from nst3d.errors import UserError
+from nst3d.events import Event, JsonLines
+
+JOB_VERSION = 1
+JOB_KINDS = ("mesh",)
+EXPORT_FORMATS = ("glb", "obj")
+DEVICES = ("auto", "cpu", "cuda")
+PATH_FIELDS = ("weights", "report")
+MIME_SUFFIXES = {"image/jpeg": ".jpg", "image/png": ".png", "image/webp": ".webp"}
+
+EXIT_OK, EXIT_CRASH, EXIT_USER, EXIT_OOM, EXIT_CANCELLED = 0, 1, 2, 3, 130
+
+
+@dataclass
+class Job:
+    """One job: stylize `input` into `output_dir` (which must not exist yet, or be empty)."""
+
+    kind: str
+    input: Path
+    output_dir: Path
+    options: Any  # nst3d.options.StyleOptions (imported lazily: it imports torch)
+    texture_size: int | None = None
+    style_map: dict[str, Any] | None = None
+    export_format: str = "glb"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The job file
+
+
+def load_job(path: str | os.PathLike) -> Job:
+    """Read and validate a job file; relative paths are resolved against its folder."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"job file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read job file {path}: {exc}") from None
+    return job_from_dict(data, path.resolve().parent)
+
+
+def job_from_dict(data: Any, base: Path) -> Job:
+    """The Job a parsed job document describes (validated; paths resolved against `base`)."""
+    if not isinstance(data, dict):
+        raise UserError("job file must hold a JSON object")
+    if data.get("nst3d_job") != JOB_VERSION:
+        raise UserError(f"job file version {data.get('nst3d_job')!r} is not supported (expected "
+                        f"\"nst3d_job\": {JOB_VERSION}); update the add-on and nst3d together")
+    known = {"nst3d_job", "kind", "input", "output_dir", "options", "texture_size", "style_map",
+             "export_format"}
+    if unknown := sorted(set(data) - known):
+        raise UserError(f"job file has unknown keys {', '.join(unknown)}")
+    kind = data.get("kind")
+    if kind not in JOB_KINDS:
+        raise UserError(f"job kind {kind!r} is not supported; use one of {', '.join(JOB_KINDS)}")
+    for key in ("input", "output_dir"):
+        if not isinstance(data.get(key), str) or not data[key]:
+            raise UserError(f"job file needs \"{key}\" (a path)")
+    texture_size = data.get("texture_size")
+    if texture_size is not None and (not isinstance(texture_size, int) or texture_size <= 0):
+        raise UserError(f"job texture_size must be a positive integer or null, got {texture_size!r}")
+    export_format = data.get("export_format", "glb")
+    if export_format not in EXPORT_FORMATS:
+        raise UserError(f"job export_format {export_format!r} is not supported; use one of {EXPORT_FORMATS}")
+    style_map = data.get("style_map")
+    if style_map is not None:
+        if not isinstance(style_map, dict) or not all(isinstance(v, str) for v in style_map.values()):
+            raise UserError("job style_map must map material/object names to style image paths")
+        style_map = {name: _path(value, base) for name, value in style_map.items()}
+    return Job(kind=kind, input=_path(data["input"], base), output_dir=_path(data["output_dir"], base),
+               options=options_from_dict(data.get("options") or {}, base), texture_size=texture_size,
+               style_map=style_map, export_format=export_format)
+
+
+def options_from_dict(data: Any, base: Path) -> Any:
+    """StyleOptions from a job's "options": the same names as the dataclass fields, paths as strings."""
+    from nst3d.color import PRESERVE_MODES
+    from nst3d.losses import LOSS_KINDS
+    from nst3d.options import StyleOptions
+    from nst3d.stylize import OPTIMIZERS
+
+    if not isinstance(data, dict):
+        raise UserError("job options must be a JSON object")
+    names = [f.name for f in fields(StyleOptions)]
+    if unknown := sorted(set(data) - set(names)):
+        raise UserError(f"job options has unknown names {', '.join(unknown)}; known: {', '.join(names)}")
+    values = {k: v for k, v in data.items() if v is not None}
+    styles = values.get("styles", [])
+    if not isinstance(styles, list) or not styles or not all(isinstance(s, str) for s in styles):
+        raise UserError("job options need \"styles\": a non-empty list of style image paths")
+    values["styles"] = [_path(s, base) for s in styles]
+    for key in PATH_FIELDS:
+        if key in values:
+            values[key] = _path(values[key], base)
+    opts = StyleOptions(**values)
+    choices = {"loss": LOSS_KINDS, "preserve_color": PRESERVE_MODES, "optimizer": OPTIMIZERS,
+               "device": DEVICES, "init": ("content", "noise"),
+               "preprocess": ("auto", "torchvision", "caffe")}
+    for key, allowed in choices.items():
+        if getattr(opts, key) not in allowed:
+            raise UserError(f"job option {key}={getattr(opts, key)!r} is not one of {', '.join(allowed)}")
+    for key in ("steps", "size", "style_size", "views"):
+        value = getattr(opts, key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+            raise UserError(f"job option {key} must be a positive integer, got {value!r}")
+    for key in ("strength", "content_weight", "tv_weight", "lr"):
+        value = getattr(opts, key)
+        if value is not None and (not isinstance(value, int | float) or value < 0):
+            raise UserError(f"job option {key} must be a non-negative number, got {value!r}")
+    if opts.style_weights is not None:
+        if len(opts.style_weights) != len(opts.styles):
+            raise UserError(f"job option style_weights has {len(opts.style_weights)} values for "
+                            f"{len(opts.styles)} styles")
+        if min(opts.style_weights) < 0 or sum(opts.style_weights) <= 0:
+            raise UserError("job option style_weights must be non-negative and not all zero")
+    return opts
+
+
+def options_to_dict(opts: Any) -> dict[str, Any]:
+    """The JSON form of a StyleOptions (absolute paths as strings); inverse of options_from_dict."""
+    data = asdict(opts)
+    data["styles"] = [str(Path(s).resolve()) for s in opts.styles]
+    for key in PATH_FIELDS:
+        if data.get(key) is not None:
+            data[key] = str(Path(data[key]).resolve())
+    return data
+
+
+def _path(value: Any, base: Path) -> Path:
+    if not isinstance(value, str) or not value:
+        raise UserError(f"job file: expected a path string, got {value!r}")
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Running a job
+
+
+def run_job(job: Job, on_event: Callable[[Event], None],
+            should_stop: Callable[[], bool] | None = None) -> Event:
+    """Run `job`; returns the "done" event (outputs, extracted base-colour textures, report)."""
+    if job.kind != "mesh":
+        raise UserError(f"job kind {job.kind!r} is not supported")
+    try:
+        from nst3d.commands.mesh import stylize_mesh_file
+    except ModuleNotFoundError as exc:
+        raise UserError(f"this nst3d installation cannot stylize meshes (missing module {exc.name}); "
+                        "install it with: pip install 'nst3d[mesh]'") from None
+    if not job.input.is_file():
+        raise UserError(f"job input not found: {job.input}")
+    started = time.perf_counter()
+    report = stylize_mesh_file(job.input, job.output_dir, job.options, job.style_map,
+                               texture_size=job.texture_size, export_format=job.export_format,
+                               on_event=_without_done(on_event), should_stop=should_stop)
+    outputs = sorted(str(p) for p in job.output_dir.rglob("*") if p.is_file())
+    textures = []
+    for glb in sorted(job.output_dir.rglob("*.glb")):
+        textures.extend(extract_base_color_textures(glb, job.output_dir / "textures"))
+    return {"event": "done", "outputs": outputs, "textures": textures, "report": report,
+            "seconds": time.perf_counter() - started}
+
+
+def _without_done(on_event: Callable[[Event], None]) -> Callable[[Event], None]:
+    """Forward the backend's events; its own "done" is renamed so only the worker's final one ends a job."""
+
+    def send(event: Event) -> None:
+        if event.get("event") == "done":
+            event = {**event, "event": "stage_done"}
+        on_event(event)
+
+    return send
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Base-colour textures out of a GLB (stdlib only: the add-on loads plain image files)
+
+
+def read_glb(path: str | os.PathLike) -> tuple[dict[str, Any], bytes]:
+    """(glTF JSON, binary chunk) of a .glb file."""
+    data = Path(path).read_bytes()
+    if len(data) < 20 or data[:4] != b"glTF":
+        raise UserError(f"{path} is not a binary glTF (.glb) file")
+    (json_len,) = struct.unpack_from("<I", data, 12)
+    document = json.loads(data[20:20 + json_len].decode("utf-8"))
+    binary = b""
+    offset = 20 + json_len
+    if offset + 8 <= len(data):
+        bin_len, kind = struct.unpack_from("<II", data, offset)
+        if kind == 0x004E4942:  # "BIN\0"
+            binary = data[offset + 8:offset + 8 + bin_len]
+    return document, binary
+
+
+def extract_base_color_textures(glb: Path, folder: Path) -> list[dict[str, Any]]:
+    """Write each material's base-colour image of `glb` into `folder`.
+
+    Returns [{"material": name, "path": image file, "factor": [r, g, b, a], "glb": glb}] in material order.
+    """
+    document, binary = read_glb(glb)
+    images, textures = document.get("images", []), document.get("textures", [])
+    views = document.get("bufferViews", [])
+    found = []
+    for index, material in enumerate(document.get("materials", [])):
+        pbr = material.get("pbrMetallicRoughness", {})
+        ref = pbr.get("baseColorTexture")
+        if ref is None:
+            continue
+        source = textures[ref["index"]].get("source")
+        if source is None:
+            continue
+        image = images[source]
+        name = material.get("name") or f"material{index}"
+        suffix = MIME_SUFFIXES.get(image.get("mimeType"), "")
+        if "bufferView" in image:
+            view = views[image["bufferView"]]
+            start = view.get("byteOffset", 0)
+            payload = binary[start:start + view["byteLength"]]
+        elif "uri" in image and not image["uri"].startswith("data:"):
+            file = glb.parent / image["uri"]
+            payload, suffix = file.read_bytes(), suffix or file.suffix
+        else:
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        out = folder / f"{index:03d}_{_safe_name(name)}{suffix or '.png'}"
+        out.write_bytes(payload)
+        found.append({"material": name, "path": str(out), "glb": str(glb),
+                      "factor": pbr.get("baseColorFactor", [1.0, 1.0, 1.0, 1.0])})
+    return found
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:60] or "material"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The environment check (the add-on's "Check" button)
+
+
+def check(device: str = "auto", weights: str | None = None) -> Event:
+    """Versions, device and weights this worker would use; "problems" lists what stops a job from running."""
+    problems: list[str] = []
+    notes: list[str] = []
+    report: Event = {"event": "check", "nst3d": __version__, "python": platform.python_version(),
+                     "executable": sys.executable}
+    try:
+        import torch
+    except ImportError as exc:
+        problems.append(f"torch cannot be imported ({exc}); install nst3d with its dependencies")
+        return {**report, "ok": False, "problems": problems, "notes": notes}
+    report["torch"] = torch.__version__
+    report["cuda"] = bool(torch.cuda.is_available())
+    if report["cuda"]:
+        report["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        from nst3d.options import resolve_device
+
+        report["device"] = str(resolve_device(device))
+    except UserError as exc:
+        problems.append(str(exc))
+    try:
+        import nst3d.commands.mesh  # noqa: F401 - only checks that the mesh backend imports
+        report["mesh"] = True
+    except ImportError as exc:
+        report["mesh"] = False
+        problems.append(f"the mesh backend cannot be imported ({exc}); install: pip install 'nst3d[mesh]'")
+    try:
+        from nst3d.features import load_vgg, resolve_weights
+
+        path = resolve_weights(weights, download=False)
+        vgg = load_vgg(path, "auto", "cpu")
+        report["weights"] = str(path)
+        report["layers"] = vgg.available[-1] if vgg.available else None
+    except UserError as exc:
+        if weights:
+            problems.append(str(exc))
+        else:
+            notes.append(f"{exc} (the first job downloads them, ~550 MB)")
+    return {**report, "ok": not problems, "problems": problems, "notes": notes}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The process: signals, stdout hygiene, exit status
+
+
+class _Stop:
+    """SIGTERM/SIGINT handler: the first signal raises Cancelled at once (like Ctrl-C in the CLI)."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self, signum, frame) -> None:
+        from nst3d.stylize import Cancelled
+
+        if not self.requested:
+            self.requested = True
+            raise Cancelled()
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self)
+        signal.signal(signal.SIGINT, self)
+
+
+def event_stream() -> IO[str]:
+    """A private copy of stdout for the JSON lines; fd 1 itself is pointed at stderr, so stray prints (ours,
+    a library's, or C code's) can never corrupt the event stream."""
+    sys.stdout.flush()
+    stream = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return stream
+
+
+def run_job_file(job_path: str | os.PathLike, stream: IO[str] | None = None) -> int:
+    """Run the job in `job_path`, streaming events to `stream` (default: the real stdout); the exit status."""
+    emit = JsonLines(stream or event_stream())
+    stop = _Stop()
+    stop.install()
+    claimed: tuple[Path, bool] | None = None
+    try:
+        job = load_job(job_path)
+        claimed = _claim_output_dir(job.output_dir)
+        emit({"event": "start", "job": str(Path(job_path).resolve()), "kind": job.kind,
+              "input": str(job.input), "pid": os.getpid(), "nst3d": __version__})
+        emit(run_job(job, emit, should_stop=lambda: stop.requested))
+        claimed = None
+        return EXIT_OK
+    except KeyboardInterrupt:  # includes nst3d.stylize.Cancelled
+        emit({"event": "cancelled", "message": "cancelled; nothing was written"})
+        return EXIT_CANCELLED
+    except UserError as exc:
+        emit({"event": "error", "message": str(exc), "kind": "user"})
+        return EXIT_USER
+    except MemoryError:
+        emit({"event": "error", "message": "out of memory; lower the size or views", "kind": "memory"})
+        return EXIT_OOM
+    except Exception as exc:  # noqa: BLE001 - the worker reports every failure as an event, then exits
+        traceback.print_exc(file=sys.stderr)
+        if exc.__class__.__name__ == "OutOfMemoryError":
+            emit({"event": "error", "message": "out of GPU memory; lower the size or views, or use the CPU",
+                  "kind": "memory"})
+            return EXIT_OOM
+        emit({"event": "error", "message": f"internal error: {exc.__class__.__name__}: {_one_line(exc)}",
+              "kind": "crash"})
+        return EXIT_CRASH
+    finally:
+        if claimed is not None:
+            _discard(*claimed)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _claim_output_dir(path: Path) -> tuple[Path, bool]:
+    """Create the job's (new or empty) output folder; (path, whether this worker created it)."""
+    if path.exists():
+        if not path.is_dir() or any(path.iterdir()):
+            raise UserError(f"job output folder {path} exists and is not empty; give a new folder")
+        return path, False
+    try:
+        path.mkdir(parents=True)
+    except OSError as exc:
+        raise UserError(f"cannot create job output folder {path}: {exc.strerror}") from None
+    return path, True
+
+
+def _discard(path: Path, created: bool) -> None:
+    """Remove what a failed or cancelled job wrote: the folder if the worker made it, else its contents."""
+    if created:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] or "(no message)"
+
