@@ -144,7 +144,8 @@ def random_vgg(seed: int = 0, up_to: str = "relu5_1") -> VGGFeatures:
     for index, module in enumerate(net):
         if isinstance(module, nn.Conv2d):
             fan_in = module.in_channels * 9
-            state[f"features.{index}.weight"] = torch.randn(module.weight.shape, generator=generator) * (2 / fan_in) ** 0.5
+            weight = torch.randn(module.weight.shape, generator=generator) * (2 / fan_in) ** 0.5
+            state[f"features.{index}.weight"] = weight
             state[f"features.{index}.bias"] = torch.zeros(module.out_channels)
     return VGGFeatures(state, "torchvision", source="random")
 

@@ -43,7 +43,8 @@ def check_output(path: str | os.PathLike, inputs: Sequence[str | os.PathLike] = 
     resolved = path.resolve()
     for item in inputs:
         if Path(item).resolve() == resolved:
-            raise UserError(f"output {path} is also an input; choose another output path (inputs are never overwritten)")
+            raise UserError(f"output {path} is also an input; choose another output path "
+                            "(inputs are never overwritten)")
     if suffixes is not None and path.suffix.lower() not in suffixes:
         raise UserError(f"unsupported output type '{path.suffix or path.name}'; use one of {', '.join(suffixes)}")
     parent = path if is_dir else path.parent

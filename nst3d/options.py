@@ -109,7 +109,8 @@ def add_style_options(parser: argparse.ArgumentParser, defaults: BackendDefaults
     g.add_argument("--init", choices=("content", "noise"), default="content", help="start from the content or noise")
     g.add_argument("--preserve-color", choices=PRESERVE_MODES, default="none",
                    help="keep the content's colours: luminance-only transfer or style histogram matching")
-    g.add_argument("--weights", type=Path, help="VGG-19 weights file (default: $NST3D_VGG19_WEIGHTS, hub cache, download)")
+    g.add_argument("--weights", type=Path,
+                   help="VGG-19 weights file (default: $NST3D_VGG19_WEIGHTS, hub cache, download)")
     g.add_argument("--preprocess", choices=("auto", "torchvision", "caffe"), default="auto",
                    help="VGG input convention (auto: caffe for files named *caffe*)")
     g.add_argument("--style-layers", type=_csv(str), metavar="A,B,C", help="VGG taps for the style loss")

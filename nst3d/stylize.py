@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -34,12 +35,14 @@ class LoopConfig:
 
 
 def make_optimizer(groups: list[dict[str, Any]], config: LoopConfig) -> torch.optim.Optimizer:
-    """Adam over the backend's parameter groups, or L-BFGS (one function evaluation per step + line search)."""
+    """Adam over the backend's parameter groups, or L-BFGS (one function evaluation per step)."""
     if config.optimizer == "adam":
         return torch.optim.Adam(groups, lr=config.lr)
     if config.optimizer == "lbfgs":
         params = [p for g in groups for p in g["params"]]
-        return torch.optim.LBFGS(params, lr=1.0, max_iter=1, history_size=20, line_search_fn="strong_wolfe")
+        # One function evaluation per step and no line search: torch's strong-Wolfe search restarted every
+        # max_iter=1 call stalls, and per-step evaluations keep progress, cancellation and views per step.
+        return torch.optim.LBFGS(params, lr=1.0, max_iter=1, history_size=20)
     raise UserError(f"unknown optimizer '{config.optimizer}'; use adam or lbfgs")
 
 
@@ -75,25 +78,31 @@ def stylize(backend: Backend, objective: Objective, config: LoopConfig, on_event
         if should_stop is not None and should_stop():
             raise Cancelled()
         views = backend.train_views(step, generator)
-        latest: dict[str, dict[str, torch.Tensor]] = {}
-
-        def closure() -> torch.Tensor:
-            optimizer.zero_grad(set_to_none=True)
-            latest["terms"] = evaluate(views)
-            return latest["terms"]["total"]
-
-        if config.optimizer == "lbfgs":
-            optimizer.step(closure)
-        else:
-            closure()
-            optimizer.step()
-        terms = {name: float(value.detach()) for name, value in latest["terms"].items()}
+        terms = _optimizer_step(optimizer, functools.partial(evaluate, views))
         if not math.isfinite(terms["total"]):
             raise UserError("the optimisation diverged (loss is not finite); lower --strength or the learning rate")
         history.append(terms)
         on_event({"event": "progress", "stage": config.stage, "step": step + 1, "total": config.steps,
                   "loss": terms["total"], "terms": terms, "elapsed": time.perf_counter() - started})
     return history
+
+
+def _optimizer_step(optimizer: torch.optim.Optimizer, evaluate: Callable[[], dict[str, torch.Tensor]]
+                    ) -> dict[str, float]:
+    """One optimiser step; returns the loss terms evaluated at the parameters before the step."""
+    evaluated: list[dict[str, torch.Tensor]] = []
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        evaluated.append(evaluate())
+        return evaluated[-1]["total"]
+
+    if isinstance(optimizer, torch.optim.LBFGS):
+        optimizer.step(closure)
+    else:
+        closure()
+        optimizer.step()
+    return {name: float(value.detach()) for name, value in evaluated[0].items()}
 
 
 def _content_features(backend: Backend, objective: Objective, views: Any,

@@ -44,3 +44,11 @@ def _isolated_hub(tmp_path_factory, monkeypatch):
     hub = tmp_path_factory.getbasetemp() / "torch-hub"
     monkeypatch.setenv("TORCH_HOME", str(hub))
     monkeypatch.delenv("NST3D_VGG19_WEIGHTS", raising=False)
+
+
+@pytest.fixture(scope="session")
+def random_weights_file(tmp_path_factory, vgg) -> Path:
+    """The random VGG saved as a torchvision-layout state_dict (conv1_1..conv3_4), for CLI tests."""
+    path = tmp_path_factory.mktemp("weights") / "vgg19-random.pth"
+    torch.save({f"features.{k}": v for k, v in vgg.net.state_dict().items()}, path)
+    return path

@@ -14,8 +14,19 @@ from nst3d.errors import UserError
 from nst3d.events import ProgressBar
 from nst3d.files import IMAGE_SUFFIXES, check_output, load_image, resize_to, save_image, write_json
 from nst3d.losses import content_distance, style_distance
-from nst3d.options import (BackendDefaults, StyleOptions, add_style_options, build_objective, load_styles,
-                           loop_config, options_from_args, peak_memory_mb, resolve_device, vgg_for, with_defaults)
+from nst3d.options import (
+    BackendDefaults,
+    StyleOptions,
+    add_style_options,
+    build_objective,
+    load_styles,
+    loop_config,
+    options_from_args,
+    peak_memory_mb,
+    resolve_device,
+    vgg_for,
+    with_defaults,
+)
 
 DEFAULTS = BackendDefaults(steps=300, size=512, views=1, content_weight=0.1, tv_weight=0.0, lr=0.02)
 
@@ -69,7 +80,7 @@ def stylize_image_files(content_path: Path, outputs: list[Path], opts: StyleOpti
     objective = build_objective(opts, vgg, load_styles(opts), content, DEFAULTS)
     before = style_distance(vgg, content[None], objective.target)
     results = []
-    for index, out in enumerate(outputs):
+    for index in range(len(outputs)):
         config = loop_config(opts)
         config.seed = opts.seed + index
         result = stylize_image(content, objective, config, opts.init, levels, on_event, should_stop)

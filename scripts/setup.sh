@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Set up ./.venv with nst3d and what it needs. Idempotent: a second run with nothing changed takes a second.
+#   scripts/setup.sh            core + meshes + splats + dev tools
+#   scripts/setup.sh --all      also nerfstudio and the bpy module (what the test suite uses)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras="mesh,splat,dev"
+if [[ "${1:-}" == "--all" ]]; then extras="mesh,splat,nerf,blender,dev"; fi
+
+python=${PYTHON:-}
+if [[ -z "$python" ]]; then
+  for candidate in python3.11 python3; do
+    if command -v "$candidate" >/dev/null; then python=$candidate; break; fi
+  done
+fi
+[[ -n "$python" ]] || { echo "setup: no python3 found; install Python 3.11" >&2; exit 1; }
+
+# open3d needs libusb-1.0 at import time (Debian/Ubuntu package libusb-1.0-0).
+if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    apt-get install -y -qq libusb-1.0-0 >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq libusb-1.0-0; }
+  else
+    echo "setup: open3d needs libusb-1.0: run 'sudo apt-get install libusb-1.0-0'" >&2
+  fi
+fi
+
+stamp_value="$extras $(cat pyproject.toml scripts/constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)"
+if [[ -x .venv/bin/python && -f .venv/.nst3d-setup && "$(cat .venv/.nst3d-setup)" == "$stamp_value" ]]; then
+  exit 0
+fi
+[[ -x .venv/bin/python ]] || "$python" -m venv .venv
+pip=(.venv/bin/python -m pip --disable-pip-version-check)
+"${pip[@]}" install -q --upgrade pip setuptools wheel
+# torch first and pinned: an unpinned torch (or torchvision) pulls a multi-GB CUDA build on a CPU machine.
+"${pip[@]}" install -q -c scripts/constraints.txt torch
+"${pip[@]}" install -q -c scripts/constraints.txt -e ".[$extras]"
+echo "$stamp_value" > .venv/.nst3d-setup
+echo "setup: .venv ready ($extras)" >&2

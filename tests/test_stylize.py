@@ -1,0 +1,80 @@
+from dataclasses import replace
+
+import pytest
+import torch
+
+from nst3d.backends.base import Render
+from nst3d.backends.image import ImageBackend
+from nst3d.losses import Objective, StyleTarget, style_distance
+from nst3d.stylize import Cancelled, LoopConfig, stylize
+
+
+@pytest.fixture(scope="module")
+def setup(vgg):
+    g = torch.Generator().manual_seed(1)
+    content = torch.rand(3, 32, 32, generator=g) * 0.5 + 0.25
+    style = (torch.rand(3, 32, 32, generator=g) > 0.5).float() * torch.tensor([0.9, 0.7, 0.1]).view(3, 1, 1)
+    target = StyleTarget.from_images(vgg, [style], ["relu1_1", "relu2_1", "relu3_1"])
+    return content, Objective(vgg, target, "relu2_2", content_weight=0.05)
+
+
+@pytest.mark.parametrize("optimizer,steps", [("adam", 60), ("lbfgs", 25)])
+def test_both_optimizers_lower_the_loss_and_the_style_distance(setup, vgg, optimizer, steps):
+    content, objective = setup
+    backend = ImageBackend(content)
+    history = stylize(backend, objective, LoopConfig(steps=steps, optimizer=optimizer, lr=0.03))
+    assert history[-1]["total"] < 0.5 * history[0]["total"]
+    before = style_distance(vgg, content[None], objective.target)
+    assert style_distance(vgg, backend.result()[None], objective.target) < 0.5 * before
+
+
+def test_same_seed_same_result_and_noise_init_depends_on_seed(setup):
+    content, objective = setup
+    runs = []
+    for seed in (3, 3, 4):
+        backend = ImageBackend(content, init="noise", seed=seed)
+        stylize(backend, objective, LoopConfig(steps=5, seed=seed))
+        runs.append(backend.result())
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.allclose(runs[0], runs[2])
+
+
+def test_progress_events_and_cancellation(setup):
+    content, objective = setup
+    events = []
+    with pytest.raises(Cancelled):
+        stylize(ImageBackend(content), objective, LoopConfig(steps=50), events.append,
+                should_stop=lambda: len(events) >= 3)
+    assert [e["step"] for e in events] == [1, 2, 3]
+    assert all(e["event"] == "progress" and e["total"] == 50 and "style" in e["terms"] for e in events)
+
+
+class DeferredImage(ImageBackend):
+    """The image backend driven through the deferred path: render without a graph, push d loss / d image back."""
+
+    deferred = True
+
+    def render(self, views):
+        with torch.no_grad():
+            return Render(self.pixels.detach().clone())
+
+    def backward_image(self, views, grad_rgb):
+        self.pixels.backward(grad_rgb)
+
+
+def test_deferred_back_propagation_matches_direct(setup):
+    content, objective = setup
+    direct, deferred = ImageBackend(content), DeferredImage(content)
+    config = LoopConfig(steps=4, lr=0.05)
+    stylize(direct, objective, config)
+    stylize(deferred, objective, replace(config))
+    assert torch.allclose(direct.pixels, deferred.pixels, atol=1e-5)
+
+
+def test_content_features_are_computed_once_for_a_keyed_view(setup, monkeypatch):
+    content, objective = setup
+    calls = []
+    original = objective.content_features
+    monkeypatch.setattr(objective, "content_features", lambda rgb: calls.append(1) or original(rgb))
+    stylize(ImageBackend(content), objective, LoopConfig(steps=4))
+    assert len(calls) == 1
