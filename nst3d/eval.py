@@ -27,6 +27,8 @@ Public API (stable; other backends code against it):
   should_stop=None)` -> the report's evaluation block: `evaluate_renders` figures, plus with a
   `baseline_config` "baseline" (the same figures for the per-view 2D baseline) and "floor" (consistency of
   the unstylized asset: the metric's own floor from resampling). `render`/`render_content`: Cameras -> Render.
+- `evaluate_with_renders(...)` (same arguments) -> (that block, {"content", "stylized"[, "baseline"]: Render of
+  `held.all()`}), for contact sheets without rendering twice.
 - `above_floor(figures, floor)` -> {"short_range", "long_range"}: consistency minus the floor (>= 0).
 
 The consistency metric (issue 3, item 6): for each pair (i, j), every pixel of view i with a known depth is
@@ -297,6 +299,34 @@ def above_floor(figures: dict[str, Any], floor: dict[str, Any]) -> dict[str, flo
     return {key: max(0.0, figures[key] - floor[key]) for key in ("short_range", "long_range")}
 
 
+def evaluate_with_renders(render: Callable[[Cameras], Render], render_content: Callable[[Cameras], Render],
+                          held: HeldOutViews, objective: Any, *, baseline_config: LoopConfig | None = None,
+                          on_event: EventSink = ignore, should_stop: Callable[[], bool] | None = None,
+                          depth_tolerance: float = 0.01) -> tuple[dict[str, Any], dict[str, Render]]:
+    """`evaluate`, also returning the Renders of `held.all()` it measured: {"content", "stylized"} and,
+    with a baseline_config, "baseline" (for contact sheets)."""
+    cameras = held.all()
+    with torch.no_grad():
+        content = render_content(cameras)
+        stylized = render(cameras)
+    renders = {"content": content, "stylized": stylized}
+    report = evaluate_renders(stylized, content, held, objective, depth_tolerance)
+    report["held_out"] = {"count": held.count, "short_degrees": held.short_degrees,
+                          "long_degrees": held.long_degrees}
+    if baseline_config is None:
+        return report, renders
+    floor = consistency(Render(content.rgb, _union(content.mask), content.depth), held, depth_tolerance)
+    baseline_render = per_view_baseline(content, objective, baseline_config, on_event, should_stop)
+    renders["baseline"] = baseline_render
+    baseline = evaluate_renders(baseline_render, content, held, objective, depth_tolerance)
+    report["floor"] = {"consistency": floor}
+    report["baseline"] = {key: baseline[key] for key in ("style_distance", "content_distance", "consistency")}
+    report["consistency_above_floor"] = above_floor(report["consistency"], floor)
+    report["baseline"]["consistency_above_floor"] = above_floor(baseline["consistency"], floor)
+    report["baseline"]["steps"] = baseline_config.steps
+    return report, renders
+
+
 def evaluate(render: Callable[[Cameras], Render], render_content: Callable[[Cameras], Render],
              held: HeldOutViews, objective: Any, *, baseline_config: LoopConfig | None = None,
              on_event: EventSink = ignore, should_stop: Callable[[], bool] | None = None,
@@ -307,21 +337,5 @@ def evaluate(render: Callable[[Cameras], Render], render_content: Callable[[Came
     With baseline_config (a LoopConfig: steps, lr, seed), also "baseline" (the per-view 2D baseline's figures,
     with its consistency above the floor) and "floor" (the unstylized asset's consistency).
     """
-    cameras = held.all()
-    with torch.no_grad():
-        content = render_content(cameras)
-        stylized = render(cameras)
-    report = evaluate_renders(stylized, content, held, objective, depth_tolerance)
-    report["held_out"] = {"count": held.count, "short_degrees": held.short_degrees,
-                          "long_degrees": held.long_degrees}
-    if baseline_config is None:
-        return report
-    floor = consistency(Render(content.rgb, _union(content.mask), content.depth), held, depth_tolerance)
-    baseline_render = per_view_baseline(content, objective, baseline_config, on_event, should_stop)
-    baseline = evaluate_renders(baseline_render, content, held, objective, depth_tolerance)
-    report["floor"] = {"consistency": floor}
-    report["baseline"] = {key: baseline[key] for key in ("style_distance", "content_distance", "consistency")}
-    report["consistency_above_floor"] = above_floor(report["consistency"], floor)
-    report["baseline"]["consistency_above_floor"] = above_floor(baseline["consistency"], floor)
-    report["baseline"]["steps"] = baseline_config.steps
-    return report
+    return evaluate_with_renders(render, render_content, held, objective, baseline_config=baseline_config,
+                                 on_event=on_event, should_stop=should_stop, depth_tolerance=depth_tolerance)[0]
