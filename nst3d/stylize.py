@@ -61,18 +61,7 @@ def stylize(backend: Backend, objective: Objective, config: LoopConfig, on_event
     started = time.perf_counter()
 
     def evaluate(views: Any) -> dict[str, torch.Tensor]:
-        content = _content_features(backend, objective, views, content_cache)
-        render = backend.render(views)
-        if not backend.deferred:
-            terms = objective(render.rgb, render.mask, content)
-            terms["total"].backward()
-            return terms
-        # Deferred back-propagation: d loss / d image here, the backend pushes it into its parameters.
-        image = render.rgb.detach().requires_grad_(True)
-        terms = objective(image, render.mask, content)
-        terms["total"].backward()
-        backend.backward_image(views, image.grad)
-        return terms
+        return accumulate_gradients(backend, objective, views, content_cache)
 
     for step in range(config.steps):
         if should_stop is not None and should_stop():
@@ -103,6 +92,25 @@ def _optimizer_step(optimizer: torch.optim.Optimizer, evaluate: Callable[[], dic
         closure()
         optimizer.step()
     return {name: float(value.detach()) for name, value in evaluated[0].items()}
+
+
+def accumulate_gradients(backend: Backend, objective: Objective, views: Any,
+                         content_cache: dict[Any, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Evaluate the objective on `views` once: adds d loss / d params to the parameters' .grad and returns the
+    loss terms. The loop calls it every step; nerfstudio's trainer calls it through the nst3d-nerfacto
+    pipeline (nst3d.integrations.nerfstudio), so both routes compute the same gradients."""
+    content = _content_features(backend, objective, views, {} if content_cache is None else content_cache)
+    render = backend.render(views)
+    if not backend.deferred:
+        terms = objective(render.rgb, render.mask, content)
+        terms["total"].backward()
+        return terms
+    # Deferred back-propagation: d loss / d image here, the backend pushes it into its parameters.
+    image = render.rgb.detach().requires_grad_(True)
+    terms = objective(image, render.mask, content)
+    terms["total"].backward()
+    backend.backward_image(views, image.grad)
+    return terms
 
 
 def _content_features(backend: Backend, objective: Objective, views: Any,

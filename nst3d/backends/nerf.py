@@ -1,0 +1,498 @@
+"""The NeRF backend: a trained nerfstudio nerfacto scene, stylized with its geometry frozen.
+
+- Load: `load_run(config.yml)` reads a nerfstudio run (nerfacto and its variants) and builds the model on CUDA
+  or CPU as a `StyleNerfactoModel` (nst3d.integrations.nerfstudio.model): same weights, density field and
+  proposal networks frozen, a trainable appearance branch (a twin of the hash-grid MLP that feeds the colour
+  head, plus the colour head) that starts equal to the original. Only the dataparser runs (for the cameras
+  and the scene box); no images are loaded.
+- Render: rays from nerfstudio's own camera model, through the model's own forward (collider, proposal
+  sampler, field, renderers), in eval mode so that sampling is deterministic. Render gives rgb, mask
+  (accumulation) and depth (expected depth as camera z).
+- Deferred back-propagation (ARF): `render` runs without autograd; the loop takes d loss / d image;
+  `backward_image` re-renders the view in patches of `patch_rays` rays with autograd and feeds each patch
+  its slice of that gradient. Peak memory depends on the patch size, not on the view resolution, and the
+  parameter gradients equal those of direct back-propagation (tests/test_nerf_backend.py checks it).
+- Views: the dataset's training cameras, rescaled to the working size and jittered by a small rotation about
+  the scene centre; held-out cameras come from nst3d.eval around the same centre.
+- Save: `save_run` writes a normal nerfstudio run (config.yml + nerfstudio_models/step-N.ckpt) under the
+  output folder, never over the original; ns-viewer, ns-render and ns-export load it.
+
+nerfstudio is imported lazily: importing this module needs only torch (the CLI builds its help without it).
+Splatfacto scenes: export them with `ns-export gaussian-splat` and stylize the PLY with `nst3d splat`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import math
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nst3d.backends.base import Render
+from nst3d.cameras import Cameras, cameras_around, opengl_to_opencv
+from nst3d.errors import UserError
+from nst3d.options import BackendDefaults
+
+DEFAULTS = BackendDefaults(steps=300, size=256, views=1, content_weight=0.05, tv_weight=0.0, lr=0.01)
+PATCH_RAYS = 4096
+JITTER_DEGREES = 5.0
+METHOD_NAME = "nst3d-nerfacto"
+#: depth is reported (non-zero) where the accumulated opacity reaches this
+DEPTH_MIN_ACCUMULATION = 0.5
+
+
+# ----------------------------------------------------------------------------------------------- cameras
+def to_nerfstudio(cameras: Cameras, device: torch.device | str = "cpu"):
+    """nst3d (OpenCV) cameras -> nerfstudio Cameras [V] (OpenGL camera axes, camera-to-world 3x4)."""
+    from nerfstudio.cameras.cameras import Cameras as NSCameras
+    from nerfstudio.cameras.cameras import CameraType
+
+    flip = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
+    c2w = cameras.cam_to_world.float().cpu() @ flip
+    K = cameras.K.float().cpu()
+    return NSCameras(camera_to_worlds=c2w[:, :3, :4], fx=K[:, 0, 0:1], fy=K[:, 1, 1:2], cx=K[:, 0, 2:3],
+                     cy=K[:, 1, 2:3], width=cameras.width, height=cameras.height,
+                     camera_type=CameraType.PERSPECTIVE).to(device)
+
+
+def from_nerfstudio(cameras, width: int, height: int) -> Cameras:
+    """nerfstudio Cameras [V] -> nst3d Cameras [V] rendered at width x height (intrinsics rescaled per axis,
+    so every camera keeps its field of view). Lens distortion is dropped: views are rendered as pinholes."""
+    c2w = torch.eye(4).repeat(len(cameras), 1, 1)
+    c2w[:, :3, :4] = cameras.camera_to_worlds.detach().float().cpu()
+    sx = width / cameras.width.float().cpu()  # [V, 1]
+    sy = height / cameras.height.float().cpu()
+    K = torch.zeros(len(cameras), 3, 3)
+    K[:, 0, 0] = (cameras.fx.float().cpu() * sx)[:, 0]
+    K[:, 1, 1] = (cameras.fy.float().cpu() * sy)[:, 0]
+    K[:, 0, 2] = (cameras.cx.float().cpu() * sx)[:, 0]
+    K[:, 1, 2] = (cameras.cy.float().cpu() * sy)[:, 0]
+    K[:, 2, 2] = 1.0
+    return Cameras(opengl_to_opencv(c2w), K, width, height)
+
+
+def working_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(W, H) with the longer side `size` and the aspect of width x height."""
+    scale = size / max(width, height)
+    return max(8, round(width * scale)), max(8, round(height * scale))
+
+
+@dataclass
+class SceneFrame:
+    """Where the scene is, estimated from the training cameras: the point they look at (`center` [3]), the
+    world `up` [3] (mean camera up), a reference horizontal direction `front` [3] (towards the first camera),
+    their median `distance` to the centre and vertical field of view."""
+
+    center: torch.Tensor
+    up: torch.Tensor
+    front: torch.Tensor
+    distance: float
+    fov_y_degrees: float
+
+    @classmethod
+    def from_cameras(cls, cameras: Cameras) -> SceneFrame:
+        c2w = cameras.cam_to_world.double()
+        centres, forward = c2w[:, :3, 3], c2w[:, :3, 2]
+        # The point nearest to every optical axis (least squares); forward-facing rigs are nearly parallel,
+        # so regularise towards the point at the median camera spacing in front of the cameras.
+        projector = torch.eye(3, dtype=torch.float64) - forward[:, :, None] * forward[:, None, :]
+        spread = (centres - centres.mean(0)).norm(dim=-1).median().clamp(min=1e-3)
+        guess = centres.mean(0) + forward.mean(0) * 2 * spread
+        weight = 1e-3
+        lhs = projector.sum(0) + weight * torch.eye(3, dtype=torch.float64)
+        rhs = (projector @ centres[:, :, None]).sum(0)[:, 0] + weight * guess
+        center = torch.linalg.solve(lhs, rhs)
+        up = torch.nn.functional.normalize(-c2w[:, :3, 1].mean(0), dim=0)  # OpenCV y points down
+        to_first = centres[0] - center
+        front = to_first - (to_first @ up) * up
+        if front.norm() < 1e-6:
+            front = torch.linalg.cross(up, torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
+        front = torch.nn.functional.normalize(front, dim=0)
+        distance = float((centres - center).norm(dim=-1).median())
+        fov = 2 * math.degrees(math.atan(0.5 * cameras.height / float(cameras.K[0, 1, 1])))
+        return cls(center.float(), up.float(), front.float(), distance, fov)
+
+    def to_world(self, directions: torch.Tensor) -> torch.Tensor:
+        """Directions [V, 3] in nst3d's y-up sampler frame (z towards `front`) -> world directions [V, 3]."""
+        right = torch.linalg.cross(self.up, self.front)
+        basis = torch.stack([right, self.up, self.front], dim=1)  # columns: x, y, z of the sampler frame
+        return directions.float() @ basis.T
+
+    def framer(self, width: int, height: int):
+        """A `frame(directions [V, 3]) -> Cameras` for nst3d.eval.held_out_views."""
+        return lambda directions: cameras_around(self.center, self.distance, self.to_world(directions), width,
+                                                 height, self.fov_y_degrees, up=self.up)
+
+
+def rotate_about(cameras: Cameras, center: torch.Tensor, axis: torch.Tensor, angle: torch.Tensor) -> Cameras:
+    """Cameras [V] orbited about `center` [3] by `angle` [V] radians around unit `axis` [V, 3]."""
+    k = torch.zeros(len(cameras), 3, 3)
+    k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
+    k = k - k.transpose(1, 2)
+    s, c = angle.sin()[:, None, None], angle.cos()[:, None, None]
+    rotation = torch.eye(3) + s * k + (1 - c) * (k @ k)  # Rodrigues
+    move = torch.eye(4).repeat(len(cameras), 1, 1)
+    move[:, :3, :3] = rotation
+    move[:, :3, 3] = center - (rotation @ center[:, None])[..., 0]
+    return Cameras(cameras.world_to_cam @ torch.linalg.inv(move), cameras.K, cameras.width, cameras.height)
+
+
+# ----------------------------------------------------------------------------------------------- loading
+@dataclass
+class LoadedRun:
+    """A nerfstudio run loaded for stylization."""
+
+    config_path: Path
+    config: Any  # nerfstudio TrainerConfig, as read from config.yml (data path resolved)
+    model: Any  # StyleNerfactoModel
+    train_cameras: Any  # nerfstudio Cameras [N] of the training split (dataparser frame)
+    checkpoint: dict[str, Any]  # the loaded checkpoint ("step", "pipeline", ...)
+    step: int
+
+
+def read_config(config_path: Path) -> Any:
+    """A nerfstudio TrainerConfig from a run's config.yml (nerfstudio's own format: YAML with Python tags)."""
+    import yaml
+
+    from nst3d.integrations.nerfstudio.tv_shim import apply
+
+    apply()
+    from nerfstudio.engine.trainer import TrainerConfig
+
+    config_path = Path(config_path)
+    if not config_path.is_file():
+        raise UserError(f"nerfstudio config not found: {config_path}; pass the config.yml of a trained run "
+                        "(outputs/<scene>/nerfacto/<timestamp>/config.yml)")
+    try:
+        config = yaml.load(config_path.read_text(), Loader=yaml.Loader)  # noqa: S506 (nerfstudio's format)
+    except (yaml.YAMLError, ImportError, AttributeError, TypeError) as exc:
+        raise UserError(f"cannot read {config_path} as a nerfstudio config ({exc.__class__.__name__}: "
+                        f"{str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(config, TrainerConfig):
+        raise UserError(f"{config_path} is not a nerfstudio run config (no TrainerConfig inside)")
+    return config
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """torch.load(weights_only=True) of a nerfstudio checkpoint. nerfstudio's schedulers store numpy scalars,
+    which are allowed explicitly (they rebuild plain numbers, nothing executable)."""
+    import numpy as np
+
+    allowed = [np.core.multiarray.scalar, np.dtype, *{type(np.dtype(t)) for t in (np.float16, np.float32, np.float64,
+                                                                                     np.int32, np.int64, np.bool_)}]
+    with torch.serialization.safe_globals(allowed):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, OSError, EOFError) as exc:
+            raise UserError(f"cannot load checkpoint {path} ({exc.__class__.__name__}); "
+                            "is the run's training finished and the file complete?") from None
+
+
+def latest_checkpoint(folder: Path, step: int | None = None) -> Path:
+    """nerfstudio's step-XXXXXXXXX.ckpt in `folder`: the given step, else the latest."""
+    if step is not None:
+        path = folder / f"step-{step:09d}.ckpt"
+        if not path.is_file():
+            raise UserError(f"checkpoint {path} not found")
+        return path
+    found = sorted(folder.glob("step-*.ckpt"))
+    if not found:
+        raise UserError(f"no checkpoint (step-*.ckpt) in {folder}; has the run saved one yet?")
+    return found[-1]
+
+
+def resolve_data(config: Any, config_path: Path, data: Path | None = None) -> Path:
+    """The run's data folder: `data` if given, else the config's, relative to the current folder or to the
+    folder the run was trained from (output_dir/<experiment>/<method>/<timestamp>/config.yml)."""
+    if data is not None:
+        if not Path(data).exists():
+            raise UserError(f"--data {data} not found")
+        return Path(data).resolve()
+    datamanager = config.pipeline.datamanager
+    recorded = Path(getattr(datamanager, "data", None) or datamanager.dataparser.data)
+    candidates = [recorded]
+    if not recorded.is_absolute():
+        output_dir = Path(config.output_dir)
+        depth = 3 + (0 if output_dir.is_absolute() else len(output_dir.parts))
+        parents = config_path.resolve().parents
+        if depth < len(parents):
+            candidates.append(parents[depth] / recorded)
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate.resolve()
+    raise UserError(f"the scene's data {recorded} (from {config_path}) was not found; run from the folder the "
+                    "scene was trained in, or pass --data")
+
+
+def style_model_config(model_config: Any) -> Any:
+    """The StyleNerfactoModelConfig with every setting of a nerfacto(-like) model config."""
+    from nerfstudio.models.nerfacto import NerfactoModelConfig
+
+    from nst3d.integrations.nerfstudio.method import StyleNerfactoModelConfig
+
+    if not isinstance(model_config, NerfactoModelConfig):
+        name = type(model_config).__name__
+        hint = (" Export a splatfacto scene with `ns-export gaussian-splat` and use `nst3d splat`."
+                if "splat" in name.lower() else "")
+        raise UserError(f"only nerfacto scenes can be stylized as NeRFs, this run's model is {name}.{hint}")
+    settings = {f.name: copy.deepcopy(getattr(model_config, f.name)) for f in dataclasses.fields(NerfactoModelConfig)
+                if f.name != "_target" and hasattr(model_config, f.name)}
+    return StyleNerfactoModelConfig(**settings)
+
+
+def model_state(pipeline_state: dict[str, Any]) -> dict[str, Any]:
+    """The model's entries of a pipeline state_dict ("_model." prefix, and DDP's "module." if there)."""
+    state = {k[len("_model."):]: v for k, v in pipeline_state.items() if k.startswith("_model.")}
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def load_run(config_path: str | Path, device: torch.device | str = "cpu", data: Path | None = None,
+             step: int | None = None) -> LoadedRun:
+    """Load a trained nerfacto run for stylization (see the module docstring)."""
+    config_path = Path(config_path)
+    config = read_config(config_path)
+    data_path = resolve_data(config, config_path, data)
+    checkpoint_dir = config_path.parent / config.relative_model_dir
+    checkpoint_path = latest_checkpoint(checkpoint_dir, step)
+    model_config = style_model_config(config.pipeline.model)
+    datamanager = config.pipeline.datamanager
+    datamanager.data = data_path
+    datamanager.dataparser.data = data_path
+    config.data = data_path
+    try:
+        outputs = datamanager.dataparser.setup().get_dataparser_outputs(split="train")
+    except (FileNotFoundError, OSError, ValueError, KeyError) as exc:
+        raise UserError(f"cannot read the scene's data in {data_path} ({exc.__class__.__name__}: {exc})") from None
+    metadata = copy.deepcopy(outputs.metadata)
+    seed_points = None
+    if "points3D_xyz" in metadata:
+        seed_points = (metadata["points3D_xyz"], metadata["points3D_rgb"])
+    model = model_config.setup(scene_box=copy.deepcopy(outputs.scene_box), num_train_data=len(outputs.image_filenames),
+                               metadata=metadata, device=device, grad_scaler=None, seed_points=seed_points)
+    checkpoint = load_checkpoint(checkpoint_path)
+    state = model_state(checkpoint["pipeline"])
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise UserError(f"the checkpoint {checkpoint_path} does not match its config "
+                        f"({str(exc).splitlines()[0][:160]})") from None
+    model.update_to_step(int(checkpoint["step"]))
+    model.to(device)
+    model.eval()
+    config.pipeline.model = model_config
+    return LoadedRun(config_path, config, model, outputs.cameras, checkpoint, int(checkpoint["step"]))
+
+
+# --------------------------------------------------------------------------------------------- rendering
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Deterministic sampling (no stratified jitter, no camera-pose tweaks, mean appearance embedding)."""
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
+def _view_rays(model: Any, cameras: Cameras, index: int):
+    """Flat RayBundle [H*W] of one view (row-major) on the model's device."""
+    rays = to_nerfstudio(cameras[index], model.device).generate_rays(camera_indices=0, keep_shape=True)
+    return rays.flatten()
+
+
+def _render_view(model: Any, cameras: Cameras, index: int, chunk: int) -> Render:
+    """One view, differentiable if grad is enabled. rgb [1, 3, H, W], mask [1, 1, H, W], depth [1, 1, H, W]."""
+    rays = _view_rays(model, cameras, index)
+    rgb, accumulation, depth = [], [], []
+    for start in range(0, len(rays), chunk):
+        part = rays[start:start + chunk]
+        out = model(part)
+        rgb.append(out["rgb"])
+        accumulation.append(out["accumulation"])
+        # expected depth is along the unit ray; camera z = distance / |direction before normalising|
+        depth.append(out["expected_depth"] / part.metadata["directions_norm"])
+    h, w = cameras.height, cameras.width
+    image = lambda parts, c: torch.cat(parts).view(h, w, c).permute(2, 0, 1)[None]  # noqa: E731
+    mask = image(accumulation, 1).detach()
+    z = image(depth, 1).detach()
+    return Render(image(rgb, 3), mask, torch.where(mask >= DEPTH_MIN_ACCUMULATION, z, torch.zeros_like(z)))
+
+
+def render(model: Any, cameras: Cameras, chunk: int = 1 << 15, original: bool = False) -> Render:
+    """Render every view [V] (autograd follows torch's grad mode); `original` for the unstylized colours."""
+    appearance = model.original() if original else contextlib.nullcontext()
+    with eval_mode(model), appearance:
+        views = [_render_view(model, cameras, v, chunk) for v in range(len(cameras))]
+    return Render(torch.cat([r.rgb for r in views]), torch.cat([r.mask for r in views]),
+                  torch.cat([r.depth for r in views]))
+
+
+def backward_patches(model: Any, cameras: Cameras, grad_rgb: torch.Tensor, patch_rays: int = PATCH_RAYS) -> None:
+    """Deferred back-propagation: accumulate d loss / d params into .grad, given grad_rgb [V, 3, H, W] =
+    d loss / d rendered rgb, by re-rendering patches of `patch_rays` rays with autograd."""
+    with eval_mode(model), torch.enable_grad():
+        for v in range(len(cameras)):
+            rays = _view_rays(model, cameras, v)
+            grad = grad_rgb[v].to(model.device).permute(1, 2, 0).reshape(-1, 3)
+            for start in range(0, len(rays), patch_rays):
+                part_grad = grad[start:start + patch_rays]
+                if not part_grad.any():
+                    continue  # nothing in this patch affects the loss (e.g. background outside the mask)
+                out = model(rays[start:start + patch_rays])
+                torch.autograd.backward(out["rgb"], part_grad)
+
+
+# ------------------------------------------------------------------------------------------------ backend
+class NerfViews:
+    """The cameras of one step; `key` is None (jittered views are never repeated, nothing to cache)."""
+
+    key = None
+
+    def __init__(self, cameras: Cameras):
+        self.cameras = cameras
+
+    def __len__(self) -> int:
+        return len(self.cameras)
+
+
+class NerfBackend:
+    """Stylize a StyleNerfactoModel's appearance (nst3d.backends.base.Backend, deferred).
+
+    train_cameras: the dataset's training cameras at the working size (nst3d Cameras [N]).
+    """
+
+    deferred = True
+
+    def __init__(self, model: Any, train_cameras: Cameras, frame: SceneFrame, views_per_step: int = 1,
+                 jitter_degrees: float = JITTER_DEGREES, patch_rays: int = PATCH_RAYS, lr: float | None = None,
+                 chunk_rays: int = 1 << 15):
+        self.model = model
+        self.train_cameras = train_cameras
+        self.frame = frame
+        self.views_per_step = views_per_step
+        self.jitter_degrees = jitter_degrees
+        self.patch_rays = patch_rays
+        self.chunk_rays = chunk_rays
+        self.lr = lr
+
+    def parameters(self) -> list[dict[str, Any]]:
+        return [{"params": self.model.appearance_parameters()} | ({"lr": self.lr} if self.lr else {})]
+
+    def train_views(self, step: int, generator: torch.Generator) -> NerfViews:
+        """views_per_step training cameras, each orbited about the scene centre by up to jitter_degrees."""
+        count = min(self.views_per_step, len(self.train_cameras))
+        index = torch.randperm(len(self.train_cameras), generator=generator)[:count].tolist()
+        cameras = self.train_cameras[index]
+        if self.jitter_degrees > 0:
+            axis = torch.nn.functional.normalize(torch.randn(count, 3, generator=generator), dim=-1)
+            angle = (torch.rand(count, generator=generator) * 2 - 1) * math.radians(self.jitter_degrees)
+            cameras = rotate_about(cameras, self.frame.center, axis, angle)
+        return NerfViews(cameras)
+
+    def render(self, views: NerfViews | Cameras) -> Render:
+        """The stylized appearance, without autograd (deferred): rgb [V, 3, H, W], mask, depth."""
+        with torch.no_grad():
+            return render(self.model, _cameras(views), self.chunk_rays)
+
+    def render_content(self, views: NerfViews | Cameras) -> Render:
+        with torch.no_grad():
+            return render(self.model, _cameras(views), self.chunk_rays, original=True)
+
+    def render_with_grad(self, views: NerfViews | Cameras) -> Render:
+        """Direct (non-deferred) differentiable render: memory grows with the view's pixels."""
+        with torch.enable_grad():
+            return render(self.model, _cameras(views), self.patch_rays)
+
+    def backward_image(self, views: NerfViews | Cameras, grad_rgb: torch.Tensor) -> None:
+        backward_patches(self.model, _cameras(views), grad_rgb, self.patch_rays)
+
+
+def _cameras(views: NerfViews | Cameras) -> Cameras:
+    return views.cameras if isinstance(views, NerfViews) else views
+
+
+def backend_for_run(run: LoadedRun, size: int, views_per_step: int = 1, jitter_degrees: float = JITTER_DEGREES,
+                    patch_rays: int = PATCH_RAYS, lr: float | None = None) -> NerfBackend:
+    """A NerfBackend over a loaded run's training cameras at working size `size` (longer side, px)."""
+    first = run.train_cameras[0:1]
+    width, height = working_size(int(first.width), int(first.height), size)
+    train = from_nerfstudio(run.train_cameras, width, height)
+    return NerfBackend(run.model, train, SceneFrame.from_cameras(train), views_per_step, jitter_degrees,
+                       patch_rays, lr)
+
+
+# ----------------------------------------------------------------------------------------------- saving
+def _vanilla_datamanager(datamanager: Any) -> Any:
+    """The same data settings as a VanillaDataManagerConfig (ParallelDataManager spawns worker processes,
+    which only slows down ns-viewer/ns-render of a stylized scene)."""
+    from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
+
+    if type(datamanager) is VanillaDataManagerConfig or not isinstance(datamanager, VanillaDataManagerConfig):
+        return datamanager
+    return VanillaDataManagerConfig(**{f.name: getattr(datamanager, f.name)
+                                       for f in dataclasses.fields(VanillaDataManagerConfig) if f.name != "_target"})
+
+
+def stylized_config(run: LoadedRun, output_dir: Path, style: dict[str, Any]) -> Any:
+    """The stylized run's TrainerConfig: the original's, as method nst3d-nerfacto under `output_dir` with a new
+    timestamp; `style` records the pipeline's style settings (StylePipelineConfig fields)."""
+    from nst3d.integrations.nerfstudio.method import StylePipelineConfig, nst3d_nerfacto
+
+    config = copy.deepcopy(run.config)
+    spec = nst3d_nerfacto.config
+    config._target = spec._target
+    config.method_name = METHOD_NAME
+    config.output_dir = Path(output_dir).resolve()
+    config.timestamp = datetime.now().strftime("%Y-%m-%d_%H%M%S")
+    config.load_dir = config.load_step = config.load_config = config.load_checkpoint = None
+    config.optimizers = copy.deepcopy(spec.optimizers)
+    config.pipeline = StylePipelineConfig(datamanager=_vanilla_datamanager(config.pipeline.datamanager),
+                                          model=run.model.config, **style)
+    while config.get_base_dir().exists():  # two runs in the same second: never reuse a folder
+        config.timestamp += "_1"
+    return config
+
+
+def save_run(run: LoadedRun, output_dir: Path, style: dict[str, Any], steps: int,
+             extras: Callable[[Path, Path], None] | None = None) -> Path:
+    """Write the stylized run (config.yml, nerfstudio_models/step-N.ckpt, dataparser_transforms.json) into a new
+    folder under output_dir, atomically (a temporary folder renamed at the end). `extras(folder, final config
+    path)` may add files to the folder before it appears. Returns the run's config.yml."""
+    import yaml
+
+    config = stylized_config(run, output_dir, style)
+    base = config.get_base_dir()
+    original_base = run.config_path.resolve().parent
+    if base.resolve() == original_base:
+        raise UserError(f"the stylized run would overwrite the original at {original_base}; choose another -o")
+    step = run.step + steps
+    pipeline_state = {k: v for k, v in run.checkpoint["pipeline"].items() if not k.startswith("_model.")}
+    pipeline_state.update({f"_model.{k}": v.detach().cpu() for k, v in run.model.state_dict().items()})
+    base.parent.mkdir(parents=True, exist_ok=True)
+    tmp = base.parent / f".{base.name}.part"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        (tmp / config.relative_model_dir).mkdir(parents=True)
+        (tmp / "config.yml").write_text(yaml.dump(config), "utf8")
+        torch.save({"step": step, "pipeline": pipeline_state, "optimizers": {}, "schedulers": {}, "scalers": {}},
+                   tmp / config.relative_model_dir / f"step-{step:09d}.ckpt")
+        transforms = original_base / "dataparser_transforms.json"
+        if transforms.is_file():
+            shutil.copyfile(transforms, tmp / "dataparser_transforms.json")
+        if extras is not None:
+            extras(tmp, base / "config.yml")
+        tmp.rename(base)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return base / "config.yml"
