@@ -1,0 +1,491 @@
+"""The Gaussian-splat backend: colours are the parameters; means, scales, rotations and opacities are fixed.
+
+Parameters: each Gaussian's base colour (the SH DC term as RGB, c = SH_C0 * f_dc + 0.5) and, with
+`view_dependent`, its higher-order SH coefficients; otherwise those are zeroed in the output (the style is
+the same from every side, as a painting is). The original full-SH appearance is the content target.
+
+Views: a pool of training cameras is set up once, either orbiting the object (Fibonacci directions with
+jitter and random zoom, framed on robust percentile bounds, since splat scenes have floaters) or the
+capture's own cameras from a nerfstudio/Blender transforms.json (inside-out scenes). Each pool view gets a
+random background colour (so no single colour bakes into the edges; the losses count covered pixels only).
+On a CPU every pool view is *planned* once (projection, tile lists and compositing weights do not depend on
+colour: see render.plan), so a step costs one sparse gather/scatter per view; on CUDA gsplat renders them.
+Batches carry a `key`, so the loop caches their content features.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nst3d.backends.base import Render
+from nst3d.backends.splat.ply import SH_C0, SplatPly
+from nst3d.backends.splat.render import Plan, covariances, plan, rasterize, shade
+from nst3d.cameras import Cameras, fibonacci_directions, intrinsics, jitter_directions, look_at, opengl_to_opencv
+from nst3d.errors import UserError
+from nst3d.eval import HeldOutViews, held_out_views
+
+FOV_DEGREES = 40.0
+FRAME_MARGIN = 1.08
+FRAMING_QUANTILE = 0.99  # fit 98% of the (opaque) Gaussians, not floaters
+MAX_FRAMING_POINTS = 50_000
+DEPTH_ALPHA = 0.5  # a pixel has a depth where the accumulated opacity reaches this
+UP_AXES = {"x": (1.0, 0.0, 0.0), "y": (0.0, 1.0, 0.0), "z": (0.0, 0.0, 1.0),
+           "-x": (-1.0, 0.0, 0.0), "-y": (0.0, -1.0, 0.0), "-z": (0.0, 0.0, -1.0)}
+
+
+@dataclass
+class SplatScene:
+    """Gaussians as tensors: means [N, 3], quats [N, 4] (w, x, y, z), scales [N, 3] (activated),
+    opacities [N] (activated), sh_dc [N, 3], sh_rest [N, K - 1, 3] (K = (degree + 1)^2)."""
+
+    means: torch.Tensor
+    quats: torch.Tensor
+    scales: torch.Tensor
+    opacities: torch.Tensor
+    sh_dc: torch.Tensor
+    sh_rest: torch.Tensor
+    degree: int
+
+    @classmethod
+    def from_ply(cls, ply: SplatPly) -> SplatScene:
+        return cls(ply.means(), ply.quats(), ply.log_scales().exp(), torch.sigmoid(ply.opacity_logits()),
+                   ply.sh_dc(), ply.sh_rest(), ply.sh_degree)
+
+    def __len__(self) -> int:
+        return len(self.means)
+
+    def to(self, device) -> SplatScene:
+        moved = {k: v.to(device) if torch.is_tensor(v) else v for k, v in vars(self).items()}
+        return SplatScene(**moved)
+
+    def subset(self, keep: torch.Tensor) -> SplatScene:
+        """Only the Gaussians where keep [N] (bool) is true."""
+        return SplatScene(**{k: v[keep] if torch.is_tensor(v) else v for k, v in vars(self).items()})
+
+    def sh(self) -> torch.Tensor:
+        """All SH coefficients [N, K, 3]."""
+        return torch.cat([self.sh_dc[:, None], self.sh_rest], dim=1)
+
+
+def cleanup_mask(scene: SplatScene, radius: float, max_extent: float = 0.5, max_aspect: float = 10.0,
+                 min_extent: float = 0.1) -> torch.Tensor:
+    """Gaussians to keep [N] (bool): drops huge ones (3-sigma extent above `max_extent` of the scene radius)
+    and needles (longest axis over `max_aspect` times the middle one, if its 3-sigma extent is above
+    `min_extent` of the radius), which smear a style across the scene (as G-Style observes). Flat discs,
+    what surfaces are made of, are kept."""
+    axes = scene.scales.sort(dim=-1).values  # [N, 3] shortest .. longest
+    longest, middle = axes[:, 2], axes[:, 1].clamp(min=1e-12)
+    huge = 3 * longest > max_extent * radius
+    needle = (longest / middle > max_aspect) & (3 * longest > min_extent * radius)
+    return ~(huge | needle)
+
+
+def framing_points(scene: SplatScene, seed: int = 0) -> torch.Tensor:
+    """Means of the fairly opaque Gaussians (the ones that make the picture), at most 50k, [P, 3]."""
+    keep = scene.opacities >= 0.2
+    points = scene.means[keep] if int(keep.sum()) >= 16 else scene.means
+    if len(points) > MAX_FRAMING_POINTS:
+        generator = torch.Generator().manual_seed(seed)
+        points = points[torch.randperm(len(points), generator=generator)[:MAX_FRAMING_POINTS]]
+    return points.float().cpu()
+
+
+def robust_bounds(points: torch.Tensor, quantile: float = FRAMING_QUANTILE) -> tuple[torch.Tensor, float]:
+    """(centre [3], radius): the middle of the per-axis percentile box, and the `quantile` of distances."""
+    lo = torch.quantile(points, 1 - quantile, dim=0)
+    hi = torch.quantile(points, quantile, dim=0)
+    center = (lo + hi) / 2
+    radius = float(torch.quantile((points - center).norm(dim=-1), quantile))
+    return center, max(radius, 1e-6)
+
+
+def up_vector(name: str, points: torch.Tensor) -> torch.Tensor:
+    """The scene's up direction [3]: a named axis, or "auto" = the axis along which the scene is thinnest
+    (a splat of an object on a table is flatter than it is wide; pass --up when that guess is wrong)."""
+    if name in UP_AXES:
+        return torch.tensor(UP_AXES[name])
+    if name != "auto":
+        raise UserError(f"unknown --up '{name}'; use auto, {', '.join(UP_AXES)}")
+    spread = torch.quantile(points, 0.95, dim=0) - torch.quantile(points, 0.05, dim=0)
+    return torch.eye(3)[int(spread.argmin())]
+
+
+def canonical_to_world(up: torch.Tensor) -> torch.Tensor:
+    """Rotation [3, 3] taking the y-up frame of nst3d's view samplers to a frame whose y is `up`."""
+    up = torch.nn.functional.normalize(up.float(), dim=0)
+    y = torch.tensor([0.0, 1.0, 0.0])
+    v = torch.linalg.cross(y, up)
+    c = float(y @ up)
+    if v.norm() < 1e-8:
+        return torch.eye(3) if c > 0 else torch.diag(torch.tensor([1.0, -1.0, -1.0]))
+    vx = torch.tensor([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+    return torch.eye(3) + vx + vx @ vx / (1 + c)
+
+
+def frame_views(points: torch.Tensor, center: torch.Tensor, directions: torch.Tensor, up: torch.Tensor,
+                width: int, height: int, fov_y_degrees: float = FOV_DEGREES, zoom: torch.Tensor | None = None,
+                quantile: float = FRAMING_QUANTILE, margin: float = FRAME_MARGIN) -> Cameras:
+    """Cameras looking along -directions [V, 3] (world) whose image the object fills: the `quantile` of the
+    points' angular extents fits the frame (robust to floaters), centred. zoom: [V] distance multipliers."""
+    tan_y = math.tan(math.radians(fov_y_degrees) / 2) / margin
+    tan_x = tan_y * width / height
+    views = len(directions)
+    rotation = look_at(center[None] + directions, center, up)[:, :3, :3]  # rows: right, down, forward
+    centers = center[None].repeat(views, 1)
+    for _ in range(3):
+        q = torch.einsum("vij,vnj->vni", rotation, points[None] - centers[:, None])  # [V, N, 3]
+        need = torch.maximum(q[..., 0].abs() / tan_x - q[..., 2], q[..., 1].abs() / tan_y - q[..., 2])
+        distance = torch.quantile(need, quantile, dim=1).clamp(min=1e-6)
+        depth = (q[..., 2] + distance[:, None]).clamp(min=1e-6)
+        ax, ay = q[..., 0] / depth, q[..., 1] / depth
+        lo = torch.quantile(torch.stack([ax, ay]), 1 - quantile, dim=2)
+        hi = torch.quantile(torch.stack([ax, ay]), quantile, dim=2)
+        shift = (lo + hi) / 2 * distance  # [2, V]
+        centers = centers + shift[0, :, None] * rotation[:, 0] + shift[1, :, None] * rotation[:, 1]
+    if zoom is not None:
+        distance = distance * zoom
+    eyes = centers - rotation[:, 2] * distance[:, None]
+    K = intrinsics(width, height, fov_y_degrees).repeat(views, 1, 1)
+    return Cameras(look_at(eyes, centers, up), K, width, height)
+
+
+def capture_cameras(path: Path, size: int, transform_path: Path | None = None) -> Cameras:
+    """The cameras of a nerfstudio or Blender (NeRF-synthetic) transforms.json, as OpenCV cameras whose
+    longer image side is `size` pixels. transform_path: nerfstudio's dataparser_transforms.json, when the
+    splat was trained (and exported) in nerfstudio's normalised frame."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"camera file not found: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read cameras from {path}: {exc.__class__.__name__}: {exc}") from None
+    frames = data.get("frames") if isinstance(data, dict) else None
+    if not frames:
+        raise UserError(f"{path}: no 'frames' list; expected a nerfstudio or Blender transforms.json")
+    c2w, Ks, sizes = [], [], []
+    for frame in frames:
+        info = {**data, **frame}
+        matrix = torch.tensor(frame.get("transform_matrix", []), dtype=torch.float32)
+        if matrix.shape != (4, 4):
+            raise UserError(f"{path}: a frame without a 4x4 transform_matrix")
+        w, h = _frame_size(info, Path(path).parent)
+        if "fl_x" in info:
+            fx, fy = float(info["fl_x"]), float(info.get("fl_y", info["fl_x"]))
+        elif "camera_angle_x" in info:
+            fx = fy = 0.5 * w / math.tan(float(info["camera_angle_x"]) / 2)
+        else:
+            raise UserError(f"{path}: no focal length (fl_x or camera_angle_x)")
+        cx, cy = float(info.get("cx", w / 2)), float(info.get("cy", h / 2))
+        c2w.append(matrix)
+        Ks.append(torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]]))
+        sizes.append((w, h))
+    c2w = torch.stack(c2w)
+    if transform_path is not None:
+        c2w = _apply_dataparser_transform(c2w, transform_path)
+    w0, h0 = sizes[0]
+    scale = size / max(w0, h0)
+    width, height = max(1, round(w0 * scale)), max(1, round(h0 * scale))
+    K = torch.stack(Ks)
+    K[:, 0] *= torch.tensor([s[0] for s in sizes])[:, None].reciprocal() * width
+    K[:, 1] *= torch.tensor([s[1] for s in sizes])[:, None].reciprocal() * height
+    return Cameras(opengl_to_opencv(c2w), K, width, height)
+
+
+def _frame_size(info: dict[str, Any], folder: Path) -> tuple[float, float]:
+    if "w" in info and "h" in info:
+        return float(info["w"]), float(info["h"])
+    image = folder / str(info.get("file_path", ""))
+    for candidate in (image, image.with_name(image.name + ".png")):
+        if candidate.is_file():
+            from PIL import Image
+
+            with Image.open(candidate) as img:
+                return float(img.width), float(img.height)
+    return 800.0, 800.0  # the NeRF-synthetic size, when neither w/h nor the images are there
+
+
+def _apply_dataparser_transform(c2w: torch.Tensor, path: Path) -> torch.Tensor:
+    try:
+        data = json.loads(Path(path).read_text())
+        transform = torch.tensor(data["transform"], dtype=torch.float32)
+        scale = float(data["scale"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"cannot read {path} as nerfstudio dataparser_transforms.json "
+                        f"({exc.__class__.__name__})") from None
+    out = c2w.clone()
+    out[:, :3] = transform[:3] @ c2w
+    out[:, :3, 3] *= scale
+    return out
+
+
+@dataclass
+class ViewBatch:
+    """Training views set up once. key: batch number (the loop caches content features by it)."""
+
+    key: int
+    cameras: Cameras
+    backgrounds: torch.Tensor  # [V, 3]
+    content: torch.Tensor  # [V, 3, H, W] the original splat over the backgrounds
+    mask: torch.Tensor  # [V, 1, H, W] accumulated opacity
+    depth: torch.Tensor  # [V, 1, H, W]
+    plan: Plan | None  # the CPU renderer's colour-independent half (None on CUDA: gsplat renders each step)
+
+
+class SplatBackend:
+    """Stylize a SplatScene's colours (see the module docstring). Implements nst3d.backends.base.Backend."""
+
+    deferred = False
+
+    def __init__(self, scene: SplatScene, size: int = 256, views_per_step: int = 2, pool_size: int = 48,
+                 view_dependent: bool = False, capture: Cameras | None = None, up: str = "auto",
+                 lr: float | None = None, init: str = "content", device: torch.device | str = "cpu",
+                 seed: int = 0, jitter_degrees: float = 12.0, zoom_range: tuple[float, float] = (0.8, 1.1),
+                 on_event: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None):
+        self.device = torch.device(device)
+        self.scene = scene.to(self.device)
+        self.size = size
+        self.lr = lr
+        self.engine = "gsplat" if self.device.type == "cuda" else "torch"
+        self.covars = covariances(self.scene.quats, self.scene.scales) if self.engine == "torch" else None
+        self.view_dependent = view_dependent and scene.degree > 0
+        self.points = framing_points(scene, seed)
+        self.center, self.radius = robust_bounds(self.points)
+        self.capture = capture
+        self.up = capture_up(capture) if capture is not None and up == "auto" else up_vector(up, self.points)
+        self.rotation = canonical_to_world(self.up)
+        generator = torch.Generator().manual_seed(seed)
+        base = SH_C0 * self.scene.sh_dc + 0.5
+        if init == "noise":
+            base = torch.rand(base.shape, generator=generator).to(base)
+        elif init != "content":
+            raise ValueError(f"unknown init {init!r}; use content or noise")
+        self.base_colors = torch.nn.Parameter(base.clone())  # [N, 3] colour of the DC term
+        self.sh_rest = torch.nn.Parameter(self.scene.sh_rest.clone()) if self.view_dependent else None
+        if capture is not None:
+            self.held_capture, pool = split_capture(capture, size)
+            pool = pool[torch.randperm(len(pool), generator=generator)[:pool_size].tolist()]
+        else:
+            directions = jitter_directions(fibonacci_directions(pool_size), jitter_degrees, generator)
+            directions = directions[torch.randperm(pool_size, generator=generator)]
+            zoom = zoom_range[0] + (zoom_range[1] - zoom_range[0]) * torch.rand(pool_size, generator=generator)
+            pool = self.frame(directions, zoom=zoom)
+        backgrounds = 0.1 + 0.8 * torch.rand(len(pool), 3, generator=generator)
+        self.batches: list[ViewBatch] = []
+        starts = range(0, len(pool), views_per_step)
+        for key, start in enumerate(starts):
+            if should_stop is not None and should_stop():
+                from nst3d.stylize import Cancelled
+
+                raise Cancelled()
+            index = list(range(start, min(start + views_per_step, len(pool))))
+            self.batches.append(self._prepare(key, pool[index], backgrounds[index]))
+            if on_event is not None:
+                on_event({"event": "progress", "stage": "preparing views", "step": key + 1,
+                          "total": len(starts), "loss": 0.0, "terms": {}})
+        if on_event is not None:
+            on_event({"event": "stage_done", "stage": "preparing views"})
+        self._order: list[int] = []
+        self._plan_cache: tuple[Any, list[tuple[Cameras, Plan]]] | None = None
+        self._check_visible()
+
+    # ---------------------------------------------------------------------------------- set-up (once)
+
+    def frame(self, directions: torch.Tensor, width: int | None = None, height: int | None = None,
+              zoom: torch.Tensor | None = None) -> Cameras:
+        """Cameras around the object for y-up view directions [V, 3] (eval's convention), framed on the
+        robust bounds (for the training pool, held-out views and turntables)."""
+        world = directions.float() @ self.rotation.T
+        return frame_views(self.points, self.center, world, self.up, width or self.size, height or self.size,
+                           zoom=zoom)
+
+    def held_out(self, count: int = 4) -> HeldOutViews:
+        """Held-out views: eval's orbit anchors and partners, or for a capture the cameras kept out of the
+        pool, each with partners turned about the world's up axis through the camera."""
+        if self.capture is None:
+            return held_out_views(self.frame, count)
+        anchors = self.held_capture[list(range(min(count, len(self.held_capture))))]
+        return HeldOutViews(anchors, turn_in_place(anchors, self.up, 5.0), turn_in_place(anchors, self.up, 45.0),
+                            5.0, 45.0)
+
+    def _prepare(self, key: int, cameras: Cameras, backgrounds: torch.Tensor) -> ViewBatch:
+        s = self.scene
+        cams = cameras.to(self.device)
+        bg = backgrounds.to(self.device)
+        if self.engine == "torch":
+            pl = plan(s.means, s.quats, s.scales, s.opacities, cams.world_to_cam, cams.K, cams.width, cams.height,
+                      covars=self.covars)
+            raster = shade(pl, s.sh(), s.means, cams.world_to_cam, s.degree, bg)
+        else:
+            pl = None
+            raster = rasterize(s.means, s.quats, s.scales, s.opacities, s.sh(), cams.world_to_cam, cams.K,
+                               cams.width, cams.height, sh_degree=s.degree, backgrounds=bg)
+        content, mask, depth = _to_render(raster)
+        return ViewBatch(key, cams, bg, content, mask, depth, pl)
+
+    def _check_visible(self) -> None:
+        covered = torch.stack([b.mask.mean() for b in self.batches]).mean()
+        if float(covered) < 1e-3:
+            raise UserError("the training cameras see (almost) none of the splat; check --cameras (a nerfstudio "
+                            "export may need --dataparser-transforms) or --up")
+
+    # ----------------------------------------------------------------------------------- the protocol
+
+    def parameters(self) -> list[dict[str, Any]]:
+        extra = {"lr": self.lr} if self.lr else {}
+        groups = [{"params": [self.base_colors], **extra}]
+        if self.sh_rest is not None:
+            # Higher SH bands vary the colour around the base: a smaller step keeps them from taking over.
+            groups.append({"params": [self.sh_rest], "lr": (self.lr or 0.02) * 0.25})
+        return groups
+
+    def train_views(self, step: int, generator: torch.Generator) -> ViewBatch:
+        """The next pool batch, in a fresh random order each pass over the pool."""
+        if not self._order:
+            self._order = torch.randperm(len(self.batches), generator=generator).tolist()
+        return self.batches[self._order.pop()]
+
+    def render(self, views: ViewBatch) -> Render:
+        """The current colours (unclamped, so saturated Gaussians keep their gradients) over the batch's
+        backgrounds."""
+        rgb = self._shade(views.cameras, views.plan, self.colors(), views.backgrounds, clamp=False)
+        return Render(rgb, views.mask, views.depth)
+
+    def render_content(self, views: ViewBatch) -> Render:
+        return Render(views.content, views.mask, views.depth)
+
+    def backward_image(self, views: Any, grad_rgb: torch.Tensor) -> None:
+        raise NotImplementedError("the splat backend back-propagates directly")
+
+    # -------------------------------------------------------------------------------------- helpers
+
+    def colors(self) -> torch.Tensor:
+        """SH coefficients [N, K, 3] of the current parameters (K = 1 unless view-dependent)."""
+        dc = (self.base_colors - 0.5) / SH_C0
+        if self.sh_rest is None:
+            return dc[:, None]
+        return torch.cat([dc[:, None], self.sh_rest], dim=1)
+
+    def _shade(self, cameras: Cameras, pl: Plan | None, colors: torch.Tensor, backgrounds: torch.Tensor,
+               clamp: bool = True) -> torch.Tensor:
+        degree = int(math.isqrt(colors.shape[1])) - 1
+        s = self.scene
+        if pl is None:  # CUDA: gsplat
+            raster = rasterize(s.means, s.quats, s.scales, s.opacities, colors, cameras.world_to_cam, cameras.K,
+                               cameras.width, cameras.height, sh_degree=degree, backgrounds=backgrounds,
+                               clamp=clamp)
+        else:
+            raster = shade(pl, colors, s.means, cameras.world_to_cam, degree, backgrounds, clamp=clamp)
+        return raster.rgb.permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def stylized_sh(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """What goes into the file: (sh_dc [N, 3], sh_rest [N, K - 1, 3]); colours clamped to [0, 1], the
+        higher bands the optimised ones or zeros. Gaussians whose colour did not move keep their exact DC."""
+        base = self.base_colors.detach().clamp(0, 1)
+        dc = (base - 0.5) / SH_C0
+        unchanged = (self.base_colors.detach() == SH_C0 * self.scene.sh_dc + 0.5).all(-1)
+        dc = torch.where(unchanged[:, None], self.scene.sh_dc, dc)
+        rest = self.sh_rest.detach() if self.sh_rest is not None else torch.zeros_like(self.scene.sh_rest)
+        return dc.cpu(), rest.cpu()
+
+    @torch.no_grad()
+    def render_cameras(self, cameras: Cameras, which: str = "stylized", background=(1.0, 1.0, 1.0),
+                       batch: int = 4) -> Render:
+        """Render any cameras: "stylized" (what the output file holds) or "original". Returns rgb over
+        `background`, mask (accumulated opacity) and depth, on the CPU."""
+        if which == "stylized":
+            dc, rest = self.stylized_sh()
+            colors = torch.cat([dc[:, None], rest], dim=1).to(self.device)
+        elif which == "original":
+            colors = self.scene.sh()
+        else:
+            raise ValueError(f"unknown render {which!r}; use stylized or original")
+        if self.engine == "gsplat":
+            return render_scene(replace(self.scene, sh_dc=colors[:, 0], sh_rest=colors[:, 1:]), cameras,
+                                background, batch)
+        degree = int(math.isqrt(colors.shape[1])) - 1
+        out = []
+        for cams, pl in self._plans(cameras, batch):
+            bg = torch.tensor(background, dtype=torch.float32).expand(len(cams), 3)
+            raster = shade(pl, colors, self.scene.means, cams.world_to_cam, degree, bg)
+            out.append(_to_render(raster))
+        rgb, mask, depth = (torch.cat(column) for column in zip(*out, strict=True))
+        return Render(rgb, mask, depth)
+
+    def _plans(self, cameras: Cameras, batch: int) -> list[tuple[Cameras, Plan]]:
+        """CPU plans for these cameras, `batch` views each; the last camera set's are kept (the evaluation
+        renders the same views stylized and original)."""
+        key = (cameras.world_to_cam.numpy().tobytes(), cameras.K.numpy().tobytes(), cameras.width, cameras.height,
+               batch)
+        if self._plan_cache is not None and self._plan_cache[0] == key:
+            return self._plan_cache[1]
+        s = self.scene
+        plans = []
+        for start in range(0, len(cameras), batch):
+            cams = cameras[list(range(start, min(start + batch, len(cameras))))]
+            plans.append((cams, plan(s.means, s.quats, s.scales, s.opacities, cams.world_to_cam, cams.K, cams.width,
+                                     cams.height, covars=self.covars)))
+        self._plan_cache = (key, plans)
+        return plans
+
+
+@torch.no_grad()
+def render_scene(scene: SplatScene, cameras: Cameras, background=(1.0, 1.0, 1.0), batch: int = 4) -> Render:
+    """Render a scene's own SH colours from any cameras (over a plain background), batch views at a time
+    (gsplat on CUDA, else the PyTorch path). Returns a Render on the CPU: rgb [V, 3, H, W], mask
+    [V, 1, H, W], depth [V, 1, H, W]."""
+    s = scene
+    out = []
+    for start in range(0, len(cameras), batch):
+        cams = cameras[list(range(start, min(start + batch, len(cameras))))].to(s.means.device)
+        bg = torch.tensor(background, dtype=torch.float32, device=s.means.device).expand(len(cams), 3)
+        raster = rasterize(s.means, s.quats, s.scales, s.opacities, s.sh(), cams.world_to_cam, cams.K,
+                           cams.width, cams.height, sh_degree=s.degree, backgrounds=bg)
+        out.append(tuple(t.cpu() for t in _to_render(raster)))
+    rgb, mask, depth = (torch.cat(column) for column in zip(*out, strict=True))
+    return Render(rgb, mask, depth)
+
+
+def _to_render(raster) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Raster (channel-last) -> rgb [V, 3, H, W], mask [V, 1, H, W], depth [V, 1, H, W] (0 where the
+    accumulated opacity is under DEPTH_ALPHA)."""
+    rgb = raster.rgb.permute(0, 3, 1, 2).detach()
+    mask = raster.alpha.permute(0, 3, 1, 2)
+    depth = raster.depth.permute(0, 3, 1, 2) * (mask >= DEPTH_ALPHA)
+    return rgb, mask, depth
+
+
+def capture_up(cameras: Cameras) -> torch.Tensor:
+    """The world up of a capture: the mean of its cameras' up axes (OpenCV's -y), snapped to nothing."""
+    up = -cameras.cam_to_world[:, :3, 1].mean(0)
+    return torch.nn.functional.normalize(up, dim=0)
+
+
+def split_capture(cameras: Cameras, size: int, held: int = 4) -> tuple[Cameras, Cameras]:
+    """(held-out cameras, training pool): `held` cameras evenly spread through the capture are kept out."""
+    n = len(cameras)
+    if n < 2:
+        raise UserError("the camera file has fewer than 2 cameras; give the capture's transforms.json")
+    held = min(held, max(1, n // 5))
+    held_index = sorted({int(i) for i in np.linspace(0, n - 1, held + 2)[1:-1].round()})
+    pool_index = [i for i in range(n) if i not in held_index]
+    return cameras[held_index], cameras[pool_index]
+
+
+def turn_in_place(cameras: Cameras, up: torch.Tensor, degrees: float) -> Cameras:
+    """The same cameras yawed by `degrees` about the world up axis through each camera centre."""
+    a = math.radians(degrees)
+    u = torch.nn.functional.normalize(up.float(), dim=0)
+    ux = torch.tensor([[0.0, -u[2], u[1]], [u[2], 0.0, -u[0]], [-u[1], u[0], 0.0]])
+    rotation = torch.eye(3) + math.sin(a) * ux + (1 - math.cos(a)) * ux @ ux  # Rodrigues, world frame
+    c2w = cameras.cam_to_world.clone()
+    c2w[:, :3, :3] = rotation @ c2w[:, :3, :3]
+    return Cameras(torch.linalg.inv(c2w), cameras.K.clone(), cameras.width, cameras.height)

@@ -1,0 +1,211 @@
+"""`nst3d splat SCENE.ply --style STYLE -o OUT.ply`: stylize a 3D Gaussian splat (INRIA PLY) by optimising its
+colours only; geometry and opacity stay bit-identical. Writes OUT.ply, a contact sheet OUT.png (held-out
+views, original above stylized) and a report OUT.json (or --report) with the held-out metrics."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nst3d.backends.splat.backend import SplatBackend, SplatScene, capture_cameras, cleanup_mask, robust_bounds
+from nst3d.backends.splat.ply import GAUSSIAN_PROPERTIES, SH_C0, read_splat, write_splat
+from nst3d.color import keep_content_chroma
+from nst3d.errors import UserError
+from nst3d.eval import evaluate_with_renders
+from nst3d.events import EventSink, ProgressBar, ignore
+from nst3d.files import check_output, write_json
+from nst3d.options import (
+    BackendDefaults,
+    StyleOptions,
+    add_style_options,
+    build_objective,
+    load_styles,
+    loop_config,
+    options_from_args,
+    peak_memory_mb,
+    resolve_device,
+    vgg_for,
+    with_defaults,
+)
+from nst3d.preview import contact_sheet
+from nst3d.stylize import stylize
+
+DEFAULTS = BackendDefaults(steps=300, size=256, views=2, content_weight=0.02, tv_weight=0.0, lr=0.02,
+                           style_scales=(1.0, 0.5))
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("splat", help="stylize a 3D Gaussian splat (INRIA .ply)", description=__doc__)
+    p.add_argument("scene", type=Path, help="Gaussian splat .ply (3DGS / gsplat / nerfstudio / Polycam / Luma)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="stylized .ply (the input is never changed)")
+    p.add_argument("--cameras", type=Path, metavar="JSON",
+                   help="train on the capture's cameras (nerfstudio/Blender transforms.json) instead of orbits; "
+                        "for scenes seen from the inside")
+    p.add_argument("--dataparser-transforms", type=Path, metavar="JSON",
+                   help="nerfstudio's dataparser_transforms.json, when the splat lives in nerfstudio's frame")
+    p.add_argument("--view-dependent", action="store_true",
+                   help="also optimise the higher SH bands (default: zero them; the style looks the same from "
+                        "every side)")
+    p.add_argument("--compare-baseline", action="store_true",
+                   help="also stylize each held-out view on its own in 2D (the per-view baseline) and measure the "
+                        "unstylized floor, for the report")
+    p.add_argument("--up", default="auto", choices=("auto", "x", "y", "z", "-x", "-y", "-z"),
+                   help="the scene's up axis for orbits (auto: the capture's, else the thinnest axis)")
+    p.add_argument("--pool", type=int, default=48, metavar="N", help="training views set up once (default 48)")
+    p.add_argument("--held-out", type=int, default=4, metavar="N", help="held-out anchor views for the report")
+    p.add_argument("--cleanup", action="store_true",
+                   help="drop huge and needle-like Gaussians that smear the style (changes the count; off by "
+                        "default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_style_options(p, DEFAULTS)
+    p.set_defaults(run=run)
+
+
+def side_paths(output: Path, report: Path | None) -> tuple[Path, Path]:
+    """(contact sheet, report) beside the output unless --report says otherwise."""
+    return output.with_suffix(".png"), report or output.with_suffix(".json")
+
+
+def run(args: argparse.Namespace) -> int:
+    opts = with_defaults(options_from_args(args), DEFAULTS)
+    inputs = [args.scene, *opts.styles, *(p for p in (args.cameras, args.dataparser_transforms) if p)]
+    check_output(args.output, inputs, (".ply",))
+    sheet, report_path = side_paths(args.output, opts.report)
+    check_output(sheet, inputs, (".png",))
+    check_output(report_path, inputs, (".json",))
+    if args.pool < 1 or args.held_out < 1:
+        raise UserError("--pool and --held-out must be at least 1")
+    bar = ProgressBar(quiet=args.quiet)
+    report = stylize_splat_file(args.scene, args.output, opts, cameras=args.cameras,
+                                dataparser_transforms=args.dataparser_transforms, view_dependent=args.view_dependent,
+                                compare_baseline=args.compare_baseline, up=args.up, pool=args.pool,
+                                held_out=args.held_out, cleanup=args.cleanup, sheet=sheet, on_event=bar)
+    bar.close()
+    write_json(report, report_path)
+    style = report["evaluation"]["style_distance"]
+    print(f"wrote {args.output}, {sheet}, {report_path} ({report['gaussians']} Gaussians; held-out style distance "
+          f"{style['before']:.3g} -> {style['after']:.3g}; {report['seconds']:.0f} s)")
+    return 0
+
+
+def stylize_splat_file(scene_path: Path, output: Path, opts: StyleOptions, *, cameras: Path | None = None,
+                       dataparser_transforms: Path | None = None, view_dependent: bool = False,
+                       compare_baseline: bool = False, up: str = "auto", pool: int = 48, held_out: int = 4,
+                       cleanup: bool = False, sheet: Path | None = None, on_event: EventSink = ignore,
+                       should_stop=None) -> dict[str, Any]:
+    """Stylize the splat at scene_path into `output` (and the contact sheet); returns the report."""
+    started = time.perf_counter()
+    device = resolve_device(opts.device)
+    ply = read_splat(scene_path)
+    vgg = vgg_for(opts, device)
+    styles = load_styles(opts)
+    capture = capture_cameras(cameras, opts.size, dataparser_transforms) if cameras else None
+    scene = SplatScene.from_ply(ply)
+    keep = None
+    if cleanup:
+        keep = cleanup_mask(scene, robust_bounds(scene.means)[1])
+        scene = scene.subset(keep)
+        if len(scene) == 0:
+            raise UserError("--cleanup would remove every Gaussian; run without it")
+    backend = SplatBackend(scene, size=opts.size, views_per_step=opts.views, pool_size=pool,
+                           view_dependent=view_dependent, capture=capture, up=up, lr=opts.lr, init=opts.init,
+                           device=device, seed=opts.seed, on_event=on_event, should_stop=should_stop)
+    prepared = time.perf_counter()
+    palette = torch.cat([b.content.permute(1, 0, 2, 3)[:, b.mask[:, 0] > 0.5] for b in backend.batches], dim=1)
+    objective = build_objective(opts, vgg, styles, palette, DEFAULTS)
+    history = stylize(backend, objective, loop_config(opts), on_event, should_stop)
+    optimised = time.perf_counter()
+    if opts.preserve_color == "luminance":
+        with torch.no_grad():
+            original = SH_C0 * backend.scene.sh_dc + 0.5
+            backend.base_colors.copy_(keep_content_chroma(backend.base_colors.T, original.T).T)
+    held = backend.held_out(held_out)
+    baseline = loop_config(opts, stage="per-view baseline") if compare_baseline else None
+    evaluation, renders = evaluate_with_renders(
+        lambda cams: backend.render_cameras(cams, "stylized"), lambda cams: backend.render_cameras(cams, "original"),
+        held, objective, baseline_config=baseline, on_event=on_event, should_stop=should_stop)
+    evaluated = time.perf_counter()
+    # Everything is computed: write the outputs (each atomically).
+    sh_dc, sh_rest = full_colors(ply, backend, keep)
+    write_splat(output, ply, sh_dc, sh_rest, None if keep is None else keep.cpu().numpy())
+    if sheet is not None:
+        n = held.count
+        columns = [*range(n), *range(2 * n, 3 * n)]  # the anchors and their 45-degree partners
+        names = [("content", "original"), ("stylized", "stylized"), ("baseline", "per-view 2D")]
+        rows = [(renders[key].rgb[columns], label) for key, label in names if key in renders]
+        contact_sheet([r for r, _ in rows], sheet, labels=[label for _, label in rows])
+    check = verify_output(ply, output, keep)
+    return {
+        "command": "splat",
+        "scene": str(scene_path),
+        "output": str(output),
+        "contact_sheet": None if sheet is None else str(sheet),
+        "styles": [str(s) for s in opts.styles],
+        "gaussians": len(scene),
+        "gaussians_in": ply.count,
+        "removed_by_cleanup": 0 if keep is None else int((~keep).sum()),
+        "sh_degree": ply.sh_degree,
+        "view_dependent": backend.view_dependent,
+        "properties": ply.property_names,
+        "output_check": check,
+        "cameras": "capture" if capture is not None else "orbit",
+        "up": backend.up.tolist(),
+        "evaluation": evaluation,
+        "final_loss": history[-1] if history else None,
+        "seconds": evaluated - started,
+        "seconds_prepare": prepared - started,
+        "seconds_optimise": optimised - prepared,
+        "seconds_evaluate": evaluated - optimised,
+        "steps": opts.steps,
+        "size": opts.size,
+        "views_per_step": opts.views,
+        "pool": len(backend.batches) * opts.views,
+        "renderer": "gsplat" if backend.engine == "gsplat" else "nst3d tiled PyTorch compositor",
+        "device": str(device),
+        "peak_memory_mb": peak_memory_mb(device),
+        "loss": opts.loss,
+        "strength": opts.strength,
+        "content_weight": opts.content_weight,
+        "lr": opts.lr,
+        "style_layers": objective.target.layers,
+        "content_layer": objective.content_layer,
+        "weights": vgg.source,
+        "seed": opts.seed,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def full_colors(ply, backend: SplatBackend, keep: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sh_dc [N, 3], sh_rest [N, K - 1, 3]) for every Gaussian of the file (dropped ones keep theirs)."""
+    dc, rest = backend.stylized_sh()
+    if keep is None:
+        return dc, rest
+    full_dc, full_rest = ply.sh_dc(), ply.sh_rest()
+    full_dc[keep.cpu()] = dc
+    full_rest[keep.cpu()] = rest
+    return full_dc, full_rest
+
+
+def verify_output(source, output: Path, keep: torch.Tensor | None) -> dict[str, Any]:
+    """Re-read the output: same properties, same count (or the kept count), geometry and opacity bit-identical."""
+    out = read_splat(output)
+    rows = source.vertices if keep is None else source.vertices[keep.cpu().numpy()]
+    fixed = [name for name in source.property_names if not name.startswith(("f_dc_", "f_rest_"))]
+    identical = all(np.array_equal(_bytes(out.vertices[name]), _bytes(rows[name]))
+                    for name in fixed)
+    before = source.columns(["f_dc_0", "f_dc_1", "f_dc_2"])
+    before = before if keep is None else before[keep.cpu().numpy()]
+    changed = float(np.mean(np.any(out.columns(["f_dc_0", "f_dc_1", "f_dc_2"]) != before, axis=1)))
+    return {"count": out.count, "same_properties": out.property_names == source.property_names,
+            "geometry_and_opacity_identical": identical, "bit_identical_properties": fixed,
+            "fraction_of_colours_changed": changed,
+            "gaussian_properties_present": all(p in out.property_names for p in GAUSSIAN_PROPERTIES)}
+
+
+def _bytes(column: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(column).view(np.uint8)
