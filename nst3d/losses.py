@@ -28,18 +28,44 @@ def resize_mask(mask: torch.Tensor | None, features: torch.Tensor) -> torch.Tens
     return F.interpolate(mask, size=features.shape[-2:], mode="area")
 
 
+class _Gram(torch.autograd.Function):
+    """Per-view F diag(w) F^T for F [B, C, P] and constant w [B, P] (or None: all ones), unnormalised.
+
+    Hand-written backward, (dG + dG^T) F diag(w): one matrix product per view where autograd would do two
+    (it sees F twice) plus a copy of F to un-stack the views. One mm per view is also 2-3x faster on a CPU
+    than a batched matmul with a transposed operand.
+    """
+
+    @staticmethod
+    def forward(ctx, flat: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        weighted = flat if weights is None else flat * weights[:, None]
+        ctx.save_for_backward(weighted)
+        out = flat.new_empty(flat.shape[0], flat.shape[1], flat.shape[1])
+        for view in range(flat.shape[0]):
+            torch.mm(weighted[view], flat[view].T, out=out[view])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (weighted,) = ctx.saved_tensors
+        grad_flat = torch.empty_like(weighted)
+        for view in range(weighted.shape[0]):
+            torch.mm(grad[view] + grad[view].T, weighted[view], out=grad_flat[view])
+        return grad_flat, None
+
+
 def gram(features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Gram matrices [B, C, C], averaged over (masked) positions (Gatys et al., per-position normalised)."""
     b, c = features.shape[:2]
     flat = features.reshape(b, c, -1)
     mask = resize_mask(mask, features)
     if mask is None:
-        weighted, count = flat, torch.full((b,), float(flat.shape[-1]), device=flat.device)
-    else:
-        weights = mask.reshape(b, 1, -1)
-        weighted, count = flat * weights, weights.sum((1, 2)).clamp(min=EPS)
-    # One mm per view: on CPU, 2-3x faster than a batched matmul with a transposed operand.
-    return torch.stack([w @ f.T for w, f in zip(weighted, flat, strict=True)]) / count[:, None, None]
+        return _Gram.apply(flat, None) / flat.shape[-1]
+    weights = mask.reshape(b, -1)
+    count = weights.sum(1).clamp(min=EPS)[:, None, None]
+    if weights.requires_grad:  # a differentiable mask: let autograd handle every factor
+        return (flat * weights[:, None]) @ flat.transpose(1, 2) / count
+    return _Gram.apply(flat, weights) / count
 
 
 def mean_std(features: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -145,3 +145,10 @@ def test_ctrl_c_stops_cleanly_and_leaves_no_output(images, random_weights_file, 
     assert proc.returncode == 130
     assert "cancelled" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_runs_on_the_built_in_sample(random_weights_file, tmp_path):
+    r = nst3d("demo", "-o", tmp_path / "demo", "--steps", 2, "--size", 32, "--weights", random_weights_file, "--quiet")
+    assert r.returncode == 0, r.stderr
+    names = {p.name for p in (tmp_path / "demo").iterdir()}
+    assert {"stylized.png", "contact_sheet.png", "report.json", "inputs"} <= names
