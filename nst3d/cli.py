@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from nst3d import __version__
 from nst3d.errors import UserError
 
-COMMANDS = ("image", "mesh", "splat", "nerf", "render", "demo", "bench", "worker")
+COMMANDS = ("image", "mesh", "splat", "nerf", "render", "batch", "demo", "bench", "worker")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Only `nst3d batch` takes options it does not know itself: it passes them on to every job.
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "pass_through", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     try:
         return args.run(args) or 0
     except UserError as exc:

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Set up ./.venv with nst3d and what it needs. Idempotent: a second run with nothing changed takes a second.
-#   scripts/setup.sh            core + meshes + splats + dev tools
+#   scripts/setup.sh            core + meshes + splats + batch (Ray) + dev tools
 #   scripts/setup.sh --all      also nerfstudio and the bpy module (what the test suite uses)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extras="mesh,splat,dev"
-if [[ "${1:-}" == "--all" ]]; then extras="mesh,splat,nerf,blender,dev"; fi
+extras="mesh,splat,batch,dev"
+if [[ "${1:-}" == "--all" ]]; then extras="mesh,splat,batch,nerf,blender,dev"; fi
 
 python=${PYTHON:-}
 if [[ -z "$python" ]]; then
