@@ -90,9 +90,9 @@ def stylize_nerf_run(config_path: Path, output: Path, opts: StyleOptions, *, dat
 
     started = time.perf_counter()
     device = resolve_device(opts.device)
+    run = load_run(config_path, device, data)
     vgg = vgg_for(opts, device)
     styles = load_styles(opts)
-    run = load_run(config_path, device, data)
     backend = backend_for_run(run, opts.size, opts.views, jitter, patch_rays, opts.lr)
     if opts.init == "noise":
         raise UserError("--init noise is not supported for NeRFs (the appearance starts from the scene)")

@@ -107,14 +107,17 @@ class StyleNerfactoModel(NerfactoModel):
     """nerfacto for stylization: geometry (density field, proposal networks, camera and appearance
     embeddings) frozen; `appearance_parameters()` (the stylized branch and the colour head) trainable."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        trainable = {id(p) for p in self.appearance_parameters()}
+        for parameter in self.parameters():
+            parameter.requires_grad_(id(parameter) in trainable)
+
     def populate_modules(self) -> None:
         super().populate_modules()
         self.field = StyleNerfactoField(
             self.scene_box.aabb, **nerfacto_field_kwargs(self.config, self.num_train_data,
                                                           self.field.spatial_distortion))
-        trainable = {id(p) for p in self.appearance_parameters()}
-        for parameter in self.parameters():
-            parameter.requires_grad_(id(parameter) in trainable)
 
     def appearance_parameters(self) -> list[Parameter]:
         """What stylization optimises: the stylized hash grid + its MLP, and the colour head."""

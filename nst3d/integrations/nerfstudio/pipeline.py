@@ -90,7 +90,7 @@ class StylePipeline(VanillaPipeline):
         grads = [p.grad for p in params]
         for p in params:
             p.grad = None
-        loss = _ReplayGradients.apply(terms["total"], grads, *params)
+        loss = _ReplayGradients.apply(terms["total"].detach(), grads, *params)
         metrics = {f"nst3d_{name}": value.detach() for name, value in terms.items()}
         return {}, {"nst3d_loss": loss}, metrics
 

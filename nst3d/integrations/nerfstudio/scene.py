@@ -128,6 +128,8 @@ class SmallNerfacto:
     hidden_dim: int = 32
     proposal_samples: tuple[int, ...] = (64, 32)
     nerf_samples: int = 32
+    proposal_levels: int = 5
+    proposal_log2_hashmap_size: int = 15
 
 
 def train_nerfacto(data: str | Path, output_dir: str | Path, settings: SmallNerfacto | None = None,
@@ -141,38 +143,43 @@ def train_nerfacto(data: str | Path, output_dir: str | Path, settings: SmallNerf
 
     apply()
     from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
-    from nerfstudio.configs.method_configs import method_configs
     from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
     from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
+    from nerfstudio.engine.optimizers import AdamOptimizerConfig
+    from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
+    from nerfstudio.engine.trainer import TrainerConfig
+    from nerfstudio.models.nerfacto import NerfactoModelConfig
+    from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 
     settings = settings or SmallNerfacto()
-    config = copy.deepcopy(method_configs["nerfacto"])
-    config.output_dir = Path(output_dir)
-    config.experiment_name = experiment_name
-    config.timestamp = timestamp
-    config.vis = "tensorboard"
-    config.max_num_iterations = settings.iterations
-    config.steps_per_save = settings.iterations
-    config.steps_per_eval_batch = config.steps_per_eval_image = config.steps_per_eval_all_images = 10**9
-    config.mixed_precision = False
+    # nerfstudio's "nerfacto" method (configs/method_configs.py), scaled down; built here rather than copied
+    # from method_configs, whose import loads every nerfstudio method and plugin.
+    model = NerfactoModelConfig(
+        eval_num_rays_per_chunk=4096, average_init_density=0.01, background_color="white",
+        camera_optimizer=CameraOptimizerConfig(mode="off"), implementation="torch",
+        num_levels=settings.num_levels, log2_hashmap_size=settings.log2_hashmap_size, max_res=settings.max_res,
+        hidden_dim=settings.hidden_dim, hidden_dim_color=settings.hidden_dim,
+        num_proposal_samples_per_ray=settings.proposal_samples, num_nerf_samples_per_ray=settings.nerf_samples,
+        proposal_net_args_list=[
+            {"hidden_dim": 16, "log2_hashmap_size": settings.proposal_log2_hashmap_size,
+             "num_levels": settings.proposal_levels, "max_res": res, "use_linear": False} for res in (64, 128)],
+        proposal_warmup=max(1, settings.iterations // 2),
+        proposal_weights_anneal_max_num_iters=max(1, settings.iterations // 3))
+    adam = {"optimizer": AdamOptimizerConfig(lr=1e-2, eps=1e-15),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-3, max_steps=max(1, settings.iterations))}
+    config = TrainerConfig(
+        method_name="nerfacto", experiment_name=experiment_name, timestamp=timestamp,
+        output_dir=Path(output_dir), vis="tensorboard", mixed_precision=False,
+        max_num_iterations=settings.iterations, steps_per_save=settings.iterations,
+        steps_per_eval_batch=10**9, steps_per_eval_image=10**9, steps_per_eval_all_images=10**9,
+        pipeline=VanillaPipelineConfig(
+            datamanager=VanillaDataManagerConfig(
+                dataparser=BlenderDataParserConfig(data=Path(data)),
+                train_num_rays_per_batch=settings.rays_per_batch, eval_num_rays_per_batch=settings.rays_per_batch),
+            model=model),
+        optimizers={"proposal_networks": copy.deepcopy(adam), "fields": copy.deepcopy(adam)})
     config.machine.device_type = device
     config.logging.local_writer.enable = False
-    config.pipeline.datamanager = VanillaDataManagerConfig(
-        dataparser=BlenderDataParserConfig(data=Path(data)), train_num_rays_per_batch=settings.rays_per_batch,
-        eval_num_rays_per_batch=settings.rays_per_batch)
-    model = config.pipeline.model
-    model.background_color = "white"
-    model.camera_optimizer = CameraOptimizerConfig(mode="off")
-    model.implementation = "torch"
-    model.num_levels = settings.num_levels
-    model.log2_hashmap_size = settings.log2_hashmap_size
-    model.max_res = settings.max_res
-    model.hidden_dim = model.hidden_dim_color = settings.hidden_dim
-    model.num_proposal_samples_per_ray = settings.proposal_samples
-    model.num_nerf_samples_per_ray = settings.nerf_samples
-    model.eval_num_rays_per_chunk = 4096
-    model.proposal_warmup = max(1, settings.iterations // 2)
-    model.proposal_weights_anneal_max_num_iters = max(1, settings.iterations // 3)
     config.save_config()
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()

@@ -1,0 +1,267 @@
+"""The NeRF path with the real nerfstudio on a scene the test makes itself: a procedural object ray-cast with
+open3d into a Blender-format dataset, a tiny nerfacto trained on it for a few iterations (once per session),
+then the backend (frozen geometry, deferred = direct gradients), `nst3d nerf` end to end with nerfstudio
+reloading the result, and the `ns-train nst3d-nerfacto` route."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+if importlib.util.find_spec("nerfstudio") is None:
+    pytest.skip("nerfstudio is not installed (pip install nst3d[nerf])", allow_module_level=True)
+
+pytestmark = pytest.mark.nerf
+
+# A nerfacto small enough to train a few iterations in seconds on a CPU; quality does not matter here.
+TINY = dict(iterations=6, rays_per_batch=256, num_levels=4, log2_hashmap_size=12, max_res=64, hidden_dim=16,
+            proposal_samples=(16, 8), nerf_samples=8, proposal_levels=2, proposal_log2_hashmap_size=10)
+
+
+@pytest.fixture(scope="session")
+def scene(tmp_path_factory):
+    """A trained tiny nerfacto run: SimpleNamespace(data, config, checkpoints)."""
+    from nst3d.integrations.nerfstudio.offline import placeholder_alexnet
+    from nst3d.integrations.nerfstudio.scene import SmallNerfacto, train_nerfacto, write_blender_scene
+    from nst3d.integrations.nerfstudio.tv_shim import apply
+
+    apply()
+    root = tmp_path_factory.mktemp("nerf")
+    torch_home = tmp_path_factory.getbasetemp() / "torch-hub"  # what tests/conftest.py's _isolated_hub sets
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(torch_home))
+        placeholder_alexnet(torch_home)  # nerfacto's LPIPS metric would download AlexNet otherwise
+        data = write_blender_scene(root / "data", size=16, train_views=10, test_views=2)
+        torch.manual_seed(0)
+        config = train_nerfacto(data, root / "outputs", SmallNerfacto(**TINY))
+    return SimpleNamespace(data=data, config=config, checkpoints=config.parent / "nerfstudio_models")
+
+
+@pytest.fixture(scope="session")
+def style_file(tmp_path_factory) -> Path:
+    from nst3d.files import save_image
+    from nst3d.samples import swirl_style
+
+    path = tmp_path_factory.mktemp("style") / "swirl.png"
+    save_image(swirl_style(48), path)
+    return path
+
+
+def _plain_nerfacto(config_path: Path):
+    """The run's own NerfactoModel (nerfstudio's class, not ours), weights loaded."""
+    from nst3d.backends.nerf import latest_checkpoint, load_checkpoint, model_state, read_config
+
+    config = read_config(config_path)
+    outputs = config.pipeline.datamanager.dataparser.setup().get_dataparser_outputs(split="train")
+    model = config.pipeline.model.setup(scene_box=outputs.scene_box, num_train_data=len(outputs.image_filenames),
+                                        metadata=outputs.metadata, device="cpu")
+    state = load_checkpoint(latest_checkpoint(config_path.parent / "nerfstudio_models"))
+    model.load_state_dict(model_state(state["pipeline"]))
+    return model.eval()
+
+
+def _perturb_appearance(model, scale: float = 0.3, seed: int = 1) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.appearance_parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * scale * (p.abs().mean() + 1e-3))
+
+
+def test_style_model_starts_as_the_trained_nerfacto_and_changes_only_colours(scene):
+    from nst3d.backends.nerf import from_nerfstudio, load_run, render
+
+    run = load_run(scene.config, "cpu")
+    cams = from_nerfstudio(run.train_cameras[0:2], 12, 10)
+    with torch.no_grad():
+        plain = render(_plain_nerfacto(scene.config), cams)
+        start = render(run.model, cams)
+    assert start.rgb.shape == (2, 3, 10, 12) and start.mask.shape == start.depth.shape == (2, 1, 10, 12)
+    assert torch.allclose(start.rgb, plain.rgb, atol=1e-6)
+    assert torch.equal(start.mask, plain.mask) and torch.equal(start.depth, plain.depth)
+    trainable = {name for name, p in run.model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("field.mlp_style.", "field.mlp_head.")) for n in trainable)
+    assert not any(n.startswith("field.mlp_head_original.") for n in trainable)
+
+    _perturb_appearance(run.model)
+    with torch.no_grad():
+        moved = render(run.model, cams)
+        original = render(run.model, cams, original=True)
+    assert torch.equal(moved.mask, start.mask) and torch.equal(moved.depth, start.depth)  # geometry frozen
+    assert (moved.rgb - start.rgb).abs().max() > 1e-3
+    assert torch.allclose(original.rgb, plain.rgb, atol=1e-6)  # the original appearance is kept
+
+
+def test_deferred_backpropagation_gives_the_direct_gradients(scene, vgg):
+    from nst3d.backends.nerf import backend_for_run, load_run
+    from nst3d.losses import Objective, StyleTarget
+    from nst3d.stylize import accumulate_gradients
+
+    run = load_run(scene.config, "cpu")
+    _perturb_appearance(run.model)
+    backend = backend_for_run(run, size=9, patch_rays=7)  # 9x9 view in 12 uneven patches
+    views = backend.train_views(0, torch.Generator().manual_seed(0))
+    style = torch.rand(3, 24, 24, generator=torch.Generator().manual_seed(2))
+    objective = Objective(vgg, StyleTarget.from_images(vgg, [style], ["relu1_1", "relu2_1"]), "relu2_1",
+                          content_weight=0.5, tv_weight=0.1)
+    params = run.model.appearance_parameters()
+
+    content = objective.content_features(backend.render_content(views).rgb)
+    direct = backend.render_with_grad(views)
+    objective(direct.rgb, direct.mask, content)["total"].backward()
+    expected = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    accumulate_gradients(backend, objective, views)
+    for p, g in zip(params, expected, strict=True):
+        assert g.abs().max() > 0
+        assert torch.allclose(p.grad, g, rtol=1e-4, atol=1e-6 * float(g.abs().max())), p.shape
+
+
+def _register_method() -> None:
+    """Make nerfstudio's method table know nst3d-nerfacto even where the entry point is not installed."""
+    from nerfstudio.configs.method_configs import all_methods
+
+    from nst3d.integrations.nerfstudio.method import nst3d_nerfacto
+
+    all_methods.setdefault("nst3d-nerfacto", nst3d_nerfacto.config)
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def test_nerf_command_writes_a_run_that_nerfstudio_reloads(scene, style_file, random_weights_file, tmp_path,
+                                                           capsys):
+    import json
+
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    from nst3d.backends.nerf import load_run, render, to_nerfstudio
+    from nst3d.cli import main
+    from nst3d.eval import held_out_views
+    from nst3d.integrations.nerfstudio.model import StyleNerfactoModel
+
+    before = _snapshot(scene.config.parent)
+    out, report_path = tmp_path / "styled", tmp_path / "report.json"
+    code = main(["nerf", "--load-config", str(scene.config), "--style", str(style_file), "-o", str(out),
+                 "--size", "12", "--steps", "2", "--lr", "0.05", "--weights", str(random_weights_file),
+                 "--held-out", "1", "--report", str(report_path), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    assert _snapshot(scene.config.parent) == before  # the original run is untouched
+    report = json.loads(report_path.read_text())
+    config = Path(report["output"])
+    assert config.is_relative_to(out) and config.parent.parent.name == "nst3d-nerfacto"
+    assert sorted(p.name for p in config.parent.iterdir()) == [
+        "config.yml", "dataparser_transforms.json", "nerfstudio_models", "nst3d_preview.png", "nst3d_report.json"]
+    assert json.loads((config.parent / "nst3d_report.json").read_text())["output"] == str(config)
+    evaluation = report["evaluation"]
+    assert set(evaluation["style_distance"]) == {"before", "after"}
+    assert {"short_range", "long_range"} <= set(evaluation["consistency"])
+    for key in ("seconds", "seconds_per_step", "peak_memory_mb", "patch_rays", "device", "trainable_parameters"):
+        assert key in report
+
+    # nerfstudio's own loader (what ns-viewer, ns-render and ns-export call) reloads and renders it
+    _register_method()
+    _, pipeline, checkpoint, step = eval_setup(config, test_mode="inference")
+    assert isinstance(pipeline.model, StyleNerfactoModel) and step == load_run(scene.config).step + 2
+    ours = load_run(config, "cpu")
+    cams = held_out_views(_frame(ours), count=1).anchors
+    outputs = pipeline.model.get_outputs_for_camera(to_nerfstudio(cams, pipeline.model.device)[0:1])
+    image = outputs["rgb"].permute(2, 0, 1)[None]
+    with torch.no_grad():
+        expected = render(ours.model, cams)
+        original = render(ours.model, cams, original=True)
+    assert image.shape == expected.rgb.shape
+    assert torch.allclose(image, expected.rgb, atol=1e-5)
+    assert (expected.rgb - original.rgb).abs().max() > 1e-3  # the saved appearance is the stylized one
+
+
+def _frame(run):
+    from nst3d.backends.nerf import SceneFrame, from_nerfstudio
+
+    train = from_nerfstudio(run.train_cameras, 12, 12)
+    return SceneFrame.from_cameras(train).framer(12, 12)
+
+
+def test_ns_train_method_stylizes_a_trained_run(scene, style_file, random_weights_file, tmp_path):
+    from nst3d.backends.nerf import from_nerfstudio, load_run, render
+    from nst3d.integrations.nerfstudio.method import nst3d_nerfacto
+
+    config = copy.deepcopy(nst3d_nerfacto.config)  # what `ns-train nst3d-nerfacto ...` starts from
+    config.load_dir = scene.checkpoints
+    config.pipeline.datamanager.data = scene.data
+    config.pipeline.style_image = style_file
+    config.pipeline.vgg_weights = random_weights_file
+    config.pipeline.size = 10
+    config.pipeline.patch_rays = 64
+    config.max_num_iterations = 2
+    config.output_dir = tmp_path / "outputs"
+    config.vis = "tensorboard"
+    config.machine.device_type = "cpu"
+    config.logging.local_writer.enable = False
+    config.steps_per_eval_batch = config.steps_per_eval_image = config.steps_per_eval_all_images = 10**9
+    config.set_timestamp()
+    config.save_config()
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    trainer.train()
+
+    start = load_run(scene.config, "cpu")
+    saved = config.get_base_dir() / "config.yml"
+    styled = load_run(saved, "cpu")  # the trained model's settings were adopted, so the checkpoint fits
+    assert styled.step == start.step + 2
+    cams = from_nerfstudio(start.train_cameras[0:1], 10, 10)
+    with torch.no_grad():
+        a, b = render(start.model, cams), render(styled.model, cams)
+    assert torch.equal(a.mask, b.mask) and torch.equal(a.depth, b.depth)
+    assert (a.rgb - b.rgb).abs().max() > 1e-4
+
+
+def test_bad_inputs_are_one_line_errors(scene, style_file, random_weights_file, tmp_path, capsys):
+    from nerfstudio.models.splatfacto import SplatfactoModelConfig
+
+    from nst3d.backends.nerf import style_model_config
+    from nst3d.cli import main
+    from nst3d.errors import UserError
+
+    assert main(["nerf", "--load-config", str(tmp_path / "missing.yml"), "--style", str(style_file),
+                 "-o", str(tmp_path / "out")]) == 2
+    assert "config not found" in capsys.readouterr().err
+    with pytest.raises(UserError, match="ns-export gaussian-splat"):
+        style_model_config(SplatfactoModelConfig())
+    assert main(["nerf", "--load-config", str(scene.config), "--style", str(style_file), "-o",
+                 str(tmp_path / "o"), "--data", str(tmp_path / "nowhere"), "--weights", str(random_weights_file)]) == 2
+    assert "--data" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_plugin_module_is_light_and_the_torchvision_hook_works():
+    """nerfstudio imports plugin modules unguarded: ours imports only nerfstudio's config classes."""
+    code = (
+        "import sys\n"
+        "import nst3d.integrations.nerfstudio.tv_shim as shim\n"
+        "shim.install_hook()\n"
+        "from nst3d.integrations.nerfstudio.method import nst3d_nerfacto\n"
+        "assert 'torchvision' in sys.modules\n"
+        "heavy = [m for m in ('nst3d.integrations.nerfstudio.model', 'nst3d.integrations.nerfstudio.pipeline',\n"
+        "                     'nst3d.backends.nerf', 'nst3d.options', 'nst3d.features') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "print(nst3d_nerfacto.config.method_name)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("nst3d-nerfacto")
+
+
+def test_entry_point_registers_the_method():
+    """`ns-train --help` lists nst3d-nerfacto through this entry point (pyproject.toml)."""
+    from importlib.metadata import entry_points
+
+    found = {ep.name: ep.value for ep in entry_points(group="nerfstudio.method_configs")}
+    assert found.get("nst3d-nerfacto") == "nst3d.integrations.nerfstudio.method:nst3d_nerfacto"
