@@ -12,8 +12,9 @@
   `backward_image` re-renders the view in patches of `patch_rays` rays with autograd and feeds each patch
   its slice of that gradient. Peak memory depends on the patch size, not on the view resolution, and the
   parameter gradients equal those of direct back-propagation (tests/test_nerf_backend.py checks it).
-- Views: the dataset's training cameras, rescaled to the working size and jittered by a small rotation about
-  the scene centre; held-out cameras come from nst3d.eval around the same centre.
+- Views: a pool of the dataset's training cameras, rescaled to the working size, as captured and jittered by
+  a small fixed rotation about the scene centre (their content renders are kept); held-out cameras come from
+  nst3d.eval around the same centre.
 - Save: `save_run` writes a normal nerfstudio run (config.yml + nerfstudio_models/step-N.ckpt) under the
   output folder, never over the original; ns-viewer, ns-render and ns-export load it.
 
@@ -355,50 +356,71 @@ def backward_patches(model: Any, cameras: Cameras, grad_rgb: torch.Tensor, patch
 
 # ------------------------------------------------------------------------------------------------ backend
 class NerfViews:
-    """The cameras of one step; `key` is None (jittered views are never repeated, nothing to cache)."""
+    """The views of one step: cameras [V] and their indices in the backend's view pool. `key` is None: the
+    backend caches the content renders of pool views itself (small: rgb, mask and depth images), and the loop
+    recomputes their VGG features, which costs little next to a NeRF render."""
 
     key = None
 
-    def __init__(self, cameras: Cameras):
+    def __init__(self, cameras: Cameras, pool_index: list[int] | None = None):
         self.cameras = cameras
+        self.pool_index = pool_index
 
     def __len__(self) -> int:
         return len(self.cameras)
 
 
+def default_pool_size(cameras: int) -> int:
+    """Twice the training cameras (each once as captured, once jittered), up to 128 unless there are more."""
+    return min(2 * cameras, max(cameras, 128))
+
+
+def view_pool(train: Cameras, frame: SceneFrame, size: int, jitter_degrees: float, seed: int = 0) -> Cameras:
+    """`size` training views: pool[k] is camera k % N, as captured for k < N, else orbited about the scene
+    centre by a fixed random rotation of up to jitter_degrees."""
+    index = [k % len(train) for k in range(size)]
+    pool = train[index]
+    jittered = [k for k in range(size) if k >= len(train)]
+    if jittered and jitter_degrees > 0:
+        generator = torch.Generator().manual_seed(seed)
+        axis = torch.nn.functional.normalize(torch.randn(len(jittered), 3, generator=generator), dim=-1)
+        angle = (torch.rand(len(jittered), generator=generator) * 2 - 1) * math.radians(jitter_degrees)
+        moved = rotate_about(pool[jittered], frame.center, axis, angle)
+        pool.world_to_cam[jittered] = moved.world_to_cam
+    return pool
+
+
 class NerfBackend:
     """Stylize a StyleNerfactoModel's appearance (nst3d.backends.base.Backend, deferred).
 
-    train_cameras: the dataset's training cameras at the working size (nst3d Cameras [N]).
+    train_cameras: the dataset's training cameras at the working size (nst3d Cameras [N]); the optimisation
+    draws views_per_step views per step from a pool of `pool_size` of them (see view_pool).
     """
 
     deferred = True
 
     def __init__(self, model: Any, train_cameras: Cameras, frame: SceneFrame, views_per_step: int = 1,
                  jitter_degrees: float = JITTER_DEGREES, patch_rays: int = PATCH_RAYS, lr: float | None = None,
-                 chunk_rays: int = 1 << 15):
+                 pool_size: int | None = None, seed: int = 0, chunk_rays: int = 1 << 15):
         self.model = model
         self.train_cameras = train_cameras
         self.frame = frame
         self.views_per_step = views_per_step
-        self.jitter_degrees = jitter_degrees
         self.patch_rays = patch_rays
         self.chunk_rays = chunk_rays
         self.lr = lr
+        self.pool = view_pool(train_cameras, frame, pool_size or default_pool_size(len(train_cameras)),
+                              jitter_degrees, seed)
+        self._content: dict[int, Render] = {}  # pool index -> content render (CPU)
 
     def parameters(self) -> list[dict[str, Any]]:
         return [{"params": self.model.appearance_parameters()} | ({"lr": self.lr} if self.lr else {})]
 
     def train_views(self, step: int, generator: torch.Generator) -> NerfViews:
-        """views_per_step training cameras, each orbited about the scene centre by up to jitter_degrees."""
-        count = min(self.views_per_step, len(self.train_cameras))
-        index = torch.randperm(len(self.train_cameras), generator=generator)[:count].tolist()
-        cameras = self.train_cameras[index]
-        if self.jitter_degrees > 0:
-            axis = torch.nn.functional.normalize(torch.randn(count, 3, generator=generator), dim=-1)
-            angle = (torch.rand(count, generator=generator) * 2 - 1) * math.radians(self.jitter_degrees)
-            cameras = rotate_about(cameras, self.frame.center, axis, angle)
-        return NerfViews(cameras)
+        """views_per_step distinct views of the pool."""
+        count = min(self.views_per_step, len(self.pool))
+        index = torch.randperm(len(self.pool), generator=generator)[:count].tolist()
+        return NerfViews(self.pool[index], index)
 
     def render(self, views: NerfViews | Cameras) -> Render:
         """The stylized appearance, without autograd (deferred): rgb [V, 3, H, W], mask, depth."""
@@ -406,8 +428,21 @@ class NerfBackend:
             return render(self.model, _cameras(views), self.chunk_rays)
 
     def render_content(self, views: NerfViews | Cameras) -> Render:
-        with torch.no_grad():
-            return render(self.model, _cameras(views), self.chunk_rays, original=True)
+        """The original appearance; pool views are rendered once and kept."""
+        if not isinstance(views, NerfViews) or views.pool_index is None:
+            with torch.no_grad():
+                return render(self.model, _cameras(views), self.chunk_rays, original=True)
+        missing = [i for i in dict.fromkeys(views.pool_index) if i not in self._content]
+        if missing:
+            with torch.no_grad():
+                fresh = render(self.model, self.pool[missing], self.chunk_rays, original=True)
+            for k, i in enumerate(missing):
+                self._content[i] = Render(fresh.rgb[k:k + 1].cpu(), fresh.mask[k:k + 1].cpu(),
+                                          fresh.depth[k:k + 1].cpu())
+        parts = [self._content[i] for i in views.pool_index]
+        device = self.model.device
+        return Render(torch.cat([r.rgb for r in parts]).to(device), torch.cat([r.mask for r in parts]).to(device),
+                      torch.cat([r.depth for r in parts]).to(device))
 
     def render_with_grad(self, views: NerfViews | Cameras) -> Render:
         """Direct (non-deferred) differentiable render: memory grows with the view's pixels."""
@@ -423,13 +458,14 @@ def _cameras(views: NerfViews | Cameras) -> Cameras:
 
 
 def backend_for_run(run: LoadedRun, size: int, views_per_step: int = 1, jitter_degrees: float = JITTER_DEGREES,
-                    patch_rays: int = PATCH_RAYS, lr: float | None = None) -> NerfBackend:
+                    patch_rays: int = PATCH_RAYS, lr: float | None = None, pool_size: int | None = None,
+                    seed: int = 0) -> NerfBackend:
     """A NerfBackend over a loaded run's training cameras at working size `size` (longer side, px)."""
     first = run.train_cameras[0:1]
     width, height = working_size(int(first.width), int(first.height), size)
     train = from_nerfstudio(run.train_cameras, width, height)
     return NerfBackend(run.model, train, SceneFrame.from_cameras(train), views_per_step, jitter_degrees,
-                       patch_rays, lr)
+                       patch_rays, lr, pool_size, seed)
 
 
 # ----------------------------------------------------------------------------------------------- saving

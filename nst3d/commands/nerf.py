@@ -49,6 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jitter", type=float, default=JITTER_DEGREES, metavar="DEGREES",
                    help=f"orbit each training view about the scene centre by up to this much (default "
                         f"{JITTER_DEGREES:g})")
+    p.add_argument("--pool", type=int, metavar="N",
+                   help="training views set up once: the capture's cameras, as captured then jittered (default: "
+                        "twice the cameras, up to 128)")
     p.add_argument("--held-out", type=int, default=4, metavar="N", help="held-out anchor views for the report")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_style_options(p, DEFAULTS)
@@ -63,12 +66,12 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.output, inputs, is_dir=True)
     if opts.report:
         check_output(opts.report, inputs, (".json",))
-    if args.patch_rays < 1 or args.held_out < 1 or args.jitter < 0:
-        raise UserError("--patch-rays and --held-out must be at least 1, --jitter not negative")
+    if args.patch_rays < 1 or args.held_out < 1 or args.jitter < 0 or (args.pool is not None and args.pool < 1):
+        raise UserError("--patch-rays, --pool and --held-out must be at least 1, --jitter not negative")
     bar = ProgressBar(quiet=args.quiet)
     report = stylize_nerf_run(args.load_config, args.output, opts, data=args.data, patch_rays=args.patch_rays,
-                              jitter=args.jitter, held_out=args.held_out, compare_baseline=args.compare_baseline,
-                              on_event=bar)
+                              jitter=args.jitter, pool=args.pool, held_out=args.held_out,
+                              compare_baseline=args.compare_baseline, on_event=bar)
     bar.close()
     if opts.report:
         write_json(report, opts.report)
@@ -79,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def stylize_nerf_run(config_path: Path, output: Path, opts: StyleOptions, *, data: Path | None = None,
-                     patch_rays: int = PATCH_RAYS, jitter: float = JITTER_DEGREES, held_out: int = 4,
+                     patch_rays: int = PATCH_RAYS, jitter: float = JITTER_DEGREES, pool: int | None = None,
+                     held_out: int = 4,
                      compare_baseline: bool = False, on_event: EventSink = ignore, should_stop=None
                      ) -> dict[str, Any]:
     """Stylize the run at config_path; writes the stylized run under `output`; returns the report."""
@@ -88,14 +92,14 @@ def stylize_nerf_run(config_path: Path, output: Path, opts: StyleOptions, *, dat
     from nst3d.preview import contact_sheet
     from nst3d.stylize import stylize
 
+    if opts.init == "noise":
+        raise UserError("--init noise is not supported for NeRFs (the appearance starts from the scene)")
     started = time.perf_counter()
     device = resolve_device(opts.device)
     run = load_run(config_path, device, data)
     vgg = vgg_for(opts, device)
     styles = load_styles(opts)
-    backend = backend_for_run(run, opts.size, opts.views, jitter, patch_rays, opts.lr)
-    if opts.init == "noise":
-        raise UserError("--init noise is not supported for NeRFs (the appearance starts from the scene)")
+    backend = backend_for_run(run, opts.size, opts.views, jitter, patch_rays, opts.lr, pool, opts.seed)
     run.model.field.reset_appearance()  # a stylized run is stylized again from its original appearance
     train = backend.train_cameras
     sample = train[torch.linspace(0, len(train) - 1, min(4, len(train))).long().tolist()]
@@ -131,6 +135,7 @@ def stylize_nerf_run(config_path: Path, output: Path, opts: StyleOptions, *, dat
         "size": [train.width, train.height],
         "views_per_step": opts.views,
         "training_cameras": len(train),
+        "pool": len(backend.pool),
         "patch_rays": patch_rays,
         "jitter_degrees": jitter,
         "trainable_parameters": sum(p.numel() for p in run.model.appearance_parameters()),
