@@ -2,6 +2,7 @@
 (on a GPU) against gsplat.rasterization itself. Scenes are made here: small random Gaussians in front of the cameras."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -87,8 +88,10 @@ def test_geometry_gradients_are_refused():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("degree", [0, 3])
-def test_cpu_path_matches_gsplat_rasterization(degree):
+def test_cpu_path_matches_gsplat_rasterization(degree, tmp_path_factory, monkeypatch):
     """gsplat's CUDA rasterizer and our CPU path: same images, alphas, depths and colour gradients."""
+    if not os.environ.get("TORCH_EXTENSIONS_DIR"):  # gsplat JIT-compiles its kernels: not into ~/.cache
+        monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path_factory.getbasetemp() / "torch-extensions"))
     s = scene(n=3000, degree=degree, seed=3)
     cams = cameras(3, 96, 80)
     grads, outs = [], []

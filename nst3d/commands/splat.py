@@ -66,6 +66,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def new_bar_per_stage(sink: EventSink) -> EventSink:
+    """Pass events on, closing the bar when the stage changes (the per-view baseline runs one stage per view)."""
+    last: list[str | None] = [None]
+
+    def send(event: dict) -> None:
+        if event.get("event") == "progress" and event.get("stage") != last[0]:
+            if last[0] is not None:
+                sink({"event": "stage_done", "stage": last[0]})
+            last[0] = event.get("stage")
+        sink(event)
+
+    return send
+
+
 def side_paths(output: Path, report: Path | None) -> tuple[Path, Path]:
     """(contact sheet, report) beside the output unless --report says otherwise."""
     return output.with_suffix(".png"), report or output.with_suffix(".json")
@@ -84,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     report = stylize_splat_file(args.scene, args.output, opts, cameras=args.cameras,
                                 dataparser_transforms=args.dataparser_transforms, view_dependent=args.view_dependent,
                                 compare_baseline=args.compare_baseline, up=args.up, pool=args.pool,
-                                held_out=args.held_out, cleanup=args.cleanup, sheet=sheet, on_event=bar)
+                                held_out=args.held_out, cleanup=args.cleanup, sheet=sheet,
+                                on_event=new_bar_per_stage(bar))
     bar.close()
     write_json(report, report_path)
     style = report["evaluation"]["style_distance"]

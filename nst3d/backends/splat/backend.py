@@ -28,7 +28,16 @@ import torch
 from nst3d.backends.base import Render
 from nst3d.backends.splat.ply import SH_C0, SplatPly
 from nst3d.backends.splat.render import Plan, covariances, plan, rasterize, shade
-from nst3d.cameras import Cameras, fibonacci_directions, intrinsics, jitter_directions, look_at, opengl_to_opencv
+from nst3d.cameras import (
+    Cameras,
+    cameras_around,
+    fibonacci_directions,
+    intrinsics,
+    jitter_directions,
+    look_at,
+    opengl_to_opencv,
+    orbit_directions,
+)
 from nst3d.errors import UserError
 from nst3d.eval import HeldOutViews, held_out_views
 
@@ -452,6 +461,19 @@ def render_scene(scene: SplatScene, cameras: Cameras, background=(1.0, 1.0, 1.0)
         out.append(tuple(t.cpu() for t in _to_render(raster)))
     rgb, mask, depth = (torch.cat(column) for column in zip(*out, strict=True))
     return Render(rgb, mask, depth)
+
+
+def turntable_cameras(scene: SplatScene, frames: int, size: int, up: str = "auto",
+                      elevation_degrees: float = 20.0) -> Cameras:
+    """An orbit of `frames` cameras around the object at one distance (the widest robust framing of the
+    ring), about the scene's up axis (see `up_vector`)."""
+    points = framing_points(scene)
+    center, _ = robust_bounds(points)
+    up_dir = up_vector(up, points)
+    directions = orbit_directions(frames, elevation_degrees) @ canonical_to_world(up_dir).T
+    framed = frame_views(points, center, directions, up_dir, size, size)
+    distance = float((framed.world_to_cam[:, :3, :3] @ center + framed.world_to_cam[:, :3, 3])[:, 2].max())
+    return cameras_around(center, distance, directions, size, size, FOV_DEGREES, up_dir)
 
 
 def _to_render(raster) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -1,17 +1,19 @@
 """Rasterize 3D Gaussians: `gsplat.rasterization` on CUDA; on a CPU, gsplat's pure-PyTorch projection and
 spherical harmonics plus our own tiled, culled, front-to-back alpha compositor.
 
-The CPU compositor follows gsplat's CUDA rasterizer rule for rule, so the two give the same images:
-16x16-pixel tiles; a Gaussian is listed in every tile its 3-sigma square (gsplat's integer radius) touches;
-each tile's list is sorted by camera depth; a pixel (centre at +0.5) takes
-alpha = min(0.999, opacity * exp(-sigma)), skips alpha < 1/255 (and sigma < 0), and stops before the
-Gaussian that would drop its transmittance to 1e-4 or below. The returned alpha is 1 - transmittance and
-the depth is the expected depth (sum of weight * z over alpha), as gsplat's "RGB+ED" mode.
+The CPU compositor follows gsplat's CUDA rasterizer rule for rule, so the two give the same images: a
+Gaussian may touch only the 16x16-pixel tiles its 3-sigma square (gsplat's integer radius) overlaps; lists
+are sorted by camera depth; a pixel (centre at +0.5) takes alpha = min(0.999, opacity * exp(-sigma)),
+skips alpha < 1/255, and stops before the Gaussian that would drop its transmittance to 1e-4 or below. The
+returned alpha is 1 - transmittance and the depth is the expected depth (sum of weight * z over alpha), as
+gsplat's "RGB+ED" mode. For speed the lists are kept per 8x8 block (only blocks the Gaussian's alpha >= 1/255
+ellipse reaches, inside its tiles: exact culling) and composited for all blocks at once, a few Gaussians deep
+per round, closing blocks whose pixels have all terminated.
 
-On a CPU the geometry is treated as fixed (nst3d freezes it): the compositing weights are computed without
-autograd, and the image is a weighted sum of per-Gaussian colours, so gradients flow to the colours (SH
-coefficients) only, through one sparse gather/scatter. Asking for gradients of means, scales, rotations or
-opacities on the CPU path is an error rather than a silent zero.
+On a CPU the geometry is treated as fixed (nst3d freezes it): `plan` computes the compositing weights
+without autograd, once per view, and `shade` makes the image as a weighted sum of per-Gaussian colours,
+so gradients flow to the colours (SH coefficients) only, through one sparse gather/scatter. Asking for
+gradients of means, scales, rotations or opacities on the CPU path is an error rather than a silent zero.
 """
 
 from __future__ import annotations
@@ -344,7 +346,8 @@ def shade(pl: Plan, colors: torch.Tensor, means: torch.Tensor, viewmats: torch.T
     clamp=False leaves SH colours below 0 unclamped (for optimising: a clamped colour gets no gradient)."""
     height, width = pl.alpha.shape[1:3]
     col = pair_colors(pl.gaussian_ids, pl.camera_ids, means, colors, viewmats, sh_degree, clamp)  # [U, D]
-    contribution = col[pl.entries] * pl.weights[:, None]  # [M, D]
+    # index_select, not col[entries]: its backward is an index_add, much faster on a CPU than index_put.
+    contribution = torch.index_select(col, 0, pl.entries) * pl.weights[:, None]  # [M, D]
     flat = torch.zeros(pl.num_cameras * height * width, col.shape[-1], device=col.device, dtype=col.dtype)
     rgb = flat.index_add(0, pl.pixels, contribution).reshape(pl.num_cameras, height, width, -1)
     if backgrounds is not None:
@@ -357,8 +360,10 @@ def pair_colors(gaussian_ids: torch.Tensor, camera_ids: torch.Tensor, means: tor
     """Colour [P, D] of each (Gaussian, camera) pair, differentiable: SH evaluated towards that camera as
     gsplat does (max(SH + 0.5, 0); without the max if not clamp), or the given colours."""
     if sh_degree is None:
-        return colors[gaussian_ids] if colors.dim() == 2 else colors[camera_ids, gaussian_ids]
-    coeffs = colors[gaussian_ids, : (sh_degree + 1) ** 2]  # [P, K, 3]
+        if colors.dim() == 2:
+            return torch.index_select(colors, 0, gaussian_ids)
+        return torch.index_select(colors.reshape(-1, colors.shape[-1]), 0, camera_ids * colors.shape[1] + gaussian_ids)
+    coeffs = torch.index_select(colors[:, : (sh_degree + 1) ** 2], 0, gaussian_ids)  # [P, K, 3]
     if sh_degree == 0:
         rgb = coeffs[:, 0] * SH_C0 + 0.5
     else:
