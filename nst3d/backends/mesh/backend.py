@@ -1,0 +1,283 @@
+"""The mesh backend: textures are the parameters, geometry is fixed.
+
+A pool of training views (Fibonacci directions with jitter, each framed on the object's silhouette with a
+random zoom) is rasterized ONCE at start-up. For each pool view the original textures are rendered once, with
+supersampling and trilinear mip filtering, over a background colour drawn for that view (random per view, so
+no single colour can bake into the edges; the losses count object pixels only). Each step takes a batch of
+pool views and adds the residual pyramids' samples to those cached renders: only the residual is sampled
+(and back-propagated), which is what keeps the step overhead small. Batches carry a `key`, so the loop
+caches their content features.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nst3d.backends.base import Render
+from nst3d.backends.mesh.gbuffer import (
+    GBuffer,
+    Rasterizer,
+    SampleIndex,
+    gather,
+    mip_chain,
+    pool,
+    sample_index,
+    shade,
+)
+from nst3d.backends.mesh.load import MeshAsset
+from nst3d.backends.mesh.texture import TexturePyramid, dilate, matched_size
+from nst3d.cameras import Cameras, fibonacci_directions, intrinsics, jitter_directions, look_at
+from nst3d.color import keep_content_chroma
+
+FOV_DEGREES = 40.0
+FRAME_MARGIN = 1.06
+LIGHT = (0.35, 0.8, 0.5)  # world-space direction towards the light for Lambert shading
+AMBIENT = 0.35
+RESIDUAL_MIPS = 4
+MAX_FRAMING_POINTS = 50_000
+
+
+@dataclass
+class ViewBatch:
+    """Training views rasterized once. key: batch number (the loop caches content features by it)."""
+
+    key: int
+    cameras: Cameras
+    content: torch.Tensor  # [V, 3, H, W] original textures rendered (supersampled) over the background
+    mask: torch.Tensor  # [V, G, H, W] coverage per style group (G = 1 without --style-map)
+    depth: torch.Tensor  # [V, 1, H, W]
+    index: list[SampleIndex]  # per slot: the residual's gathers into this batch's pixels
+
+
+def lambert(normal: torch.Tensor) -> torch.Tensor:
+    """[..., 3] world normals -> [...] ambient + diffuse shading from the fixed light."""
+    light = F.normalize(torch.tensor(LIGHT, device=normal.device), dim=0)
+    return AMBIENT + (1 - AMBIENT) * (normal * light).sum(-1).clamp(min=0)
+
+
+def framing_points(vertices: np.ndarray) -> torch.Tensor:
+    """Points whose projections bound the silhouette [N, 3]: every vertex, or a subsample + extremes."""
+    if len(vertices) <= MAX_FRAMING_POINTS:
+        return torch.from_numpy(vertices).float()
+    rng = np.random.default_rng(0)
+    pick = rng.choice(len(vertices), MAX_FRAMING_POINTS, replace=False)
+    extremes = np.concatenate([vertices.argmin(0), vertices.argmax(0)])
+    return torch.from_numpy(vertices[np.concatenate([pick, extremes])]).float()
+
+
+def frame_on_silhouette(points: torch.Tensor, directions: torch.Tensor, width: int, height: int,
+                        fov_y_degrees: float = FOV_DEGREES, zoom: torch.Tensor | None = None,
+                        margin: float = FRAME_MARGIN) -> Cameras:
+    """Cameras looking along -directions [V, 3] whose image the object's silhouette fills (centred, with a
+    small margin), rather than its bounding sphere: a long, thin object fills the frame from the side.
+
+    zoom: [V] distance multipliers (1 = tight framing, > 1 farther away).
+    """
+    center = (points.min(0).values + points.max(0).values) / 2
+    tan_y = math.tan(math.radians(fov_y_degrees) / 2) / margin
+    tan_x = tan_y * width / height
+    views = len(directions)
+    eye = center[None] + directions
+    rotation = look_at(eye, center)[:, :3, :3]  # rows: right, down, forward
+    centers = center[None].repeat(views, 1)
+    for _ in range(3):
+        q = torch.einsum("vij,vnj->vni", rotation, points[None] - centers[:, None])  # [V, N, 3]
+        distance = torch.maximum(q[..., 0].abs() / tan_x - q[..., 2], q[..., 1].abs() / tan_y - q[..., 2]).max(1).values
+        distance = distance.clamp(min=1e-6)
+        depth = (q[..., 2] + distance[:, None]).clamp(min=1e-6)
+        ax, ay = q[..., 0] / depth, q[..., 1] / depth
+        shift_x = (ax.max(1).values + ax.min(1).values) / 2 * distance
+        shift_y = (ay.max(1).values + ay.min(1).values) / 2 * distance
+        centers = centers + shift_x[:, None] * rotation[:, 0] + shift_y[:, None] * rotation[:, 1]
+    q = torch.einsum("vij,vnj->vni", rotation, points[None] - centers[:, None])
+    distance = torch.maximum(q[..., 0].abs() / tan_x - q[..., 2], q[..., 1].abs() / tan_y - q[..., 2]).max(1).values
+    if zoom is not None:
+        distance = distance * zoom
+    eyes = centers - rotation[:, 2] * distance[:, None]
+    K = intrinsics(width, height, fov_y_degrees).repeat(views, 1, 1)
+    return Cameras(look_at(eyes, centers), K, width, height)
+
+
+class MeshBackend:
+    """Stylize a MeshAsset's textures (see the module docstring). Implements nst3d.backends.base.Backend."""
+
+    deferred = False
+
+    def __init__(self, asset: MeshAsset, size: int = 256, views_per_step: int = 4, pool_size: int = 48,
+                 supersample: int = 2, levels: int = 5, level_lr_scale: float = 0.5, lr: float | None = None,
+                 shading: str = "none", groups: list[int] | None = None, device: torch.device | str = "cpu",
+                 seed: int = 0, jitter_degrees: float = 12.0, zoom_range: tuple[float, float] = (0.85, 1.1),
+                 residual_side: int | None = None, residual_scale: float = 0.5, upsample: str = "smooth",
+                 init: str = "content"):
+        """groups: style group of each slot (for --style-map; default all 0); residual_side: force the
+        residual's resolution (default: where one texel covers one pixel of the training views, median over
+        the pool); residual_scale: the finest parameters' resolution relative to it (smoothly enlarged)."""
+        if shading not in ("none", "lambert"):
+            raise ValueError(f"unknown shading {shading!r}; use none or lambert")
+        self.asset = asset
+        self.size = size
+        self.supersample = supersample
+        self.shading = shading
+        self.device = torch.device(device)
+        self.lr = lr
+        self.groups = groups or [0] * len(asset.slots)
+        self.group_count = max(self.groups) + 1
+        world = asset.world()
+        self.rasterizer = Rasterizer(world)
+        self.points = framing_points(world.vertices)
+        self.originals = [s.texture.to(self.device) for s in asset.slots]
+        self.original_mips = [mip_chain(t[None]) for t in self.originals]
+        generator = torch.Generator().manual_seed(seed)
+        directions = jitter_directions(fibonacci_directions(pool_size), jitter_degrees, generator)
+        directions = directions[torch.randperm(pool_size, generator=generator)]
+        zoom = zoom_range[0] + (zoom_range[1] - zoom_range[0]) * torch.rand(pool_size, generator=generator)
+        backgrounds = 0.1 + 0.8 * torch.rand(pool_size, 3, generator=generator)
+        cameras = frame_on_silhouette(self.points, directions, size, size, zoom=zoom)
+        built = [self._content_batch(cameras[list(range(s, min(s + views_per_step, pool_size)))],
+                                     backgrounds[s:s + views_per_step])
+                 for s in range(0, pool_size, views_per_step)]
+        self.residual_sides = self._residual_sides([b[1] for b in built], residual_side)
+        noise = torch.Generator().manual_seed(seed) if init == "noise" else None
+        self.pyramids = []
+        for texture, side in zip(self.originals, self.residual_sides, strict=True):
+            output = matched_size(tuple(texture.shape[-2:]), side)
+            finest = matched_size(tuple(texture.shape[-2:]), max(8, round(side * residual_scale)))
+            self.pyramids.append(TexturePyramid(texture, finest, levels, level_lr_scale, noise, upsample, output))
+        self.batches = [self._finish_batch(key, *b) for key, b in enumerate(built)]
+        self._order: list[int] = []
+
+    # ---------------------------------------------------------------------------------- set-up (once)
+
+    def frame(self, directions: torch.Tensor, width: int | None = None, height: int | None = None) -> Cameras:
+        """Cameras framed on the silhouette for view directions [V, 3] (for held-out views, previews)."""
+        return frame_on_silhouette(self.points, directions, width or self.size, height or self.size)
+
+    def _shade_scale(self, gbuf: GBuffer) -> torch.Tensor | None:
+        return lambert(gbuf.normal) if self.shading == "lambert" else None
+
+    def _render_textures(self, textures: list[list[torch.Tensor]], cameras: Cameras, supersample: int,
+                         background: torch.Tensor) -> tuple[torch.Tensor, GBuffer]:
+        """Render mip-mapped textures through a (supersampled) G-buffer. background: [V, 3] or [3].
+
+        Returns (rgb [V, 3, H, W] over the background, the base-resolution G-buffer).
+        """
+        base, fine = self.rasterizer.rasterize(cameras, supersample, normals=self.shading == "lambert")
+        gbuf = (fine if fine is not None else base).to(self.device)
+        rgb = shade(gbuf, textures, self._shade_scale(gbuf)).permute(0, 3, 1, 2)
+        hit = gbuf.coverage[:, None]
+        bg = background.to(self.device).view(-1, 3, 1, 1)
+        rgb = pool(rgb * hit + (1 - hit) * bg, supersample)
+        return rgb, base.to(self.device)
+
+    def _content_batch(self, cameras: Cameras, backgrounds: torch.Tensor) -> tuple:
+        rgb, gbuf = self._render_textures(self.original_mips, cameras, self.supersample, backgrounds)
+        return cameras, gbuf, rgb, backgrounds
+
+    def _residual_sides(self, gbufs: list[GBuffer], forced: int | None) -> list[int]:
+        """Per slot, the residual resolution at which a texel covers about one pixel (median over the pool)."""
+        sides = []
+        for slot, texture in enumerate(self.originals):
+            if forced:
+                sides.append(forced)
+                continue
+            lods = torch.cat([g.lod[g.slot == slot] for g in gbufs])
+            if len(lods) == 0:
+                sides.append(16)
+                continue
+            # A footprint of 2^lod UV units per pixel side: one texel per pixel at 2^-lod texels per unit.
+            side = 2.0 ** float(-lods.median())
+            aspect = max(texture.shape[-2:]) / math.sqrt(texture.shape[-2] * texture.shape[-1])
+            sides.append(int(min(max(16, 2 ** round(math.log2(side * aspect))), 2048)))
+        return sides
+
+    def _finish_batch(self, key: int, cameras: Cameras, gbuf: GBuffer, rgb: torch.Tensor,
+                      backgrounds: torch.Tensor) -> ViewBatch:
+        scale = self._shade_scale(gbuf)
+        index = [sample_index(gbuf, slot, tuple(p.output or p.sizes[0]), RESIDUAL_MIPS, scale)
+                 for slot, p in enumerate(self.pyramids)]
+        return ViewBatch(key, cameras, rgb, self._group_mask(gbuf), gbuf.depth[:, None], index)
+
+    def _group_mask(self, gbuf: GBuffer) -> torch.Tensor:
+        """[V, G, H, W] coverage split by style group."""
+        groups = torch.tensor(self.groups, device=gbuf.slot.device)
+        slot_group = torch.where(gbuf.slot >= 0, groups[gbuf.slot.clamp(min=0)], -1)
+        masks = [(slot_group == g).float() * gbuf.coverage for g in range(self.group_count)]
+        if self.group_count == 1:
+            return gbuf.coverage[:, None]
+        # Edge pixels take their coverage in the group of their representative sample.
+        return torch.stack(masks, dim=1)
+
+    # ----------------------------------------------------------------------------------- the protocol
+
+    def parameters(self) -> list[dict[str, Any]]:
+        groups = []
+        for pyramid in self.pyramids:
+            groups += pyramid.param_groups(self.lr) if self.lr else [{"params": pyramid.levels}]
+        return groups
+
+    def train_views(self, step: int, generator: torch.Generator) -> ViewBatch:
+        """The next pool batch, in a fresh random order each pass over the pool."""
+        if not self._order:
+            self._order = torch.randperm(len(self.batches), generator=generator).tolist()
+        return self.batches[self._order.pop()]
+
+    def render(self, views: ViewBatch) -> Render:
+        v, _, h, w = views.content.shape
+        out = views.content.permute(0, 2, 3, 1).reshape(-1, 3)
+        for pyramid, index in zip(self.pyramids, views.index, strict=True):
+            if index.pixels:
+                out = gather(pyramid.residual_mips(RESIDUAL_MIPS), index, out)
+        rgb = out.view(v, h, w, 3).permute(0, 3, 1, 2)
+        return Render(rgb, views.mask, views.depth)
+
+    def render_content(self, views: ViewBatch) -> Render:
+        return Render(views.content, views.mask, views.depth)
+
+    def backward_image(self, views: Any, grad_rgb: torch.Tensor) -> None:
+        raise NotImplementedError("the mesh backend back-propagates directly")
+
+    # -------------------------------------------------------------------------------------- results
+
+    @torch.no_grad()
+    def stylized_textures(self, dilate_texels: int = 16, keep_chroma: bool = False) -> list[torch.Tensor]:
+        """Final textures [3, H, W] in [0, 1]: base + residual, clamped, dilated past the UV charts.
+        keep_chroma: keep the original textures' colours, take only the stylized luminance."""
+        out = []
+        for slot, pyramid, original in zip(self.asset.slots, self.pyramids, self.originals, strict=True):
+            texture = pyramid.texture()
+            if keep_chroma:
+                texture = keep_content_chroma(texture, original)
+            texture = texture.clamp(0, 1)
+            if slot.coverage is not None:
+                texture = dilate(texture, slot.coverage.to(texture.device), dilate_texels)
+            out.append(texture)
+        return out
+
+    @torch.no_grad()
+    def render_cameras(self, cameras: Cameras, textures: list[torch.Tensor] | None = None,
+                       background: tuple[float, float, float] = (1.0, 1.0, 1.0), batch: int = 4) -> Render:
+        """Render any cameras with full quality (supersampled, mip-mapped): the given textures [3, H, W] per
+        slot, or the originals. Returns rgb over `background`, the per-group mask and the depth."""
+        textures = self.originals if textures is None else textures
+        mips = [mip_chain(t.to(self.device)[None]) for t in textures]
+        bg = torch.tensor(background, dtype=torch.float32)
+        rgbs, masks, depths = [], [], []
+        for start in range(0, len(cameras), batch):
+            cams = cameras[list(range(start, min(start + batch, len(cameras))))]
+            rgb, gbuf = self._render_textures(mips, cams, self.supersample, bg)
+            rgbs.append(rgb.cpu())
+            masks.append(self._group_mask(gbuf).cpu())
+            depths.append(gbuf.depth[:, None].cpu())
+        return Render(torch.cat(rgbs), torch.cat(masks), torch.cat(depths))
+
+    def texture_report(self) -> list[dict[str, Any]]:
+        return [{"slot": s.name, "texture_size": list(s.texture.shape[-2:]), "generated": s.generated,
+                 "residual_size": list(p.output or p.sizes[0]), "residual_levels": [list(size) for size in p.sizes],
+                 "group": g}
+                for s, p, g in zip(self.asset.slots, self.pyramids, self.groups, strict=True)]

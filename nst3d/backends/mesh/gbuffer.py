@@ -1,0 +1,297 @@
+"""Rasterize once, shade every step: open3d's RaycastingScene (Embree) casts one ray per (sub-)pixel into the
+fixed geometry and the hits are kept in a G-buffer; every optimisation step then only samples the textures
+through it with `grid_sample` (differentiable, CPU or CUDA), as pytorch3d/nvdiffrast split rasterize and
+shade.
+
+Anti-aliasing: textures are sampled trilinearly from a mip chain at each pixel's level of detail (the
+texel footprint of the pixel, from the triangle's UV-to-world area ratio, depth and slant), and views can be
+rasterized at `supersample` x the resolution and area-averaged (smooth silhouettes and material borders).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nst3d.backends.mesh.load import WorldMesh
+from nst3d.cameras import Cameras
+
+MIN_SLANT = 0.25  # |cos| floor for the level of detail: grazing triangles are blurred, not erased
+
+
+@dataclass
+class GBuffer:
+    """A batch of V views of H x W pixels, rasterized once. Background pixels: face = slot = -1, depth = 0.
+
+    face:     [V, H, W] int64   triangle index into the WorldMesh (-1 = background)
+    bary:     [V, H, W, 2]      barycentrics (u, v) of the hit: point = (1-u-v) p0 + u p1 + v p2
+    depth:    [V, H, W]         camera-space z (OpenCV) of the hit, 0 on the background
+    normal:   [V, H, W, 3]      world-space unit shading normal (vertex normals interpolated), facing the camera
+                                (None when the rasterize call did not ask for normals)
+    slot:     [V, H, W] int64   texture slot of the hit (-1 = background)
+    uv:       [V, H, W, 2]      texture coordinates of the hit, image convention, in [0, 1] (repeats wrapped)
+    lod:      [V, H, W]         log2 of the pixel's footprint in UV units (side): for a texture of N x N texels
+                                the mip level is lod + log2(N)
+    coverage: [V, H, W]         share of the pixel covered by the mesh (1 or 0 without supersampling)
+    """
+
+    face: torch.Tensor
+    bary: torch.Tensor
+    depth: torch.Tensor
+    normal: torch.Tensor | None
+    slot: torch.Tensor
+    uv: torch.Tensor
+    lod: torch.Tensor
+    coverage: torch.Tensor
+
+    @property
+    def hit(self) -> torch.Tensor:
+        """[V, H, W] bool"""
+        return self.face >= 0
+
+    def to(self, device) -> GBuffer:
+        return GBuffer(**{k: None if getattr(self, k) is None else getattr(self, k).to(device)
+                          for k in self.__dataclass_fields__})
+
+
+def scale_cameras(cameras: Cameras, factor: int) -> Cameras:
+    """The same cameras with `factor` x the pixels (for supersampling)."""
+    K = cameras.K.clone().float()
+    K[:, :2] *= factor
+    return Cameras(cameras.world_to_cam, K, cameras.width * factor, cameras.height * factor)
+
+
+class Rasterizer:
+    """The fixed geometry in an open3d RaycastingScene plus the per-triangle data shading needs."""
+
+    def __init__(self, mesh: WorldMesh):
+        import open3d as o3d
+
+        self.mesh = mesh
+        self.scene = o3d.t.geometry.RaycastingScene()
+        self.scene.add_triangles(o3d.core.Tensor(mesh.vertices.astype(np.float32)),
+                                 o3d.core.Tensor(mesh.faces.astype(np.uint32)))
+        v, f = mesh.vertices, mesh.faces
+        cross = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+        world_area = 0.5 * np.linalg.norm(cross, axis=1)
+        uv = mesh.uv
+        uv_area = 0.5 * np.abs(np.cross(uv[f[:, 1]] - uv[f[:, 0]], uv[f[:, 2]] - uv[f[:, 0]]))
+        face_normal = cross / np.maximum(2 * world_area[:, None], 1e-30)
+        # UV area per unit of world area: how many texels a square of surface holds (log2, per triangle).
+        density = np.where(world_area > 1e-30, uv_area / np.maximum(world_area, 1e-30), 1e-12)
+        # Per-triangle rows gathered with one index_select per view (advanced indexing is slow on CPU):
+        # corner UVs (6), corner normals (9), face normal (3), log2 density (1), slot (1).
+        self.face_table = torch.from_numpy(np.concatenate([
+            uv[f].reshape(-1, 6), mesh.normals[f].reshape(-1, 9), face_normal,
+            np.log2(np.maximum(density, 1e-12))[:, None], mesh.face_slot[:, None].astype(np.float64)],
+            axis=1).astype(np.float32))
+        self.faces = torch.from_numpy(f.astype(np.int64))
+
+    def cast(self, cameras: Cameras, normals: bool = True) -> GBuffer:
+        """One ray through each pixel centre of each view (views cast one at a time: bounded memory)."""
+        import open3d as o3d
+
+        parts = []
+        for index in range(len(cameras)):
+            cam = cameras[index]
+            origins, dirs = cam.rays()  # [1, H, W, 3]; t along dirs = camera z
+            rays = torch.cat([origins, dirs], dim=-1).reshape(-1, 6).numpy()
+            result = self.scene.cast_rays(o3d.core.Tensor(rays))
+            t = torch.from_numpy(result["t_hit"].numpy())
+            ids = torch.from_numpy(result["primitive_ids"].numpy().astype(np.int64))
+            bary = torch.from_numpy(result["primitive_uvs"].numpy())
+            parts.append(self._shade_data(cam, t, ids, bary, dirs.reshape(-1, 3), normals))
+        return GBuffer(**{k: None if getattr(parts[0], k) is None else torch.cat([getattr(p, k) for p in parts])
+                          for k in GBuffer.__dataclass_fields__})
+
+    def _shade_data(self, cam: Cameras, t: torch.Tensor, ids: torch.Tensor, bary: torch.Tensor,
+                    dirs: torch.Tensor, normals: bool) -> GBuffer:
+        h, w = cam.height, cam.width
+        hit = torch.isfinite(t) & (ids != 4294967295)
+        face = torch.where(hit, ids, -1)
+        rows = self.face_table.index_select(0, face.clamp(min=0))  # [P, 21]
+        b1, b2 = bary[:, 0:1], bary[:, 1:2]
+        uv = _interpolate(rows, b1, b2, 0, 2)
+        uv = torch.where((uv < 0) | (uv > 1), uv - uv.floor(), uv)
+        unit_dirs = F.normalize(dirs, dim=-1)
+        normal = None
+        if normals:
+            normal = F.normalize(_interpolate(rows, b1, b2, 6, 3), dim=-1)
+            normal = torch.where((normal * unit_dirs).sum(-1, keepdim=True) > 0, -normal, normal)
+            normal = torch.where(hit[:, None], normal, 0.0).view(1, h, w, 3)
+        slant = (rows[:, 15:18] * unit_dirs).sum(-1).abs().clamp(min=MIN_SLANT)
+        depth = torch.where(hit, t, 0.0)
+        K = cam.K[0].float()
+        # Pixel footprint on the surface: (z / f)^2 / slant world units^2; times the UV density -> UV area.
+        log_area = rows[:, 18] + 2 * torch.log2(depth.clamp(min=1e-12)) - torch.log2(K[0, 0] * K[1, 1]) \
+            - torch.log2(slant)
+        mask = hit[:, None]
+        return GBuffer(face=face.view(1, h, w), bary=torch.where(mask, bary, 0.0).view(1, h, w, 2),
+                       depth=depth.view(1, h, w), normal=normal,
+                       slot=torch.where(hit, rows[:, 19].long(), -1).view(1, h, w),
+                       uv=torch.where(mask, uv, 0.0).view(1, h, w, 2),
+                       lod=torch.where(hit, 0.5 * log_area, 0.0).view(1, h, w), coverage=hit.float().view(1, h, w))
+
+    def rasterize(self, cameras: Cameras, supersample: int = 1, normals: bool = True
+                  ) -> tuple[GBuffer, GBuffer | None]:
+        """(G-buffer at the cameras' resolution, the supersampled one or None).
+
+        With supersample s > 1, rays are cast at s x s sub-pixels; the returned base-resolution buffer takes
+        each pixel's data from one covered sub-pixel (its coverage is the covered share, its lod is adjusted
+        to the bigger pixel), so one ray cast gives both.
+        """
+        if supersample <= 1:
+            return self.cast(cameras, normals), None
+        fine = self.cast(scale_cameras(cameras, supersample), normals)
+        return coarsen(fine, supersample), fine
+
+
+def _interpolate(rows: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor, start: int, width: int) -> torch.Tensor:
+    """Barycentric interpolation of per-corner values stored as rows[:, start : start + 3 * width]."""
+    c0 = rows[:, start:start + width]
+    c1 = rows[:, start + width:start + 2 * width]
+    c2 = rows[:, start + 2 * width:start + 3 * width]
+    return c0 + b1 * (c1 - c0) + b2 * (c2 - c0)
+
+
+def coarsen(fine: GBuffer, s: int) -> GBuffer:
+    """A base-resolution G-buffer from a supersampled one: per pixel, the first covered sub-sample."""
+    v, hs, ws = fine.face.shape
+    h, w = hs // s, ws // s
+
+    def blocks(x: torch.Tensor) -> torch.Tensor:  # [V, H*s, W*s, ...] -> [V, H, W, s*s, ...]
+        rest = x.shape[3:]
+        x = x.reshape(v, h, s, w, s, *rest).transpose(2, 3)
+        return x.reshape(v, h, w, s * s, *rest)
+
+    hits = blocks(fine.hit)
+    coverage = hits.float().mean(-1)
+    # Prefer a covered sub-sample: argmax over (hit, then earlier index).
+    order = torch.arange(s * s, 0, -1, device=hits.device)
+    pick = (hits.long() * (s * s + 1) + order).argmax(-1)  # [V, H, W]
+
+    def take(x: torch.Tensor | None) -> torch.Tensor | None:
+        if x is None:
+            return None
+        b = blocks(x)
+        index = pick.view(v, h, w, 1, *([1] * (b.dim() - 4))).expand(v, h, w, 1, *b.shape[4:])
+        return b.gather(3, index).squeeze(3)
+
+    lod = take(fine.lod)
+    return GBuffer(face=take(fine.face), bary=take(fine.bary), depth=take(fine.depth), normal=take(fine.normal),
+                   slot=take(fine.slot), uv=take(fine.uv), lod=torch.where(coverage > 0, lod + math.log2(s), lod),
+                   coverage=coverage)
+
+
+def pool(image: torch.Tensor, s: int) -> torch.Tensor:
+    """[V, C, H*s, W*s] -> [V, C, H, W] box average (the supersampling resolve)."""
+    return image if s == 1 else F.avg_pool2d(image, s)
+
+
+def mip_chain(texture: torch.Tensor, min_size: int = 1) -> list[torch.Tensor]:
+    """[1, C, H, W] -> levels [1, C, H / 2^k, W / 2^k] (box-filtered), down to min_size; level 0 is the input."""
+    levels = [texture]
+    while max(levels[-1].shape[-2:]) > min_size and min(levels[-1].shape[-2:]) > 1:
+        h, w = levels[-1].shape[-2:]
+        levels.append(F.interpolate(levels[-1], size=(max(1, h // 2), max(1, w // 2)), mode="area"))
+    return levels
+
+
+def level_weights(lod: torch.Tensor, base_size: tuple[int, int], levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lower level [N] int64, blend t [N]) of trilinear filtering for a texture of base_size and `levels`."""
+    level = (lod + 0.5 * math.log2(base_size[0] * base_size[1])).clamp(0, levels - 1)
+    if levels == 1:
+        return torch.zeros_like(level, dtype=torch.long), torch.zeros_like(level)
+    low = level.floor().long().clamp(max=levels - 2)
+    return low, (level - low).clamp(0, 1)
+
+
+@dataclass
+class SampleIndex:
+    """Precomputed trilinear gathers of one texture into fixed pixels: entry e samples mip level levels[e]
+    at grids[e] and adds weights[e] x colour to the flat pixels pixels[e] (each pixel appears in the two
+    levels around its level of detail; weights include coverage and shading)."""
+
+    levels: list[int]
+    pixels: list[torch.Tensor]  # [n_e] int64 flat pixel indices
+    grids: list[torch.Tensor]  # [1, 1, n_e, 2] grid_sample coordinates
+    weights: list[torch.Tensor]  # [n_e, 1]
+
+    def to(self, device) -> SampleIndex:
+        return SampleIndex(self.levels, [p.to(device) for p in self.pixels], [g.to(device) for g in self.grids],
+                           [w.to(device) for w in self.weights])
+
+
+def plan_samples(pixels: torch.Tensor, uv: torch.Tensor, lod: torch.Tensor, size: tuple[int, int], levels: int,
+                 factor: torch.Tensor | None = None) -> SampleIndex:
+    """Trilinear gathers for samples at flat `pixels` [N] with uv [N, 2] (image convention, [0, 1]) and lod
+    [N] from a texture of base `size` with `levels` mip levels; factor: [N] extra weight (or None)."""
+    low, t = level_weights(lod, size, levels)
+    order = torch.argsort(low)
+    counts = torch.bincount(low, minlength=levels).tolist()
+    grid = uv * 2 - 1
+    out = SampleIndex([], [], [], [])
+    start = 0
+    for k, count in enumerate(counts):
+        if count == 0:
+            continue
+        idx = order[start:start + count]
+        start += count
+        blend = t[idx]
+        base = torch.ones_like(blend) if factor is None else factor[idx]
+        for level, weight in ((k, (1 - blend) * base), (k + 1, blend * base)):
+            if level >= levels or not bool((weight != 0).any()):
+                continue
+            out.levels.append(level)
+            out.pixels.append(pixels[idx])
+            out.grids.append(grid[idx].view(1, 1, -1, 2))
+            out.weights.append(weight[:, None])
+    return out
+
+
+def gather(mips: list[torch.Tensor], index: SampleIndex, out: torch.Tensor) -> torch.Tensor:
+    """out [P, C] plus the texture's trilinear samples at the indexed pixels (out-of-place, differentiable)."""
+    for pixels, grid, weight, k in zip(index.pixels, index.grids, index.weights, index.levels, strict=True):
+        colour = F.grid_sample(mips[k], grid, mode="bilinear", padding_mode="border", align_corners=False)
+        out = out.index_add(0, pixels, colour[0, :, 0].T * weight)
+    return out
+
+
+def sample_trilinear(mips: list[torch.Tensor], uv: torch.Tensor, lod: torch.Tensor) -> torch.Tensor:
+    """Colours [N, C] at uv [N, 2] (image convention, [0, 1]) with per-sample lod [N] (see GBuffer.lod),
+    blending the two nearest mip levels. Differentiable w.r.t. the mips."""
+    index = plan_samples(torch.arange(len(uv), device=uv.device), uv, lod, tuple(mips[0].shape[-2:]), len(mips))
+    return gather(mips, index, torch.zeros(len(uv), mips[0].shape[1], dtype=mips[0].dtype, device=uv.device))
+
+
+def sample_index(gbuf: GBuffer, slot: int, size: tuple[int, int], levels: int,
+                 scale: torch.Tensor | None = None) -> SampleIndex:
+    """The gathers that sample slot `slot`'s texture (base size, mip levels) into the buffer's pixels.
+
+    scale: optional [V, H, W] per-pixel factor (e.g. Lambert shading); coverage is always applied.
+    """
+    flat = (gbuf.slot == slot).reshape(-1).nonzero().squeeze(1)
+    factor = gbuf.coverage.reshape(-1)[flat]
+    if scale is not None:
+        factor = factor * scale.reshape(-1)[flat]
+    return plan_samples(flat, gbuf.uv.reshape(-1, 2)[flat], gbuf.lod.reshape(-1)[flat], size, levels, factor)
+
+
+def shade(gbuf: GBuffer, textures: list[list[torch.Tensor]], scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Sample each slot's mip chain through the G-buffer: colours [V, H, W, 3] (0 on the background, not
+    multiplied by coverage). scale: optional [V, H, W] shading factor."""
+    v, h, w = gbuf.face.shape
+    out = torch.zeros(v * h * w, 3, device=gbuf.uv.device)
+    for slot, mips in enumerate(textures):
+        flat = (gbuf.slot == slot).reshape(-1).nonzero().squeeze(1)
+        if len(flat) == 0:
+            continue
+        factor = None if scale is None else scale.reshape(-1)[flat]
+        index = plan_samples(flat, gbuf.uv.reshape(-1, 2)[flat], gbuf.lod.reshape(-1)[flat],
+                             tuple(mips[0].shape[-2:]), len(mips), factor)
+        out = gather(mips, index, out)
+    return out.view(v, h, w, 3)

@@ -1,0 +1,118 @@
+"""A texture parameterised as a fixed base plus a multi-resolution residual pyramid.
+
+texture = base (the original texels, full resolution, fixed) + upsample(residual), where
+residual = levels[0] + up(levels[1] + up(levels[2] + ...)) is composed coarse to fine; `up` is a bilinear 2x
+enlargement followed by a [1, 2, 1] blur (like the EXPAND of a Burt-Adelson pyramid), which removes each
+coarse level's own highest frequency: without it, coarse texels that Adam moves independently show as 4-16
+texel blocks in the final texture. levels[0] has the "matched" resolution, about one texel per screen pixel
+(finer levels would only add texel noise the renders cannot show); each coarser level has half the
+resolution and a learning rate scaled by `level_lr_scale` per level, so large-scale strokes form without
+the coarse levels overshooting.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from nst3d.backends.mesh.gbuffer import mip_chain
+
+MIN_LEVEL_SIZE = 8
+
+
+def level_sizes(finest: tuple[int, int], count: int) -> list[tuple[int, int]]:
+    """Sizes of the pyramid levels, finest first, halving until `count` levels or MIN_LEVEL_SIZE."""
+    sizes = [finest]
+    while len(sizes) < count and min(sizes[-1]) // 2 >= MIN_LEVEL_SIZE:
+        h, w = sizes[-1]
+        sizes.append((h // 2, w // 2))
+    return sizes
+
+
+def matched_size(texture_size: tuple[int, int], finest_side: int) -> tuple[int, int]:
+    """The residual's finest size: longer side `finest_side` (capped at the texture's), aspect kept."""
+    h, w = texture_size
+    side = min(finest_side, max(h, w))
+    scale = side / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def enlarge(image: torch.Tensor, size: tuple[int, int], mode: str = "smooth") -> torch.Tensor:
+    """[1, C, h, w] -> [1, C, *size]: "smooth" is bilinear then a separable [1, 2, 1] / 4 blur (edges
+    replicated); "bilinear" / "bicubic" are plain interpolation."""
+    if mode != "smooth":
+        return F.interpolate(image, size=size, mode=mode, align_corners=False)
+    up = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+    c = up.shape[1]
+    k = torch.tensor([0.25, 0.5, 0.25], dtype=up.dtype, device=up.device)
+    up = F.conv2d(F.pad(up, (1, 1, 0, 0), mode="replicate"), k.view(1, 1, 1, 3).repeat(c, 1, 1, 1), groups=c)
+    return F.conv2d(F.pad(up, (0, 0, 1, 1), mode="replicate"), k.view(1, 1, 3, 1).repeat(c, 1, 1, 1), groups=c)
+
+
+class TexturePyramid:
+    """One slot's texture: base [3, H, W] (fixed) + the residual pyramid (the parameters)."""
+
+    def __init__(self, base: torch.Tensor, finest: tuple[int, int], count: int = 5, level_lr_scale: float = 0.5,
+                 noise: torch.Generator | None = None, upsample: str = "smooth",
+                 output: tuple[int, int] | None = None):
+        """base: [3, H, W] on the working device; finest: (h, w) of levels[0]; noise: start from noise;
+        upsample: how coarse levels are enlarged: smooth (bilinear + blur) or bilinear / bicubic;
+        output: the residual's resolution when larger than levels[0] (it is then enlarged smoothly too, so
+        not even the finest parameters show as texel-sized cells)."""
+        self.base = base
+        self.upsample = upsample
+        self.output = output if output is not None and tuple(output) != tuple(finest) else None
+        self.sizes = level_sizes(finest, count)
+        self.level_lr_scale = level_lr_scale
+        self.levels = [torch.nn.Parameter(torch.zeros(1, 3, h, w, device=base.device)) for h, w in self.sizes]
+        if noise is not None:
+            self.base = torch.full_like(base, 0.5)
+            self.levels[0].data.copy_((torch.rand(self.levels[0].shape, generator=noise) - 0.5) * 0.5)
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        return [{"params": [level], "lr": lr * self.level_lr_scale ** k} for k, level in enumerate(self.levels)]
+
+    def residual(self) -> torch.Tensor:
+        """[1, 3, h, w] the composed residual at the output resolution (levels[0]'s unless `output`)."""
+        out = self.levels[-1]
+        for level in reversed(self.levels[:-1]):
+            out = level + enlarge(out, tuple(level.shape[-2:]), self.upsample)
+        return out if self.output is None else enlarge(out, self.output, self.upsample)
+
+    def residual_mips(self, count: int) -> list[torch.Tensor]:
+        """The residual and its box-filtered mip levels (up to `count` levels)."""
+        return mip_chain(self.residual())[:count]
+
+    def texture(self) -> torch.Tensor:
+        """[3, H, W] base + upsampled residual (not clamped)."""
+        # Bilinear, as the training renders sample the residual (grid_sample), so the export shows what was optimised.
+        up = F.interpolate(self.residual(), size=self.base.shape[-2:], mode="bilinear", align_corners=False)
+        return self.base + up[0]
+
+
+def dilate(texture: torch.Tensor, covered: torch.Tensor, steps: int = 16) -> torch.Tensor:
+    """Push texels of covered UV charts outwards into the gutter, `steps` texels (then the rest gets the
+    nearest filled ring, repeated until full), so filtering across chart borders shows no seams.
+
+    texture: [C, H, W]; covered: [H, W] bool. Returns a new [C, H, W]; covered texels are unchanged.
+    """
+    if covered.all() or not covered.any():
+        return texture
+    image = texture * covered
+    weight = covered.float()[None]
+    filled = covered.clone()
+    kernel = torch.ones(texture.shape[0] + 1, 1, 3, 3, dtype=texture.dtype, device=texture.device)
+    stack = torch.cat([image, weight.to(texture)], dim=0)[None]
+    out = texture.clone()
+    for _ in range(steps):
+        summed = F.conv2d(stack, kernel, padding=1, groups=stack.shape[1])[0]
+        grow = (summed[-1] > 0) & ~filled
+        if not grow.any():
+            break
+        values = summed[:-1] / summed[-1:].clamp(min=1e-8)
+        out = torch.where(grow[None], values, out)
+        filled = filled | grow
+        stack = torch.cat([out * filled, filled.to(texture)[None]], dim=0)[None]
+    return out

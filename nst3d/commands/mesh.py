@@ -1,0 +1,224 @@
+"""`nst3d mesh INPUT --style STYLE -o OUTDIR`: stylize a textured mesh or a multi-object scene.
+
+Writes OUTDIR/<stem>_styled.glb (or .obj + .mtl with --format obj), one PNG per stylized texture, a contact
+sheet (original vs stylized on held-out views) and report.json (style/content distance and multi-view
+consistency on held-out views; with --compare-baseline also the per-view 2D baseline and the floor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nst3d.backends.mesh.backend import MeshBackend
+from nst3d.backends.mesh.export import FORMATS, export_asset
+from nst3d.backends.mesh.load import load_mesh
+from nst3d.backends.mesh.regions import RegionObjective, match_style_map
+from nst3d.errors import UserError
+from nst3d.eval import evaluate_with_renders, held_out_views
+from nst3d.events import EventSink, ProgressBar, ignore
+from nst3d.files import check_output, write_json
+from nst3d.options import (
+    BackendDefaults,
+    StyleOptions,
+    add_style_options,
+    build_objective,
+    load_styles,
+    loop_config,
+    options_from_args,
+    peak_memory_mb,
+    resolve_device,
+    vgg_for,
+    with_defaults,
+)
+from nst3d.preview import contact_sheet
+from nst3d.stylize import LoopConfig, stylize
+
+DEFAULTS = BackendDefaults(steps=300, size=256, views=4, content_weight=0.05, tv_weight=0.0, lr=0.01,
+                           style_scales=(1.0, 0.5))
+BASELINE_LR = 0.02  # the image backend's default: the per-view baseline optimises pixels
+HELD_OUT = 4
+CONTACT_SHEET = "contact_sheet.png"
+REPORT = "report.json"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("mesh", help="stylize a textured mesh or scene (GLB/glTF/OBJ/PLY/STL)", description=__doc__)
+    p.add_argument("input", type=Path, help="mesh or scene file (.glb, .gltf, .obj, .ply, .stl, .off)")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="output folder")
+    p.add_argument("--style-map", action="append", default=[], metavar="NAME=IMAGE",
+                   help="a style for one material or object (repeat; the same NAME twice blends)")
+    p.add_argument("--texture-size", type=int, metavar="N", help="resample every texture to N px (longer side)")
+    p.add_argument("--texture", type=Path, metavar="IMAGE",
+                   help="texture for triangles that have UVs but no texture (e.g. an OBJ without its .mtl)")
+    p.add_argument("--format", choices=FORMATS, default="glb", help="output format (default glb)")
+    p.add_argument("--shading", choices=("none", "lambert"), default="none",
+                   help="render with Lambert shading while optimising (default: unlit base colour)")
+    p.add_argument("--compare-baseline", action="store_true",
+                   help="also stylize each held-out view alone (2D baseline) and report both (slower)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_style_options(p, DEFAULTS)
+    p.set_defaults(run=run)
+
+
+def parse_style_map(entries: list[str]) -> dict[str, list[Path]]:
+    """["Wood=b.jpg", "Wood=c.jpg", "Body=d.png"] -> {"Wood": [b.jpg, c.jpg], "Body": [d.png]}."""
+    out: dict[str, list[Path]] = {}
+    for entry in entries:
+        name, sep, image = entry.partition("=")
+        if not sep or not name.strip() or not image.strip():
+            raise UserError(f"--style-map expects NAME=IMAGE, got '{entry}'")
+        out.setdefault(name.strip(), []).append(Path(image.strip()))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    opts = options_from_args(args)
+    if args.texture_size is not None and not 8 <= args.texture_size <= 16384:
+        raise UserError("--texture-size must be between 8 and 16384")
+    report = stylize_mesh_file(args.input, args.output, opts, parse_style_map(args.style_map),
+                               texture_size=args.texture_size, export_format=args.format,
+                               compare_baseline=args.compare_baseline, texture=args.texture, shading=args.shading,
+                               on_event=ProgressBar(quiet=args.quiet))
+    if opts.report:
+        write_json(report, opts.report)
+    sd = report["style_distance"]
+    print(f"wrote {report['outputs']['asset']} (style distance {sd['before']:.3g} -> {sd['after']:.3g}, "
+          f"consistency {report['consistency']['short_range']:.3f} / {report['consistency']['long_range']:.3f}, "
+          f"{report['seconds']:.0f} s)")
+    for warning in report["warnings"]:
+        print(f"nst3d: warning: {warning}")
+    return 0
+
+
+def _objective(opts: StyleOptions, style_map: dict[str, list[Path]], vgg, palette: torch.Tensor):
+    """One Objective, or a RegionObjective with one per --style-map group (group 0: the --style images)."""
+    main = build_objective(opts, vgg, load_styles(opts), palette, DEFAULTS)
+    if not style_map:
+        return main
+    objectives = [main]
+    for paths in style_map.values():
+        group_opts = replace(opts, styles=list(paths), style_weights=None)
+        objectives.append(build_objective(group_opts, vgg, load_styles(group_opts), palette, DEFAULTS))
+    return RegionObjective(objectives)
+
+
+def _palette(textures: list[torch.Tensor], limit: int = 65536) -> torch.Tensor:
+    """The original textures' colours [3, N] (subsampled), for --preserve-color histogram."""
+    colours = torch.cat([t.reshape(3, -1) for t in textures], dim=1)
+    if colours.shape[1] > limit:
+        colours = colours[:, torch.linspace(0, colours.shape[1] - 1, limit).long()]
+    return colours
+
+
+def stylize_mesh_file(input_path: str | Path, out_dir: str | Path, opts: StyleOptions,
+                      style_map: dict[str, list[Path]] | None = None, *, texture_size: int | None = None,
+                      export_format: str = "glb", compare_baseline: bool = False,
+                      on_event: EventSink | None = None, should_stop: Callable[[], bool] | None = None,
+                      texture: str | Path | None = None, shading: str = "none",
+                      pool_size: int = 48) -> dict[str, Any]:
+    """Stylize a mesh file; write out_dir/<stem>_styled.glb (or .obj), texture PNGs, contact_sheet.png and
+    report.json, and return the report. Nothing is written if anything fails or the run is cancelled.
+
+    opts: the shared options (None fields take the mesh defaults); style_map: {material or object name:
+    style images}; texture_size: resample textures (longer side); texture: an image for UV'd triangles
+    without a texture. Raises UserError for bad input, nst3d.stylize.Cancelled when should_stop() turns true.
+    """
+    started = time.perf_counter()
+    stages: dict[str, float] = {}
+    on_event = on_event or ignore
+    input_path, out_dir = Path(input_path), Path(out_dir)
+    style_map = style_map or {}
+    opts = with_defaults(opts, DEFAULTS)
+    if export_format not in FORMATS:
+        raise UserError(f"unknown --format '{export_format}'; use one of {', '.join(FORMATS)}")
+    styles = [*opts.styles, *(p for paths in style_map.values() for p in paths)]
+    stem = f"{input_path.stem}_styled"
+    check_output(out_dir, [input_path], is_dir=True)
+    check_output(out_dir / f"{stem}.{export_format}", [input_path, *styles])
+    device = resolve_device(opts.device)
+    vgg = vgg_for(opts, device)
+    for path in styles:
+        if not Path(path).is_file():
+            raise UserError(f"style image not found: {path}")
+
+    def stage(name: str, text: str) -> None:
+        stages[name] = time.perf_counter()
+        on_event({"event": "message", "stage": name, "text": text})
+
+    stage("load", f"loading {input_path.name}")
+    asset = load_mesh(input_path, texture_size, texture)
+    groups = match_style_map(list(style_map), [s.aliases for s in asset.slots]) if style_map else None
+    objective = _objective(opts, style_map, vgg, _palette([s.texture for s in asset.slots]))
+    stage("setup", f"rasterizing {pool_size} training views of {asset.face_count} triangles, "
+                   f"{len(asset.slots)} texture(s)")
+    backend = MeshBackend(asset, size=opts.size, views_per_step=opts.views, pool_size=pool_size, lr=opts.lr,
+                          shading=shading, groups=groups, device=device, seed=opts.seed, init=opts.init)
+    held = held_out_views(backend.frame, HELD_OUT)
+    stages["optimise"] = time.perf_counter()
+    history = stylize(backend, objective, loop_config(opts), on_event, should_stop)
+    textures = backend.stylized_textures(keep_chroma=opts.preserve_color == "luminance")
+    stage("evaluate", "evaluating on held-out views" + (" (and the per-view 2D baseline)" if compare_baseline
+                                                           else ""))
+    baseline = LoopConfig(steps=opts.steps, lr=BASELINE_LR, seed=opts.seed, stage="baseline") if compare_baseline \
+        else None
+    figures, renders = evaluate_with_renders(lambda c: backend.render_cameras(c, textures),
+                                             backend.render_cameras, held, objective, baseline_config=baseline,
+                                             on_event=on_event, should_stop=should_stop)
+    stage("export", f"writing {out_dir}")
+    written = export_asset(asset, textures, out_dir, stem, export_format)
+    n = held.count
+    rows = [renders["content"].rgb[:n], renders["stylized"].rgb[:n]]
+    labels = ["original", "stylized"]
+    if "baseline" in renders:
+        rows.append(renders["baseline"].rgb[:n])
+        labels.append("per-view 2D baseline")
+    sheet = contact_sheet(rows, out_dir / CONTACT_SHEET, labels)
+    stages["end"] = time.perf_counter()
+    report = {
+        "command": "mesh",
+        "input": str(input_path),
+        "outputs": {"asset": str(written["asset"]), "textures": [str(p) for p in written["textures"]],
+                    "contact_sheet": str(sheet), "report": str(out_dir / REPORT)},
+        "styles": [str(s) for s in opts.styles],
+        "style_map": {name: [str(p) for p in paths] for name, paths in style_map.items()},
+        **figures,
+        "seconds": time.perf_counter() - started,
+        "seconds_by_stage": _durations(stages, started),
+        "steps": opts.steps,
+        "final_loss": history[-1] if history else None,
+        "size": opts.size,
+        "views_per_step": opts.views,
+        "training_views": pool_size,
+        "triangles": asset.face_count,
+        "textures": backend.texture_report(),
+        "shading": shading,
+        "device": str(device),
+        "peak_memory_mb": peak_memory_mb(device),
+        "loss": opts.loss,
+        "strength": opts.strength,
+        "content_weight": opts.content_weight,
+        "lr": opts.lr,
+        "style_layers": objective.target.layers,
+        "content_layer": objective.content_layer,
+        "weights": vgg.source,
+        "seed": opts.seed,
+        "torch_threads": torch.get_num_threads(),
+        "warnings": list(asset.warnings),
+    }
+    write_json(report, out_dir / REPORT)
+    return report
+
+
+def _durations(stages: dict[str, float], started: float) -> dict[str, float]:
+    names = list(stages)
+    out = {}
+    for k, name in enumerate(names[:-1]):
+        out[name] = stages[names[k + 1]] - stages[name]
+    return out

@@ -1,0 +1,131 @@
+"""Loading meshes into texture slots: real trimesh/open3d on small files the tests write."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nst3d.backends.mesh.load import load_mesh, rasterize_uv, uv_layout_ok
+from nst3d.backends.mesh.regions import match_style_map
+from nst3d.errors import UserError
+from tests.mesh_data import checker, icosphere, textured_obj, textured_quad_glb, two_object_glb, write_glb
+
+
+def test_glb_texture_becomes_a_slot_with_its_uvs_and_resolution(tmp_path):
+    asset = load_mesh(textured_quad_glb(tmp_path / "quad.glb", size=16))
+    assert len(asset.slots) == 1 and not asset.slots[0].generated
+    slot = asset.slots[0]
+    assert slot.texture.shape == (3, 16, 16)
+    assert torch.allclose(slot.texture, torch.from_numpy(checker(16)).permute(2, 0, 1).float() / 255)
+    assert np.allclose(asset.primitives[0].uv, [[0, 0], [1, 0], [1, 1], [0, 1]])
+    assert slot.coverage.all()
+
+
+def test_texture_size_resamples(tmp_path):
+    asset = load_mesh(textured_quad_glb(tmp_path / "quad.glb", size=16), texture_size=8)
+    assert asset.slots[0].texture.shape == (3, 8, 8)
+
+
+def test_obj_mtl_texture_keeps_orientation(tmp_path):
+    asset = load_mesh(textured_obj(tmp_path / "obj"))
+    slot = asset.slots[0]
+    assert not slot.generated and slot.name == "Paint"
+    prim = asset.primitives[0]
+    # The vertex at the top-left corner (-0.5, 0.5) maps to the texture's top-left texel (green cell).
+    corner = np.argmin(np.linalg.norm(prim.positions - [-0.5, 0.5, 0], axis=1))
+    u, v = prim.uv[corner]
+    row, col = min(int(v * 16), 15), min(int(u * 16), 15)
+    assert slot.texture[:, row, col].tolist() == pytest.approx([30 / 255, 200 / 255, 30 / 255], abs=1e-3)
+
+
+def test_uvless_objects_get_an_atlas_and_their_base_colour(tmp_path):
+    asset = load_mesh(two_object_glb(tmp_path / "two.glb"))
+    names = {s.name: s for s in asset.slots}
+    ball = names["Ball"]
+    assert ball.generated and "BallMat" in ball.aliases
+    prim = next(p for p in asset.primitives if p.name == "Ball")
+    assert prim.vertex_map is not None and len(prim.uv) == len(prim.positions) >= 42
+    assert uv_layout_ok(prim.uv, prim.faces)
+    # Geometry is unchanged: every atlas vertex is one of the original positions.
+    sphere = np.asarray(icosphere(1).vertices) * 0.4
+    assert np.allclose(prim.positions, sphere[prim.vertex_map], atol=1e-6)
+    # The texture starts from the base colour (0.2, 0.6, 0.3 linear -> sRGB).
+    colour = ball.texture[:, 0, 0]
+    assert colour.tolist() == pytest.approx([0.4845, 0.7969, 0.5838], abs=2e-3)
+    assert 0.2 < ball.coverage.float().mean() < 1
+
+
+def test_ply_without_uvs_and_stl_load(tmp_path):
+    sphere = icosphere(1)
+    sphere.export(tmp_path / "ball.ply")
+    sphere.export(tmp_path / "ball.stl")
+    for name in ("ball.ply", "ball.stl"):
+        asset = load_mesh(tmp_path / name)
+        assert asset.face_count == len(sphere.faces)
+        assert asset.slots[0].generated
+
+
+def test_overlapping_uvs_are_replaced_by_an_atlas(tmp_path):
+    sphere = icosphere(1)
+    uv = np.zeros((len(sphere.vertices), 2)) + 0.5  # collapsed: every vertex on one texel
+    write_glb(tmp_path / "bad_uv.glb", [{"name": "Ball", "positions": np.asarray(sphere.vertices),
+                                         "faces": np.asarray(sphere.faces), "uv": uv, "color": (1, 1, 1, 1)}])
+    asset = load_mesh(tmp_path / "bad_uv.glb")
+    assert asset.primitives[0].vertex_map is not None
+
+
+def test_rasterize_uv_finds_the_covering_triangle():
+    uv = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    face, bary = rasterize_uv(uv, np.array([[0, 1, 2]]), 8, 8)
+    assert face[0, 0] == 0 and face[7, 7] == -1
+    assert bary.shape == (8, 8, 2)
+
+
+def test_missing_texture_warns_and_uses_the_base_colour(tmp_path):
+    asset = load_mesh(textured_obj(tmp_path / "obj", write_texture=False))
+    assert any("not found" in w for w in asset.warnings)
+    assert asset.slots[0].generated
+
+
+def test_missing_gltf_image_file_warns(tmp_path):
+    path = textured_quad_glb(tmp_path / "quad.glb")
+    from nst3d.backends.mesh import gltf as G
+
+    gltf = G.read_gltf(path)
+    gltf.json["images"][0] = {"uri": "missing.png"}
+    G.write_glb(gltf, tmp_path / "broken.glb")
+    asset = load_mesh(tmp_path / "broken.glb")
+    assert any("missing.png" in w for w in asset.warnings)
+    assert asset.slots[0].generated
+
+
+@pytest.mark.parametrize("content,message", [
+    ("v 0 0 0\nv 1 0 0\nv 0 1 0\n", "zero faces"),
+    ("v 0 0 0\nv 1 0 nan\nv 0 1 0\nf 1 2 3\n", "non-finite"),
+])
+def test_bad_meshes_are_one_line_user_errors(tmp_path, content, message):
+    path = tmp_path / "bad.obj"
+    path.write_text(content)
+    with pytest.raises(UserError, match=message):
+        load_mesh(path)
+
+
+def test_unsupported_and_missing_files(tmp_path):
+    (tmp_path / "model.fbx").write_bytes(b"not really")
+    with pytest.raises(UserError, match="unsupported mesh format"):
+        load_mesh(tmp_path / "model.fbx")
+    with pytest.raises(UserError, match="not found"):
+        load_mesh(tmp_path / "nothing.glb")
+    (tmp_path / "junk.glb").write_bytes(b"garbage that is not a glb")
+    with pytest.raises(UserError):
+        load_mesh(tmp_path / "junk.glb")
+
+
+def test_style_map_names_must_exist(tmp_path):
+    asset = load_mesh(two_object_glb(tmp_path / "two.glb"))
+    aliases = [s.aliases for s in asset.slots]
+    groups = match_style_map(["Ball"], aliases)
+    assert sorted(groups) == [0, 1]
+    with pytest.raises(UserError, match="no material or object"):
+        match_style_map(["Nothing"], aliases)

@@ -1,0 +1,135 @@
+"""The G-buffer (real open3d ray casting), texture sampling, framing and the backend's gradients."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from nst3d.backends.mesh.backend import MeshBackend, frame_on_silhouette
+from nst3d.backends.mesh.gbuffer import Rasterizer, mip_chain, sample_trilinear
+from nst3d.backends.mesh.load import load_mesh
+from nst3d.backends.mesh.texture import TexturePyramid, dilate, enlarge
+from nst3d.cameras import Cameras, intrinsics, look_at
+from tests.mesh_data import textured_quad_glb, two_object_glb
+
+
+def front_camera(distance: float = 2.0, size: int = 32, fov: float = 40.0) -> Cameras:
+    eye = torch.tensor([[0.0, 0.0, distance]])
+    return Cameras(look_at(eye, torch.zeros(3)), intrinsics(size, size, fov)[None], size, size)
+
+
+def test_gbuffer_of_a_quad_facing_the_camera(tmp_path):
+    asset = load_mesh(textured_quad_glb(tmp_path / "quad.glb"))
+    raster = Rasterizer(asset.world())
+    gbuf = raster.cast(front_camera())
+    centre = (0, 16, 16)
+    assert gbuf.face[centre] >= 0 and gbuf.face[0, 0, 0] == -1
+    assert math.isclose(float(gbuf.depth[centre]), 2.0, rel_tol=1e-5)
+    # The pixel just right of and below the centre sees uv a little right of and below (0.5, 0.5).
+    u, v = gbuf.uv[centre].tolist()
+    assert 0.5 < u < 0.55 and 0.5 < v < 0.55
+    assert torch.allclose(gbuf.normal[centre], torch.tensor([0.0, 0.0, 1.0]), atol=1e-5)
+    assert gbuf.slot[centre] == 0 and gbuf.slot[0, 0, 0] == -1
+    # Barycentrics reproduce the hit point.
+    f = asset.world().faces[int(gbuf.face[centre])]
+    b1, b2 = gbuf.bary[centre].tolist()
+    p = asset.world().vertices[f]
+    point = (1 - b1 - b2) * p[0] + b1 * p[1] + b2 * p[2]
+    assert abs(point[2]) < 1e-6 and np.abs(point[:2]).max() < 0.05
+
+
+def test_level_of_detail_grows_by_one_per_doubling_of_distance(tmp_path):
+    asset = load_mesh(textured_quad_glb(tmp_path / "quad.glb"))
+    raster = Rasterizer(asset.world())
+    near = raster.cast(front_camera(2.0)).lod[0, 16, 16]
+    far = raster.cast(front_camera(4.0)).lod[0, 16, 16]
+    assert math.isclose(float(far - near), 1.0, abs_tol=1e-4)
+
+
+def test_supersampling_gives_fractional_coverage_on_edges(tmp_path):
+    asset = load_mesh(textured_quad_glb(tmp_path / "quad.glb"))
+    base, fine = Rasterizer(asset.world()).rasterize(front_camera(2.3), supersample=2)
+    assert fine.face.shape == (1, 64, 64) and base.face.shape == (1, 32, 32)
+    cover = base.coverage
+    assert cover.max() == 1 and cover.min() == 0
+    assert ((cover > 0) & (cover < 1)).any()
+
+
+def test_trilinear_sampling_filters_with_distance():
+    texture = torch.zeros(1, 3, 8, 8)
+    texture[:, :, ::2, ::2] = 1.0  # texel-sized dots: mean 0.25
+    mips = mip_chain(texture)
+    uv = torch.tensor([[0.3125, 0.3125]])
+    sharp = sample_trilinear(mips, uv, torch.tensor([-3.0 - 1]))  # magnified: level 0
+    blurred = sample_trilinear(mips, uv, torch.tensor([0.0]))  # one pixel covers the whole texture
+    assert sharp[0, 0] > 0.9
+    assert abs(float(blurred[0, 0]) - 0.25) < 1e-5
+
+
+def test_silhouette_framing_fills_the_frame():
+    points = torch.tensor([[x, y, z] for x in (-4.0, 4.0) for y in (-0.5, 0.5) for z in (-0.5, 0.5)])
+    side = torch.tensor([[0.0, 0.0, 1.0]])
+    cams = frame_on_silhouette(points, side, 64, 64)
+    projected = (cams.K[0] @ (cams.world_to_cam[0, :3, :3] @ points.T + cams.world_to_cam[0, :3, 3:]))
+    xy = projected[:2] / projected[2:]
+    assert xy.min() >= -1e-3 and xy.max() <= 64 + 1e-3
+    assert float(xy[0].max() - xy[0].min()) > 0.85 * 64  # the long side fills the width
+
+
+def test_gradients_reach_every_pyramid_level(tmp_path):
+    asset = load_mesh(two_object_glb(tmp_path / "two.glb"), texture_size=32)
+    backend = MeshBackend(asset, size=24, views_per_step=2, pool_size=4, lr=0.01)
+    views = backend.train_views(0, torch.Generator().manual_seed(0))
+    render = backend.render(views)
+    assert render.rgb.shape == (2, 3, 24, 24) and render.mask.shape == (2, 1, 24, 24)
+    assert torch.allclose(render.rgb, views.content)  # the residual starts at zero
+    (render.rgb * render.mask).square().sum().backward()
+    for pyramid in backend.pyramids:
+        assert any(level.grad is not None and level.grad.abs().sum() > 0 for level in pyramid.levels)
+    assert all("lr" in g for g in backend.parameters())
+    rates = [g["lr"] for g in TexturePyramid(torch.zeros(3, 64, 64), (32, 32), count=3).param_groups(0.01)]
+    assert rates == sorted(rates, reverse=True) and rates[0] == 0.01 and len(rates) == 3
+
+
+def test_content_render_matches_the_full_quality_render(tmp_path):
+    asset = load_mesh(textured_quad_glb(tmp_path / "quad.glb"))
+    backend = MeshBackend(asset, size=24, views_per_step=2, pool_size=2)
+    views = backend.train_views(0, torch.Generator().manual_seed(0))
+    again = backend.render_cameras(views.cameras)
+    inside = (views.mask == 1).expand(-1, 3, -1, -1)
+    assert torch.allclose(views.content[inside], again.rgb[inside], atol=1e-5)
+    assert torch.equal(views.depth, again.depth)
+
+
+def test_style_groups_split_the_mask(tmp_path):
+    asset = load_mesh(two_object_glb(tmp_path / "two.glb"), texture_size=32)
+    groups = [1 if s.name == "Ball" else 0 for s in asset.slots]
+    backend = MeshBackend(asset, size=24, views_per_step=2, pool_size=2, groups=groups)
+    views = backend.train_views(0, torch.Generator().manual_seed(0))
+    assert views.mask.shape == (2, 2, 24, 24)
+    assert views.mask[:, 0].sum() > 0 and views.mask[:, 1].sum() > 0
+    assert views.mask.sum(1).max() <= 1 + 1e-6
+
+
+def test_pyramid_starts_at_the_base_and_enlarges_smoothly():
+    base = torch.rand(3, 32, 32)
+    pyramid = TexturePyramid(base, (16, 16), count=3)
+    assert [tuple(level.shape[-2:]) for level in pyramid.levels] == [(16, 16), (8, 8)]  # never below 8 texels
+    assert torch.equal(pyramid.texture(), base)
+    checker = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(4, 4)[None, None]
+    smooth = enlarge(checker, (16, 16))
+    inner = (slice(None), slice(None), slice(2, -2), slice(2, -2))
+    assert smooth[inner].abs().max() < 0.5 * enlarge(checker, (16, 16), "bilinear")[inner].abs().max()
+
+
+def test_dilation_fills_the_gutter_and_keeps_the_charts():
+    texture = torch.zeros(3, 8, 8)
+    covered = torch.zeros(8, 8, dtype=torch.bool)
+    covered[2:4, 2:4] = True
+    texture[:, 2:4, 2:4] = 0.7
+    out = dilate(texture, covered, steps=2)
+    assert torch.equal(out[:, 2:4, 2:4], texture[:, 2:4, 2:4])
+    assert torch.allclose(out[:, 1, 1], torch.full((3,), 0.7)) and torch.allclose(out[:, 5, 5], torch.full((3,), 0.7))
+    assert torch.equal(out[:, 7, 7], torch.zeros(3))
