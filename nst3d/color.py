@@ -34,6 +34,12 @@ def keep_content_chroma(stylized: torch.Tensor, content: torch.Tensor) -> torch.
     return yiq_to_rgb(mixed)
 
 
+def gray(rgb: torch.Tensor) -> torch.Tensor:
+    """Images [..., 3, H, W] -> their luminance repeated in 3 channels (what luminance mode's style loss sees)."""
+    y = (rgb * _RGB_TO_YIQ[0].to(rgb).view(3, 1, 1)).sum(-3, keepdim=True)
+    return y.expand_as(rgb)
+
+
 def luminance_style(style: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
     """The style's luminance as a gray RGB image [3, H, W], its mean/std matched to the content's
     luminance (so the strokes, not the style's brightness, transfer)."""

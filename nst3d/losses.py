@@ -168,6 +168,9 @@ class StyleTarget:
         target = cls(list(layers), weights)
         device = vgg.mean.device
         for image, weight in zip(images, weights, strict=True):
+            mean, std = mean_std(image[None].to(device))  # the palette, for NNFM's colour term
+            _accumulate(target.means, "rgb", weight * mean[0])
+            _accumulate(target.stds, "rgb", weight * std[0])
             for scale in scales:
                 feats = vgg(downsample(image[None].to(device), scale), layers)
                 for tap, f in feats.items():
@@ -240,6 +243,10 @@ class Objective:
                                 for tap in self.target.layers)
         style = style / (len(self.target.layers) * len(self.style_scales))
         terms = {"style": style}
+        if self.loss == "nnfm":
+            # NNFM matches textures at relu3 only; like ARF's colour transfer, also match the style's palette.
+            terms["color"] = mean_std_loss(rgb, self.target.means["rgb"], self.target.stds["rgb"], mask)
+            style = style + terms["color"]
         total = self.style_weight * style
         if content is not None and self.content_weight > 0:
             terms["content"] = content_loss(feats[self.content_layer], content, mask)

@@ -30,3 +30,12 @@ def test_histogram_matching_moves_style_colours_to_the_content_palette():
     out = match_color(style, content)
     assert torch.allclose(out.reshape(3, -1).mean(1), content.reshape(3, -1).mean(1), atol=0.02)
     assert torch.allclose(torch.cov(out.reshape(3, -1)), torch.cov(content.reshape(3, -1)), atol=2e-3)
+
+
+def test_gray_is_the_luminance_in_three_channels():
+    from nst3d.color import gray
+
+    images = torch.rand(2, 3, 4, 5)
+    out = gray(images)
+    assert out.shape == images.shape and torch.allclose(out[:, 0], out[:, 2])
+    assert torch.allclose(out[1, 0], rgb_to_yiq(images[1])[0], atol=1e-6)

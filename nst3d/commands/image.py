@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from nst3d.backends.image import stylize_image
-from nst3d.color import keep_content_chroma
+from nst3d.color import gray, keep_content_chroma
 from nst3d.errors import UserError
 from nst3d.events import ProgressBar
 from nst3d.files import IMAGE_SUFFIXES, check_output, load_image, resize_to, save_image, write_json
@@ -78,7 +78,9 @@ def stylize_image_files(content_path: Path, outputs: list[Path], opts: StyleOpti
     content = resize_to(content, opts.size).to(device)
     vgg = vgg_for(opts, device)
     objective = build_objective(opts, vgg, load_styles(opts), content, DEFAULTS)
-    before = style_distance(vgg, content[None], objective.target)
+    # In luminance mode the style loss sees (and the result keeps) only luminance: measure it the same way.
+    seen = gray if opts.preserve_color == "luminance" else (lambda rgb: rgb)
+    before = style_distance(vgg, seen(content[None]), objective.target)
     results = []
     for index in range(len(outputs)):
         config = loop_config(opts)
@@ -96,7 +98,7 @@ def stylize_image_files(content_path: Path, outputs: list[Path], opts: StyleOpti
         "content": str(content_path),
         "styles": [str(s) for s in opts.styles],
         "outputs": [str(o) for o in outputs],
-        "style_distance": {"before": before, "after": style_distance(vgg, results[0][None], objective.target)},
+        "style_distance": {"before": before, "after": style_distance(vgg, seen(results[0][None]), objective.target)},
         "content_distance": content_distance(vgg, results[0][None], content[None], objective.content_layer),
         "seconds": time.perf_counter() - started,
         "steps": opts.steps,
