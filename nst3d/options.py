@@ -18,6 +18,9 @@ from nst3d.losses import LOSS_KINDS, Objective, StyleTarget
 from nst3d.stylize import OPTIMIZERS, LoopConfig
 
 
+NNFM_TV_WEIGHT = 1.0
+
+
 @dataclass
 class StyleOptions:
     """Everything that says how to stylize, whatever the asset. None means "the backend's default"."""
@@ -137,6 +140,9 @@ def with_defaults(opts: StyleOptions, defaults: BackendDefaults) -> StyleOptions
     for name in ("steps", "size", "views", "content_weight", "tv_weight", "lr"):
         if getattr(filled, name) is None:
             setattr(filled, name, getattr(defaults, name))
+    if opts.tv_weight is None and filled.loss == "nnfm":
+        # NNFM's relu3 features do not see pixel-level colour noise: without smoothing it speckles.
+        filled.tv_weight = max(filled.tv_weight, NNFM_TV_WEIGHT)
     if filled.style_size is None:
         filled.style_size = filled.size
     return filled
