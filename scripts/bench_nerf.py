@@ -1,5 +1,6 @@
 """Benchmark the NeRF backend: peak memory of a stylization step at several view sizes with the same ray-patch
-size (deferred back-propagation), against direct back-propagation, and seconds per step.
+size (deferred back-propagation), against direct back-propagation, and seconds per step (also with the frozen
+geometry of the training view kept, as `nst3d nerf` does by default).
 
     python scripts/bench_nerf.py                          # self-made scene, 64^2 and 256^2, CPU or GPU
     python scripts/bench_nerf.py --config outputs/<scene>/nerfacto/<run>/config.yml --sizes 64 256 512
@@ -8,11 +9,11 @@ size (deferred back-propagation), against direct back-propagation, and seconds p
 Without --config it writes the project's procedural scene (nst3d.integrations.nerfstudio.scene) and trains a
 small nerfacto on it first (in --work). The runs use a private TORCH_HOME in --work with a placeholder AlexNet
 for nerfacto's LPIPS metric (unused here), so no download is needed. Every measurement runs in a fresh
-process: on CUDA the peak is the allocator's (torch.cuda.max_memory_allocated, reset before the steps); on a
-CPU it is the process's peak resident set during the steps (VmHWM, reset through /proc/self/clear_refs) above
-the resident set before them.
-The first step is a warm-up and is not timed. VGG: --weights if given, else a random VGG-19 up to relu3_4
-(same cost as the real one).
+process, on one training view: on CUDA the peak is the allocator's (torch.cuda.max_memory_allocated, reset
+before the steps); on a CPU it is the process's peak resident set (VmHWM, reset through /proc/self/clear_refs
+after malloc_trim) above the resident set before. Both are given for the first step (which also renders the
+view's content once, and in "cached" mode its geometry) and for the later steps. The first step is not timed.
+VGG: --weights if given, else a random VGG-19 up to relu3_4 (same cost as the real one).
 """
 
 from __future__ import annotations
@@ -33,6 +34,15 @@ from pathlib import Path
 
 def _status_kib(field: str) -> int:
     return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+def _trim_heap() -> None:
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _reset_cpu_peak() -> bool:
@@ -57,7 +67,10 @@ def measure(config: Path, size: int, patch_rays: int, mode: str, steps: int, dev
 
     device = resolve_device(device_name)
     run = load_run(config, device)
-    backend = backend_for_run(run, size, patch_rays=patch_rays)
+    # One training view, rendered every step: after the warm-up step its content render (and, in "cached"
+    # mode, its geometry) is kept, so the timed steps are steady-state steps.
+    cache_mb = 4096.0 if mode == "cached" else 0.0
+    backend = backend_for_run(run, size, patch_rays=patch_rays, pool_size=1, geometry_cache_mb=cache_mb)
     if mode == "direct":
         backend.deferred = False
         backend.render = backend.render_with_grad  # full-view autograd graph: memory grows with the pixels
@@ -72,14 +85,24 @@ def measure(config: Path, size: int, patch_rays: int, mode: str, steps: int, dev
         accumulate_gradients(backend, objective, backend.train_views(index, generator))
         optimizer.step()
 
-    step(0)  # warm-up (allocator, caches)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    else:
-        exact = _reset_cpu_peak()
-        base = _status_kib("VmRSS") * 1024
+    def start_peak() -> int:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(device)
+            return torch.cuda.memory_allocated(device)
+        _trim_heap()  # hand freed memory back to the OS, so the resident set is what is in use
+        _reset_cpu_peak()
+        return _status_kib("VmRSS") * 1024
+
+    def peak_since(base: int) -> float:
+        if device.type == "cuda":
+            return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        return (_status_kib("VmHWM") * 1024 - base) / 2**20
+
+    base = start_peak()
+    step(0)  # warm-up: also the one-time content render (and geometry, "cached") of the view
+    first_peak = peak_since(base)
+    base = start_peak()
     times = []
     for index in range(1, steps):
         started = time.perf_counter()
@@ -87,16 +110,14 @@ def measure(config: Path, size: int, patch_rays: int, mode: str, steps: int, dev
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device)
-        how = "torch.cuda.max_memory_allocated"
-    else:
-        peak = _status_kib("VmHWM") * 1024
-        how = "VmHWM (process peak RSS)" + ("" if exact else ", not reset: includes loading")
+    steady_peak = peak_since(base)
+    how = ("torch.cuda.max_memory_allocated" if device.type == "cuda" else
+           "VmHWM (peak resident set, reset via /proc/self/clear_refs after malloc_trim)")
     width, height = backend.train_cameras.width, backend.train_cameras.height
     return {"size": [width, height], "rays_per_view": width * height, "patch_rays": patch_rays, "mode": mode,
             "device": str(device), "steps_timed": len(times), "seconds_per_step": statistics.median(times),
-            "peak_mb_above_start": (peak - base) / 2**20, "peak_mb": peak / 2**20, "memory": how,
+            "peak_mb_first_step": first_peak, "peak_mb_per_step": steady_peak,
+            "geometry_cache_mb": backend.geometry_bytes / 2**20, "memory": how,
             "torch_threads": torch.get_num_threads()}
 
 
@@ -122,7 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-iterations", type=int, default=200, help="nerfacto iterations for the self-made scene")
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 256])
     p.add_argument("--patch-rays", type=int, default=4096)
-    p.add_argument("--modes", nargs="+", default=["deferred", "direct"], choices=("deferred", "direct"))
+    p.add_argument("--modes", nargs="+", default=["deferred", "direct", "cached"],
+                   choices=("deferred", "direct", "cached"),
+                   help="deferred: patches, geometry recomputed every step; direct: one autograd graph for the "
+                        "whole view; cached: deferred with the training view's geometry kept (the default of "
+                        "nst3d nerf)")
     p.add_argument("--steps", type=int, default=3, help="steps per measurement, the first untimed (>= 2)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--weights", help="VGG-19 weights (default: random VGG, same cost)")
@@ -162,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(json.loads(done.stdout.strip().splitlines()[-1]))
             row = results[-1]
             print(f"{size:>5}^2 {mode:>8}: " + (f"error {row['error']}" if "error" in row else
-                  f"{row['seconds_per_step']:.2f} s/step, peak {row['peak_mb_above_start']:.0f} MB above start "
-                  f"({row['peak_mb']:.0f} MB total)"), flush=True)
+                  f"{row['seconds_per_step']:.2f} s/step, peak above start: first step "
+                  f"{row['peak_mb_first_step']:.0f} MB, later steps {row['peak_mb_per_step']:.0f} MB"), flush=True)
     meta = {"date": date.today().isoformat(), "machine": platform.node(), "cpu_count": os.cpu_count(),
             "python": platform.python_version(), "torch": torch.__version__, "device": device,
             "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None, "config": str(config),

@@ -99,7 +99,7 @@ def test_style_model_starts_as_the_trained_nerfacto_and_changes_only_colours(sce
 
 
 def test_deferred_backpropagation_gives_the_direct_gradients(scene, vgg):
-    from nst3d.backends.nerf import backend_for_run, load_run
+    from nst3d.backends.nerf import backend_for_run, load_run, render
     from nst3d.losses import Objective, StyleTarget
     from nst3d.stylize import accumulate_gradients
 
@@ -107,6 +107,11 @@ def test_deferred_backpropagation_gives_the_direct_gradients(scene, vgg):
     _perturb_appearance(run.model)
     backend = backend_for_run(run, size=9, patch_rays=7)  # 9x9 view in 12 uneven patches
     views = backend.train_views(0, torch.Generator().manual_seed(0))
+    with torch.no_grad():  # training views are shaded on their kept geometry: the same as the model's forward
+        kept, forward = backend.render(views), render(run.model, views.cameras)
+    assert backend.geometry_bytes > 0
+    assert torch.equal(kept.rgb, forward.rgb) and torch.equal(kept.mask, forward.mask)
+    assert torch.equal(kept.depth, forward.depth)
     style = torch.rand(3, 24, 24, generator=torch.Generator().manual_seed(2))
     objective = Objective(vgg, StyleTarget.from_images(vgg, [style], ["relu1_1", "relu2_1"]), "relu2_1",
                           content_weight=0.5, tv_weight=0.1)
@@ -116,12 +121,17 @@ def test_deferred_backpropagation_gives_the_direct_gradients(scene, vgg):
     direct = backend.render_with_grad(views)
     objective(direct.rgb, direct.mask, content)["total"].backward()
     expected = [p.grad.clone() for p in params]
-    for p in params:
-        p.grad = None
-    accumulate_gradients(backend, objective, views)
-    for p, g in zip(params, expected, strict=True):
-        assert g.abs().max() > 0
-        assert torch.allclose(p.grad, g, rtol=1e-4, atol=1e-6 * float(g.abs().max())), p.shape
+    for uncached in (False, True):
+        if uncached:  # the same without keeping geometry: recomputed by the proposal sampler every time
+            backend = backend_for_run(run, size=9, patch_rays=7, geometry_cache_mb=0)
+            views = backend.train_views(0, torch.Generator().manual_seed(0))
+            assert backend.geometry_bytes == 0
+        for p in params:
+            p.grad = None
+        accumulate_gradients(backend, objective, views)
+        for p, g in zip(params, expected, strict=True):
+            assert g.abs().max() > 0
+            assert torch.allclose(p.grad, g, rtol=1e-4, atol=1e-6 * float(g.abs().max())), p.shape
 
 
 def _register_method() -> None:

@@ -10,8 +10,12 @@
   (accumulation) and depth (expected depth as camera z).
 - Deferred back-propagation (ARF): `render` runs without autograd; the loop takes d loss / d image;
   `backward_image` re-renders the view in patches of `patch_rays` rays with autograd and feeds each patch
-  its slice of that gradient. Peak memory depends on the patch size, not on the view resolution, and the
-  parameter gradients equal those of direct back-propagation (tests/test_nerf_backend.py checks it).
+  its slice of that gradient. The autograd graph never holds more than one patch, so its memory depends on
+  the patch size, not on the view resolution, and the parameter gradients equal those of direct
+  back-propagation (tests/test_nerf_stylize.py checks both).
+- Frozen geometry is computed once: for the training views, the samples nerfacto's proposal networks place
+  along each ray and their weights never change, so they are kept (up to `geometry_cache_mb`) and each step
+  only evaluates the appearance branch on them; held-out and other views go through the model's forward.
 - Views: a pool of the dataset's training cameras, rescaled to the working size, as captured and jittered by
   a small fixed rotation about the scene centre (their content renders are kept); held-out cameras come from
   nst3d.eval around the same centre.
@@ -44,6 +48,8 @@ from nst3d.options import BackendDefaults
 
 DEFAULTS = BackendDefaults(steps=300, size=256, views=1, content_weight=0.05, tv_weight=0.0, lr=0.01)
 PATCH_RAYS = 4096
+#: memory for the frozen geometry (samples, weights) of training views, computed once per view; 0 = off
+GEOMETRY_CACHE_MB = 1024.0
 JITTER_DEGREES = 5.0
 METHOD_NAME = "nst3d-nerfacto"
 #: depth is reported (non-zero) where the accumulated opacity reaches this
@@ -187,8 +193,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     which are allowed explicitly (they rebuild plain numbers, nothing executable)."""
     import numpy as np
 
-    allowed = [np.core.multiarray.scalar, np.dtype, *{type(np.dtype(t)) for t in (np.float16, np.float32, np.float64,
-                                                                                     np.int32, np.int64, np.bool_)}]
+    numpy_core = np.core if np.lib.NumpyVersion(np.__version__) < "2.0.0" else np._core  # renamed in numpy 2
+    kinds = (np.float16, np.float32, np.float64, np.int32, np.int64, np.bool_)
+    allowed = [numpy_core.multiarray.scalar, np.dtype, *{type(np.dtype(kind)) for kind in kinds}]
     with torch.serialization.safe_globals(allowed):
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -354,6 +361,57 @@ def backward_patches(model: Any, cameras: Cameras, grad_rgb: torch.Tensor, patch
                 torch.autograd.backward(out["rgb"], part_grad)
 
 
+@dataclass
+class GeometryPiece:
+    """Frozen geometry of a run of rays (a patch): nerfacto's final samples, their weights and normalised
+    positions, and the per-ray coverage and depth. Density is frozen, so these never change during
+    stylization; only the colours of the samples do."""
+
+    samples: Any  # RaySamples [n, S]
+    positions: torch.Tensor  # [n, S, 3], as the hash grids read them
+    weights: torch.Tensor  # [n, S, 1]
+    accumulation: torch.Tensor  # [n, 1]
+    depth: torch.Tensor  # [n, 1] camera z (0 where accumulation < DEPTH_MIN_ACCUMULATION)
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [self.positions, self.weights, self.accumulation, self.depth]
+        tensors += [t for t in vars(self.samples.frustums).values() if isinstance(t, torch.Tensor)]
+        tensors += [t for t in vars(self.samples).values() if isinstance(t, torch.Tensor)]
+        return sum(t.untyped_storage().nbytes() for t in tensors)
+
+
+@torch.no_grad()
+def view_geometry(model: Any, cameras: Cameras, index: int, patch_rays: int) -> list[GeometryPiece]:
+    """One view's geometry in patches of patch_rays rays (row-major), from the model's own collider,
+    proposal sampler and density field."""
+    rays = _view_rays(model, cameras, index)
+    pieces = []
+    with eval_mode(model), model.original():
+        for start in range(0, len(rays), patch_rays):
+            part = model.collider(rays[start:start + patch_rays])
+            samples, _, _ = model.proposal_sampler(part, density_fns=model.density_fns)
+            density, _ = model.field.get_density(samples)
+            positions = model.field._sample_locations.detach()
+            weights = samples.get_weights(density)
+            accumulation = model.renderer_accumulation(weights=weights)
+            z = model.renderer_expected_depth(weights=weights, ray_samples=samples) / part.metadata["directions_norm"]
+            depth = torch.where(accumulation >= DEPTH_MIN_ACCUMULATION, z, torch.zeros_like(z))
+            pieces.append(GeometryPiece(samples, positions, weights, accumulation, depth))
+    return pieces
+
+
+def shade(model: Any, piece: GeometryPiece) -> torch.Tensor:
+    """Stylized colours [n, 3] of a geometry piece: the stylized branch and colour head on the cached samples,
+    composited by nerfacto's renderer, exactly as the model's forward would (autograd follows grad mode)."""
+    from nerfstudio.field_components.field_heads import FieldHeadNames
+
+    with eval_mode(model):
+        features = model.field.style_features(piece.positions)
+        outputs = model.field.get_outputs(piece.samples, density_embedding=features)
+        return model.renderer_rgb(rgb=outputs[FieldHeadNames.RGB], weights=piece.weights)
+
+
 # ------------------------------------------------------------------------------------------------ backend
 class NerfViews:
     """The views of one step: cameras [V] and their indices in the backend's view pool. `key` is None: the
@@ -401,7 +459,8 @@ class NerfBackend:
 
     def __init__(self, model: Any, train_cameras: Cameras, frame: SceneFrame, views_per_step: int = 1,
                  jitter_degrees: float = JITTER_DEGREES, patch_rays: int = PATCH_RAYS, lr: float | None = None,
-                 pool_size: int | None = None, seed: int = 0, chunk_rays: int = 1 << 15):
+                 pool_size: int | None = None, seed: int = 0, geometry_cache_mb: float = GEOMETRY_CACHE_MB,
+                 chunk_rays: int = 1 << 15):
         self.model = model
         self.train_cameras = train_cameras
         self.frame = frame
@@ -412,6 +471,32 @@ class NerfBackend:
         self.pool = view_pool(train_cameras, frame, pool_size or default_pool_size(len(train_cameras)),
                               jitter_degrees, seed)
         self._content: dict[int, Render] = {}  # pool index -> content render (CPU)
+        self.geometry_budget = geometry_cache_mb * 2**20
+        self._geometry: dict[int, list[GeometryPiece]] = {}  # pool index -> geometry (model device)
+        self.geometry_bytes = 0
+
+    def geometry(self, pool_index: int) -> list[GeometryPiece]:
+        """A pool view's frozen geometry, kept while the cache stays within its budget."""
+        if pool_index in self._geometry:
+            return self._geometry[pool_index]
+        pieces = view_geometry(self.model, self.pool, pool_index, self.patch_rays)
+        size = sum(piece.nbytes for piece in pieces)
+        if self.geometry_bytes + size <= self.geometry_budget:
+            self._geometry[pool_index] = pieces
+            self.geometry_bytes += size
+        return pieces
+
+    def _pool_render(self, views: NerfViews) -> Render:
+        """Stylized render of pool views from their geometry (autograd follows grad mode)."""
+        h, w = views.cameras.height, views.cameras.width
+        out = []
+        for index in views.pool_index:
+            pieces = self.geometry(index)
+            image = lambda parts, c: torch.cat(parts).view(h, w, c).permute(2, 0, 1)[None]  # noqa: E731
+            out.append(Render(image([shade(self.model, p) for p in pieces], 3),
+                              image([p.accumulation for p in pieces], 1), image([p.depth for p in pieces], 1)))
+        return Render(torch.cat([r.rgb for r in out]), torch.cat([r.mask for r in out]),
+                      torch.cat([r.depth for r in out]))
 
     def parameters(self) -> list[dict[str, Any]]:
         return [{"params": self.model.appearance_parameters()} | ({"lr": self.lr} if self.lr else {})]
@@ -425,6 +510,8 @@ class NerfBackend:
     def render(self, views: NerfViews | Cameras) -> Render:
         """The stylized appearance, without autograd (deferred): rgb [V, 3, H, W], mask, depth."""
         with torch.no_grad():
+            if _in_pool(views):
+                return self._pool_render(views)
             return render(self.model, _cameras(views), self.chunk_rays)
 
     def render_content(self, views: NerfViews | Cameras) -> Render:
@@ -447,25 +534,43 @@ class NerfBackend:
     def render_with_grad(self, views: NerfViews | Cameras) -> Render:
         """Direct (non-deferred) differentiable render: memory grows with the view's pixels."""
         with torch.enable_grad():
+            if _in_pool(views):
+                return self._pool_render(views)
             return render(self.model, _cameras(views), self.patch_rays)
 
     def backward_image(self, views: NerfViews | Cameras, grad_rgb: torch.Tensor) -> None:
-        backward_patches(self.model, _cameras(views), grad_rgb, self.patch_rays)
+        """Deferred back-propagation of grad_rgb [V, 3, H, W] in patches of patch_rays rays."""
+        if not _in_pool(views):
+            backward_patches(self.model, _cameras(views), grad_rgb, self.patch_rays)
+            return
+        with torch.enable_grad():
+            for v, index in enumerate(views.pool_index):
+                grad = grad_rgb[v].to(self.model.device).permute(1, 2, 0).reshape(-1, 3)
+                start = 0
+                for piece in self.geometry(index):
+                    part = grad[start:start + len(piece.weights)]
+                    start += len(piece.weights)
+                    if part.any():
+                        torch.autograd.backward(shade(self.model, piece), part)
 
 
 def _cameras(views: NerfViews | Cameras) -> Cameras:
     return views.cameras if isinstance(views, NerfViews) else views
 
 
+def _in_pool(views: NerfViews | Cameras) -> bool:
+    return isinstance(views, NerfViews) and views.pool_index is not None
+
+
 def backend_for_run(run: LoadedRun, size: int, views_per_step: int = 1, jitter_degrees: float = JITTER_DEGREES,
                     patch_rays: int = PATCH_RAYS, lr: float | None = None, pool_size: int | None = None,
-                    seed: int = 0) -> NerfBackend:
+                    seed: int = 0, geometry_cache_mb: float = GEOMETRY_CACHE_MB) -> NerfBackend:
     """A NerfBackend over a loaded run's training cameras at working size `size` (longer side, px)."""
     first = run.train_cameras[0:1]
     width, height = working_size(int(first.width), int(first.height), size)
     train = from_nerfstudio(run.train_cameras, width, height)
     return NerfBackend(run.model, train, SceneFrame.from_cameras(train), views_per_step, jitter_degrees,
-                       patch_rays, lr, pool_size, seed)
+                       patch_rays, lr, pool_size, seed, geometry_cache_mb)
 
 
 # ----------------------------------------------------------------------------------------------- saving

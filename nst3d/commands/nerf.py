@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from nst3d.backends.nerf import DEFAULTS, JITTER_DEGREES, PATCH_RAYS
+from nst3d.backends.nerf import DEFAULTS, GEOMETRY_CACHE_MB, JITTER_DEGREES, PATCH_RAYS
 from nst3d.errors import UserError
 from nst3d.events import EventSink, ProgressBar, ignore
 from nst3d.files import check_output, write_json
@@ -46,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patch-rays", type=int, default=PATCH_RAYS, metavar="N",
                    help=f"rays per patch of the deferred back-propagation: bounds the memory whatever the view "
                         f"size (default {PATCH_RAYS})")
+    p.add_argument("--geometry-cache", type=float, default=GEOMETRY_CACHE_MB, metavar="MB",
+                   help="memory for the training views' frozen geometry, computed once per view instead of every "
+                        f"step (default {GEOMETRY_CACHE_MB:g}; 0: off)")
     p.add_argument("--jitter", type=float, default=JITTER_DEGREES, metavar="DEGREES",
                    help=f"orbit each training view about the scene centre by up to this much (default "
                         f"{JITTER_DEGREES:g})")
@@ -66,11 +69,14 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.output, inputs, is_dir=True)
     if opts.report:
         check_output(opts.report, inputs, (".json",))
-    if args.patch_rays < 1 or args.held_out < 1 or args.jitter < 0 or (args.pool is not None and args.pool < 1):
-        raise UserError("--patch-rays, --pool and --held-out must be at least 1, --jitter not negative")
+    if args.patch_rays < 1 or args.held_out < 1 or (args.pool is not None and args.pool < 1):
+        raise UserError("--patch-rays, --pool and --held-out must be at least 1")
+    if args.jitter < 0 or args.geometry_cache < 0:
+        raise UserError("--jitter and --geometry-cache must not be negative")
     bar = ProgressBar(quiet=args.quiet)
     report = stylize_nerf_run(args.load_config, args.output, opts, data=args.data, patch_rays=args.patch_rays,
-                              jitter=args.jitter, pool=args.pool, held_out=args.held_out,
+                              jitter=args.jitter, pool=args.pool, geometry_cache_mb=args.geometry_cache,
+                              held_out=args.held_out,
                               compare_baseline=args.compare_baseline, on_event=bar)
     bar.close()
     if opts.report:
@@ -83,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
 def stylize_nerf_run(config_path: Path, output: Path, opts: StyleOptions, *, data: Path | None = None,
                      patch_rays: int = PATCH_RAYS, jitter: float = JITTER_DEGREES, pool: int | None = None,
-                     held_out: int = 4,
+                     geometry_cache_mb: float = GEOMETRY_CACHE_MB, held_out: int = 4,
                      compare_baseline: bool = False, on_event: EventSink = ignore, should_stop=None
                      ) -> dict[str, Any]:
     """Stylize the run at config_path; writes the stylized run under `output`; returns the report."""
@@ -99,7 +105,8 @@ def stylize_nerf_run(config_path: Path, output: Path, opts: StyleOptions, *, dat
     run = load_run(config_path, device, data)
     vgg = vgg_for(opts, device)
     styles = load_styles(opts)
-    backend = backend_for_run(run, opts.size, opts.views, jitter, patch_rays, opts.lr, pool, opts.seed)
+    backend = backend_for_run(run, opts.size, opts.views, jitter, patch_rays, opts.lr, pool, opts.seed,
+                              geometry_cache_mb)
     run.model.field.reset_appearance()  # a stylized run is stylized again from its original appearance
     train = backend.train_cameras
     sample = train[torch.linspace(0, len(train) - 1, min(4, len(train))).long().tolist()]
@@ -118,7 +125,8 @@ def stylize_nerf_run(config_path: Path, output: Path, opts: StyleOptions, *, dat
     style = {"style_image": opts.styles[0], "loss": opts.loss, "style_weight": opts.strength,
              "content_weight": opts.content_weight, "tv_weight": opts.tv_weight, "size": opts.size,
              "style_size": opts.style_size, "views_per_step": opts.views, "jitter_degrees": jitter,
-             "patch_rays": patch_rays, "preserve_color": opts.preserve_color, "vgg_weights": opts.weights,
+             "patch_rays": patch_rays, "geometry_cache_mb": geometry_cache_mb,
+             "preserve_color": opts.preserve_color, "vgg_weights": opts.weights,
              "preprocess": opts.preprocess, "style_layers": tuple(objective.target.layers),
              "content_layer": objective.content_layer, "seed": opts.seed}
     report: dict[str, Any] = {
@@ -136,6 +144,7 @@ def stylize_nerf_run(config_path: Path, output: Path, opts: StyleOptions, *, dat
         "views_per_step": opts.views,
         "training_cameras": len(train),
         "pool": len(backend.pool),
+        "geometry_cache_mb": backend.geometry_bytes / 2**20,
         "patch_rays": patch_rays,
         "jitter_degrees": jitter,
         "trainable_parameters": sum(p.numel() for p in run.model.appearance_parameters()),

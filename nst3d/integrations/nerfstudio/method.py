@@ -84,6 +84,8 @@ class StylePipelineConfig(VanillaPipelineConfig):
     """Each training view is orbited about the scene centre by up to this many degrees."""
     patch_rays: int = 4096
     """Rays per patch of the deferred back-propagation (bounds the memory, whatever the view size)."""
+    geometry_cache_mb: float = 1024.0
+    """Memory for the training views' frozen geometry (samples and weights, computed once per view; 0: off)."""
     preserve_color: Literal["none", "luminance", "histogram"] = "none"
     """Keep the scene's colours: luminance-only style, or style histogram matched to the scene."""
     vgg_weights: Path | None = None

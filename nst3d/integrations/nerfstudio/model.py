@@ -76,9 +76,13 @@ class StyleNerfactoField(NerfactoField):
             density, base_features = super().get_density(ray_samples)
         if self.original_appearance:
             return density, base_features
-        positions = self._sample_locations.detach().view(-1, 3)  # normalised to [0, 1], 0 outside the box
-        features = self.mlp_style(positions).view(*ray_samples.frustums.shape, -1)
-        return density, features[..., 1:]
+        return density, self.style_features(self._sample_locations.detach())
+
+    def style_features(self, positions: torch.Tensor) -> torch.Tensor:
+        """The colour head's geometry features from the stylized branch, [..., geo_feat_dim], at sample
+        positions [..., 3] normalised as get_density leaves them (`_sample_locations`)."""
+        features = self.mlp_style(positions.reshape(-1, 3)).view(*positions.shape[:-1], -1)
+        return features[..., 1:]
 
     def get_outputs(self, ray_samples, density_embedding=None):
         if not self.original_appearance:

@@ -60,7 +60,8 @@ class _Stylizer:
         width, height = working_size(int(cameras[0:1].width), int(cameras[0:1].height), config.size)
         train = from_nerfstudio(cameras, width, height)
         self.backend = NerfBackend(pipeline.model, train, SceneFrame.from_cameras(train), config.views_per_step,
-                                   config.jitter_degrees, config.patch_rays, seed=config.seed)
+                                   config.jitter_degrees, config.patch_rays, seed=config.seed,
+                                   geometry_cache_mb=config.geometry_cache_mb)
         device = pipeline.model.device
         vgg = vgg_for(opts, device)
         palette = self.backend.render_content(train[[0]]).rgb[0]
