@@ -554,6 +554,16 @@ class NerfBackend:
                         torch.autograd.backward(shade(self.model, piece), part)
 
 
+def content_palette(backend: NerfBackend, count: int = 4) -> torch.Tensor:
+    """The scene's colours [3, N] (covered pixels of a few training views), for colour preservation."""
+    train = backend.train_cameras
+    content = backend.render_content(train[torch.linspace(0, len(train) - 1, min(count, len(train))).long().tolist()])
+    covered = content.mask[:, 0] > 0.5
+    if not covered.any():
+        return content.rgb[0]
+    return content.rgb.permute(1, 0, 2, 3)[:, covered]
+
+
 def _cameras(views: NerfViews | Cameras) -> Cameras:
     return views.cameras if isinstance(views, NerfViews) else views
 

@@ -93,7 +93,7 @@ def stylize_nerf_run(config_path: Path, output: Path, opts: StyleOptions, *, dat
                      compare_baseline: bool = False, on_event: EventSink = ignore, should_stop=None
                      ) -> dict[str, Any]:
     """Stylize the run at config_path; writes the stylized run under `output`; returns the report."""
-    from nst3d.backends.nerf import backend_for_run, load_run, save_run
+    from nst3d.backends.nerf import backend_for_run, content_palette, load_run, save_run
     from nst3d.eval import evaluate_with_renders, held_out_views
     from nst3d.preview import contact_sheet
     from nst3d.stylize import stylize
@@ -109,10 +109,7 @@ def stylize_nerf_run(config_path: Path, output: Path, opts: StyleOptions, *, dat
                               geometry_cache_mb)
     run.model.field.reset_appearance()  # a stylized run is stylized again from its original appearance
     train = backend.train_cameras
-    sample = train[torch.linspace(0, len(train) - 1, min(4, len(train))).long().tolist()]
-    content = backend.render_content(sample)
-    palette = content.rgb.permute(1, 0, 2, 3)[:, content.mask[:, 0] > 0.5]  # [3, N] scene colours
-    objective = build_objective(opts, vgg, styles, palette if palette.shape[1] else content.rgb[0], DEFAULTS)
+    objective = build_objective(opts, vgg, styles, content_palette(backend), DEFAULTS)
     prepared = time.perf_counter()
     history = stylize(backend, objective, loop_config(opts), on_event, should_stop)
     optimised = time.perf_counter()

@@ -44,7 +44,14 @@ class _Stylizer:
     """What a training step needs, built once: the backend over the pipeline's model and the objective."""
 
     def __init__(self, pipeline: StylePipeline):
-        from nst3d.backends.nerf import DEFAULTS, NerfBackend, SceneFrame, from_nerfstudio, working_size
+        from nst3d.backends.nerf import (
+            DEFAULTS,
+            NerfBackend,
+            SceneFrame,
+            content_palette,
+            from_nerfstudio,
+            working_size,
+        )
         from nst3d.options import StyleOptions, build_objective, load_styles, vgg_for
 
         config = pipeline.config
@@ -64,8 +71,7 @@ class _Stylizer:
                                    geometry_cache_mb=config.geometry_cache_mb)
         device = pipeline.model.device
         vgg = vgg_for(opts, device)
-        palette = self.backend.render_content(train[[0]]).rgb[0]
-        self.objective = build_objective(opts, vgg, load_styles(opts), palette, DEFAULTS)
+        self.objective = build_objective(opts, vgg, load_styles(opts), content_palette(self.backend), DEFAULTS)
         self.generator = torch.Generator().manual_seed(config.seed)
 
 
