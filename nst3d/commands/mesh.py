@@ -40,7 +40,7 @@ from nst3d.options import (
 from nst3d.preview import contact_sheet
 from nst3d.stylize import LoopConfig, stylize
 
-DEFAULTS = BackendDefaults(steps=300, size=256, views=4, content_weight=0.05, tv_weight=0.0, lr=0.01,
+DEFAULTS = BackendDefaults(steps=300, size=256, views=4, content_weight=0.05, tv_weight=0.0, lr=0.02,
                            style_scales=(1.0, 0.5))
 BASELINE_LR = 0.02  # the image backend's default: the per-view baseline optimises pixels
 HELD_OUT = 4
@@ -122,7 +122,7 @@ def stylize_mesh_file(input_path: str | Path, out_dir: str | Path, opts: StyleOp
                       export_format: str = "glb", compare_baseline: bool = False,
                       on_event: EventSink | None = None, should_stop: Callable[[], bool] | None = None,
                       texture: str | Path | None = None, shading: str = "none",
-                      pool_size: int = 48) -> dict[str, Any]:
+                      pool_size: int = 48, held_out: int = HELD_OUT) -> dict[str, Any]:
     """Stylize a mesh file; write out_dir/<stem>_styled.glb (or .obj), texture PNGs, contact_sheet.png and
     report.json, and return the report. Nothing is written if anything fails or the run is cancelled.
 
@@ -160,7 +160,7 @@ def stylize_mesh_file(input_path: str | Path, out_dir: str | Path, opts: StyleOp
                    f"{len(asset.slots)} texture(s)")
     backend = MeshBackend(asset, size=opts.size, views_per_step=opts.views, pool_size=pool_size, lr=opts.lr,
                           shading=shading, groups=groups, device=device, seed=opts.seed, init=opts.init)
-    held = held_out_views(backend.frame, HELD_OUT)
+    held = held_out_views(backend.frame, held_out)
     stages["optimise"] = time.perf_counter()
     history = stylize(backend, objective, loop_config(opts), on_event, should_stop)
     textures = backend.stylized_textures(keep_chroma=opts.preserve_color == "luminance")
@@ -173,12 +173,7 @@ def stylize_mesh_file(input_path: str | Path, out_dir: str | Path, opts: StyleOp
                                              on_event=on_event, should_stop=should_stop)
     stage("export", f"writing {out_dir}")
     written = export_asset(asset, textures, out_dir, stem, export_format)
-    n = held.count
-    rows = [renders["content"].rgb[:n], renders["stylized"].rgb[:n]]
-    labels = ["original", "stylized"]
-    if "baseline" in renders:
-        rows.append(renders["baseline"].rgb[:n])
-        labels.append("per-view 2D baseline")
+    rows, labels = _sheet_rows(backend, held, textures, renders)
     sheet = contact_sheet(rows, out_dir / CONTACT_SHEET, labels)
     stages["end"] = time.perf_counter()
     report = {
@@ -214,6 +209,20 @@ def stylize_mesh_file(input_path: str | Path, out_dir: str | Path, opts: StyleOp
     }
     write_json(report, out_dir / REPORT)
     return report
+
+
+def _sheet_rows(backend: MeshBackend, held, textures: list[torch.Tensor], renders: dict
+                ) -> tuple[list[torch.Tensor], list[str]]:
+    """Contact sheet rows on the held-out anchor views: original and stylized, shaded (Lambert) so shapes
+    read even where a surface has one flat colour, plus the per-view baseline (unshaded, as optimised)."""
+    shaded = "lambert" if backend.shading == "none" else backend.shading
+    original = backend.render_cameras(held.anchors, shading=shaded).rgb
+    stylized = backend.render_cameras(held.anchors, textures, shading=shaded).rgb
+    rows, labels = [original, stylized], ["original (shaded)", "stylized (shaded)"]
+    if "baseline" in renders:
+        rows += [renders["stylized"].rgb[:held.count], renders["baseline"].rgb[:held.count]]
+        labels += ["stylized (unlit, as measured)", "per-view 2D baseline"]
+    return rows, labels
 
 
 def _durations(stages: dict[str, float], started: float) -> dict[str, float]:

@@ -32,7 +32,15 @@ from nst3d.backends.mesh.gbuffer import (
 )
 from nst3d.backends.mesh.load import MeshAsset
 from nst3d.backends.mesh.texture import TexturePyramid, dilate, matched_size
-from nst3d.cameras import Cameras, fibonacci_directions, intrinsics, jitter_directions, look_at
+from nst3d.cameras import (
+    Cameras,
+    cameras_around,
+    fibonacci_directions,
+    intrinsics,
+    jitter_directions,
+    look_at,
+    orbit_directions,
+)
 from nst3d.color import keep_content_chroma
 
 FOV_DEGREES = 40.0
@@ -104,6 +112,63 @@ def frame_on_silhouette(points: torch.Tensor, directions: torch.Tensor, width: i
     return Cameras(look_at(eyes, centers), K, width, height)
 
 
+def render_textures(rasterizer: Rasterizer, textures: list[list[torch.Tensor]], cameras: Cameras, supersample: int,
+                    background: torch.Tensor, shading: str = "none", device: torch.device | str = "cpu"
+                    ) -> tuple[torch.Tensor, GBuffer]:
+    """Render mip-mapped textures (one mip chain per slot) through a (supersampled) G-buffer.
+
+    background: [V, 3] or [3]. Returns (rgb [V, 3, H, W] over the background, the base-resolution G-buffer).
+    """
+    base, fine = rasterizer.rasterize(cameras, supersample, normals=shading == "lambert")
+    gbuf = (fine if fine is not None else base).to(device)
+    scale = lambert(gbuf.normal) if shading == "lambert" else None
+    rgb = shade(gbuf, textures, scale).permute(0, 3, 1, 2)
+    hit = gbuf.coverage[:, None]
+    bg = background.to(device).view(-1, 3, 1, 1)
+    return pool(rgb * hit + (1 - hit) * bg, supersample), base.to(device)
+
+
+def turntable_cameras(points: torch.Tensor, frames: int, size: int, elevation_degrees: float = 20.0,
+                      start_degrees: float = 0.0) -> Cameras:
+    """An orbit of cameras around the bounding-box centre at ONE distance (the widest silhouette framing of
+    the ring), so a turntable does not zoom in and out."""
+    directions = orbit_directions(frames, elevation_degrees, start_degrees)
+    framed = frame_on_silhouette(points, directions, size, size)
+    center = (points.min(0).values + points.max(0).values) / 2
+    distance = float((framed.centers - center).norm(dim=-1).max())
+    return cameras_around(center, distance, directions, size, size, FOV_DEGREES)
+
+
+class MeshRenderer:
+    """A mesh asset with its own textures, for `nst3d render` (turntables, stills) and previews."""
+
+    def __init__(self, asset: MeshAsset, supersample: int = 2, shading: str = "lambert",
+                 device: torch.device | str = "cpu", background: tuple[float, float, float] = (1.0, 1.0, 1.0)):
+        self.asset = asset
+        self.rasterizer = Rasterizer(asset.world())
+        self.points = framing_points(self.rasterizer.mesh.vertices)
+        self.mips = [mip_chain(s.texture.to(device)[None]) for s in asset.slots]
+        self.supersample, self.shading, self.device = supersample, shading, torch.device(device)
+        self.background = torch.tensor(background, dtype=torch.float32)
+
+    def turntable(self, frames: int, size: int, elevation_degrees: float = 20.0,
+                  start_degrees: float = 0.0) -> Cameras:
+        return turntable_cameras(self.points, frames, size, elevation_degrees, start_degrees)
+
+    @torch.no_grad()
+    def render(self, cameras: Cameras, batch: int = 4) -> Render:
+        """rgb [V, 3, H, W] over the background, mask [V, 1, H, W] (coverage), depth [V, 1, H, W]; CPU."""
+        rgbs, masks, depths = [], [], []
+        for start in range(0, len(cameras), batch):
+            cams = cameras[list(range(start, min(start + batch, len(cameras))))]
+            rgb, gbuf = render_textures(self.rasterizer, self.mips, cams, self.supersample, self.background,
+                                        self.shading, self.device)
+            rgbs.append(rgb.cpu())
+            masks.append(gbuf.coverage[:, None].cpu())
+            depths.append(gbuf.depth[:, None].cpu())
+        return Render(torch.cat(rgbs), torch.cat(masks), torch.cat(depths))
+
+
 class MeshBackend:
     """Stylize a MeshAsset's textures (see the module docstring). Implements nst3d.backends.base.Backend."""
 
@@ -113,7 +178,7 @@ class MeshBackend:
                  supersample: int = 2, levels: int = 5, level_lr_scale: float = 0.5, lr: float | None = None,
                  shading: str = "none", groups: list[int] | None = None, device: torch.device | str = "cpu",
                  seed: int = 0, jitter_degrees: float = 12.0, zoom_range: tuple[float, float] = (0.85, 1.1),
-                 residual_side: int | None = None, residual_scale: float = 0.5, upsample: str = "smooth",
+                 residual_side: int | None = None, residual_scale: float = 1.0, upsample: str = "smooth",
                  init: str = "content"):
         """groups: style group of each slot (for --style-map; default all 0); residual_side: force the
         residual's resolution (default: where one texel covers one pixel of the training views, median over
@@ -163,17 +228,8 @@ class MeshBackend:
 
     def _render_textures(self, textures: list[list[torch.Tensor]], cameras: Cameras, supersample: int,
                          background: torch.Tensor) -> tuple[torch.Tensor, GBuffer]:
-        """Render mip-mapped textures through a (supersampled) G-buffer. background: [V, 3] or [3].
-
-        Returns (rgb [V, 3, H, W] over the background, the base-resolution G-buffer).
-        """
-        base, fine = self.rasterizer.rasterize(cameras, supersample, normals=self.shading == "lambert")
-        gbuf = (fine if fine is not None else base).to(self.device)
-        rgb = shade(gbuf, textures, self._shade_scale(gbuf)).permute(0, 3, 1, 2)
-        hit = gbuf.coverage[:, None]
-        bg = background.to(self.device).view(-1, 3, 1, 1)
-        rgb = pool(rgb * hit + (1 - hit) * bg, supersample)
-        return rgb, base.to(self.device)
+        return render_textures(self.rasterizer, textures, cameras, supersample, background, self.shading,
+                               self.device)
 
     def _content_batch(self, cameras: Cameras, backgrounds: torch.Tensor) -> tuple:
         rgb, gbuf = self._render_textures(self.original_mips, cameras, self.supersample, backgrounds)
@@ -261,16 +317,19 @@ class MeshBackend:
 
     @torch.no_grad()
     def render_cameras(self, cameras: Cameras, textures: list[torch.Tensor] | None = None,
-                       background: tuple[float, float, float] = (1.0, 1.0, 1.0), batch: int = 4) -> Render:
+                       background: tuple[float, float, float] = (1.0, 1.0, 1.0), batch: int = 4,
+                       shading: str | None = None) -> Render:
         """Render any cameras with full quality (supersampled, mip-mapped): the given textures [3, H, W] per
-        slot, or the originals. Returns rgb over `background`, the per-group mask and the depth."""
+        slot, or the originals, with the backend's shading unless `shading` is given. Returns rgb over
+        `background`, the per-group mask and the depth (on the CPU)."""
         textures = self.originals if textures is None else textures
         mips = [mip_chain(t.to(self.device)[None]) for t in textures]
         bg = torch.tensor(background, dtype=torch.float32)
         rgbs, masks, depths = [], [], []
         for start in range(0, len(cameras), batch):
             cams = cameras[list(range(start, min(start + batch, len(cameras))))]
-            rgb, gbuf = self._render_textures(mips, cams, self.supersample, bg)
+            rgb, gbuf = render_textures(self.rasterizer, mips, cams, self.supersample, bg, shading or self.shading,
+                                        self.device)
             rgbs.append(rgb.cpu())
             masks.append(self._group_mask(gbuf).cpu())
             depths.append(gbuf.depth[:, None].cpu())

@@ -27,7 +27,7 @@ from nst3d.errors import UserError
 
 SUPPORTED = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
 DEFAULT_TEXTURE_SIZE = 1024
-NO_COLOUR = 0.8  # grey for surfaces that have no colour at all (glTF's default white would hide the shape)
+NO_COLOUR = 0.5  # linear mid grey for surfaces without any colour (glTF's default white hides shapes)
 OVERLAP_LIMIT = 0.02  # kept UVs may overlap on at most this share of their texels
 
 
@@ -209,45 +209,80 @@ def weld(positions: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return welded, inverse.reshape(-1)[faces]
 
 
-def grid_atlas(face_count: int) -> np.ndarray:
-    """A fallback atlas: two triangles per cell of a square grid, [f, 3, 2] corner UVs (image convention)."""
+def grid_atlas(face_count: int, box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)) -> np.ndarray:
+    """A fallback atlas: two triangles per cell of a grid filling box (x0, y0, width, height),
+    [f, 3, 2] corner UVs (image convention)."""
+    bx, by, bw, bh = box
     cells = max(1, (face_count + 1) // 2)
-    side = int(np.ceil(np.sqrt(cells)))
-    pad = 0.08 / side
+    cols = max(1, int(np.ceil(np.sqrt(cells * bw / bh))))
+    rows = int(np.ceil(cells / cols))
+    sx, sy = bw / cols, bh / rows
+    px, py = 0.08 * sx, 0.08 * sy
     k = np.arange(face_count)
     cell = k // 2
-    x0, y0 = (cell % side) / side, (cell // side) / side
-    s = 1.0 / side
-    lower = np.stack([[x0 + pad, y0 + pad], [x0 + s - 2 * pad, y0 + pad], [x0 + pad, y0 + s - 2 * pad]])
-    upper = np.stack([[x0 + s - pad, y0 + s - pad], [x0 + 2 * pad, y0 + s - pad], [x0 + s - pad, y0 + 2 * pad]])
+    x0, y0 = bx + (cell % cols) * sx, by + (cell // cols) * sy
+    lower = np.stack([[x0 + px, y0 + py], [x0 + sx - 2 * px, y0 + py], [x0 + px, y0 + sy - 2 * py]])
+    upper = np.stack([[x0 + sx - px, y0 + sy - py], [x0 + 2 * px, y0 + sy - py], [x0 + sx - px, y0 + 2 * py]])
     corners = np.where((k % 2 == 0)[None, None], lower, upper)  # [3, 2, f]
     return corners.transpose(2, 0, 1)
 
 
+def isochart(positions: np.ndarray, faces: np.ndarray, size: int) -> np.ndarray | None:
+    """open3d's UVAtlas on a (welded, manifold) mesh: corner UVs [f, 3, 2], or None if it fails."""
+    import open3d as o3d
+
+    mesh = o3d.t.geometry.TriangleMesh()
+    mesh.vertex.positions = o3d.core.Tensor(positions.astype(np.float32))
+    mesh.triangle.indices = o3d.core.Tensor(faces.astype(np.int64))
+    verbosity = o3d.utility.get_verbosity_level()
+    o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            partitions = max(1, len(faces) // 60_000)
+            _, charts, _ = mesh.compute_uvatlas(size=int(min(max(size, 256), 2048)), gutter=2.0,
+                                                parallel_partitions=partitions)
+    except (RuntimeError, ValueError):
+        return None
+    finally:
+        o3d.utility.set_verbosity_level(verbosity)
+    corners = mesh.triangle.texture_uvs.numpy().astype(np.float64)
+    if charts < 1 or not np.isfinite(corners).all() or corners.shape != (len(faces), 3, 2):
+        return None
+    return corners
+
+
+def non_manifold_faces(faces: np.ndarray) -> np.ndarray:
+    """[f] bool: triangles on an edge shared by more than two triangles (what UVAtlas refuses)."""
+    edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+    _, inverse, counts = np.unique(edges, axis=0, return_inverse=True, return_counts=True)
+    bad_edge = counts[inverse.reshape(-1)] > 2
+    return bad_edge.reshape(3, -1).any(axis=0)
+
+
 def make_atlas(positions: np.ndarray, faces: np.ndarray, size: int, notes: list[str], name: str
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A UV atlas with open3d's isochart (falls back to one cell per triangle pair if that fails).
+    """A UV atlas with open3d's isochart. Triangles on non-manifold edges (which UVAtlas refuses) are
+    charted separately in a grid strip at the bottom; if isochart fails anyway, every triangle pair gets
+    its own grid cell.
 
     Returns (vertex_map [n'] into the original vertices, faces [f, 3] into the new vertices, uv [n', 2]).
     """
-    import open3d as o3d
-
     welded, welded_faces = weld(positions, faces)
-    corners = None
-    try:
-        mesh = o3d.t.geometry.TriangleMesh()
-        mesh.vertex.positions = o3d.core.Tensor(welded.astype(np.float32))
-        mesh.triangle.indices = o3d.core.Tensor(welded_faces.astype(np.int64))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _, charts, _ = mesh.compute_uvatlas(size=int(min(max(size, 256), 2048)), gutter=2.0)
-        corners = mesh.triangle.texture_uvs.numpy().astype(np.float64)  # [f, 3, 2]
-        if charts < 1 or not np.isfinite(corners).all() or corners.shape != (len(faces), 3, 2):
-            corners = None
-    except (RuntimeError, ValueError):
-        corners = None
+    corners = isochart(welded, welded_faces, size)
     if corners is None:
-        notes.append(f"{name}: the UV atlas failed (non-manifold mesh?); using one UV cell per triangle pair")
+        bad = non_manifold_faces(welded_faces)
+        good = ~bad
+        main = isochart(welded, welded_faces[good], size) if good.any() and bad.any() else None
+        if main is not None:
+            strip = min(0.25, max(0.03, 2.0 * bad.mean()))
+            corners = np.zeros((len(faces), 3, 2))
+            corners[good] = main * [1.0, 1.0 - strip]
+            corners[bad] = grid_atlas(int(bad.sum()), (0.0, 1.0 - strip, 1.0, strip))
+            notes.append(f"{name}: {int(bad.sum())} triangles on non-manifold edges got their own UV cells")
+    if corners is None:
+        notes.append(f"{name}: the UV atlas failed; using one UV cell per triangle pair (strokes will not cross "
+                     "triangle edges)")
         corners = grid_atlas(len(faces))
     keys = np.concatenate([faces.reshape(-1, 1).astype(np.float64), np.round(corners.reshape(-1, 2) * 2**20)], axis=1)
     unique, inverse = np.unique(keys, axis=0, return_inverse=True)

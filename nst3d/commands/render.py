@@ -1,0 +1,143 @@
+"""`nst3d render ASSET --turntable -o out.gif|out.mp4` (or `-o still.png`): render a mesh or a Gaussian
+splat, e.g. a stylized result, as a turntable or a single view.
+
+Assets are dispatched by kind (`asset_kind`) to a loader in LOADERS that returns a Renderable: anything with
+`render(cameras) -> Render` and `turntable(frames, size, elevation_degrees, start_degrees) -> Cameras`.
+Adding a kind is one function and one LOADERS entry.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from nst3d.backends.base import Render
+from nst3d.cameras import Cameras
+from nst3d.errors import UserError
+from nst3d.events import EventSink, ProgressBar, ignore
+from nst3d.files import check_output, save_image
+from nst3d.preview import STILL_SUFFIXES, TURNTABLE_SUFFIXES, composite, write_turntable
+
+MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
+
+
+class Renderable(Protocol):
+    def render(self, cameras: Cameras) -> Render: ...
+
+    def turntable(self, frames: int, size: int, elevation_degrees: float = 20.0,
+                  start_degrees: float = 0.0) -> Cameras: ...
+
+
+def _is_splat_ply(path: Path) -> bool:
+    """A PLY whose header has 3DGS properties (f_dc_0 or SH/opacity columns)."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    header = head.split(b"end_header")[0]
+    return b"f_dc_0" in header or (b"opacity" in header and b"scale_0" in header)
+
+
+def asset_kind(path: Path) -> str:
+    """'mesh' or 'splat' (a 3DGS PLY), from the suffix and, for .ply, the header."""
+    if not path.is_file():
+        raise UserError(f"asset not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".ply" and _is_splat_ply(path):
+        return "splat"
+    if suffix in MESH_SUFFIXES:
+        return "mesh"
+    raise UserError(f"cannot render '{path.suffix or path.name}' files; use a mesh ({', '.join(MESH_SUFFIXES)}) "
+                    "or a 3DGS .ply")
+
+
+def _load_mesh(path: Path, shading: str) -> Renderable:
+    from nst3d.backends.mesh.backend import MeshRenderer
+    from nst3d.backends.mesh.load import load_mesh
+
+    return MeshRenderer(load_mesh(path), shading=shading)
+
+
+class _Splat:
+    """Adapter over the splat backend's own scene loading, framing and rendering."""
+
+    def __init__(self, path: Path):
+        from nst3d.backends.splat.backend import SplatScene
+        from nst3d.backends.splat.ply import read_splat
+
+        self.scene = SplatScene.from_ply(read_splat(path))
+
+    def render(self, cameras: Cameras) -> Render:
+        from nst3d.backends.splat.backend import render_scene
+
+        return render_scene(self.scene, cameras)
+
+    def turntable(self, frames: int, size: int, elevation_degrees: float = 20.0,
+                  start_degrees: float = 0.0) -> Cameras:
+        from nst3d.backends.splat.backend import turntable_cameras
+
+        cams = turntable_cameras(self.scene, frames if start_degrees == 0 else 360, size,
+                                 elevation_degrees=elevation_degrees)
+        return cams if start_degrees == 0 else cams[[round(start_degrees) % 360]]
+
+
+LOADERS: dict[str, Callable[[Path, str], Renderable]] = {
+    "mesh": _load_mesh,
+    "splat": lambda path, shading: _Splat(path),
+}
+
+
+def load_renderable(path: str | Path, shading: str = "lambert") -> Renderable:
+    """The Renderable for an asset file (see LOADERS)."""
+    path = Path(path)
+    return LOADERS[asset_kind(path)](path, shading)
+
+
+def render_turntable(asset: Renderable, path: Path, frames: int = 48, size: int = 384, elevation: float = 20.0,
+                     fps: int = 20, on_event: EventSink = ignore, batch: int = 4) -> Path:
+    """Render `frames` views around the asset and write them as a GIF/MP4."""
+    cameras = asset.turntable(frames, size, elevation)
+    images = []
+    for start in range(0, frames, batch):
+        images.append(composite(asset.render(cameras[list(range(start, min(start + batch, frames)))])))
+        on_event({"event": "progress", "stage": "rendering", "step": min(start + batch, frames), "total": frames,
+                  "loss": 0.0})
+    import torch
+
+    return write_turntable(torch.cat(images), path, fps)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("render", help="render a mesh or splat as a turntable (GIF/MP4) or a still",
+                       description=__doc__)
+    p.add_argument("asset", type=Path, help="mesh (.glb, .gltf, .obj, .ply, .stl) or 3DGS .ply")
+    p.add_argument("-o", "--output", type=Path, required=True, help="out.gif / out.mp4 (turntable) or out.png")
+    p.add_argument("--turntable", action="store_true", help="an orbit of frames (implied by .gif/.mp4)")
+    p.add_argument("--frames", type=int, default=48, help="turntable frames (default 48)")
+    p.add_argument("--fps", type=int, default=20, help="turntable frame rate (default 20)")
+    p.add_argument("--size", type=int, default=384, help="image size in px (default 384)")
+    p.add_argument("--elevation", type=float, default=20.0, help="camera elevation in degrees (default 20)")
+    p.add_argument("--azimuth", type=float, default=30.0, help="still: camera azimuth in degrees (default 30)")
+    p.add_argument("--shading", choices=("lambert", "none"), default="lambert",
+                   help="meshes: Lambert shading from a fixed light, or the plain base colour")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    suffix = args.output.suffix.lower()
+    animated = suffix in TURNTABLE_SUFFIXES
+    if args.turntable and not animated:
+        raise UserError(f"--turntable writes .gif or .mp4, not '{args.output.suffix}'")
+    check_output(args.output, [args.asset], TURNTABLE_SUFFIXES + STILL_SUFFIXES)
+    if not 16 <= args.size <= 4096 or not 1 <= args.frames <= 1000 or not 1 <= args.fps <= 120:
+        raise UserError("--size must be 16..4096, --frames 1..1000 and --fps 1..120")
+    asset = load_renderable(args.asset, args.shading)
+    if animated:
+        render_turntable(asset, args.output, args.frames, args.size, args.elevation, args.fps,
+                         ProgressBar("rendering", quiet=args.quiet))
+    else:
+        cameras = asset.turntable(1, args.size, args.elevation, args.azimuth)
+        save_image(composite(asset.render(cameras))[0], args.output)
+    print(f"wrote {args.output}")
+    return 0

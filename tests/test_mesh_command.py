@@ -1,0 +1,105 @@
+"""`nst3d mesh` / stylize_mesh_file and `nst3d render` end to end on tiny inputs (random-weight VGG)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nst3d.cli import main
+from nst3d.commands.mesh import parse_style_map, stylize_mesh_file
+from nst3d.errors import UserError
+from nst3d.files import save_image
+from nst3d.options import StyleOptions
+from nst3d.stylize import Cancelled
+from tests.mesh_data import textured_quad_glb, two_object_glb
+
+
+@pytest.fixture
+def weights(tmp_path_factory, vgg) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "random_vgg.pth"
+    torch.save({f"features.{k}": v for k, v in vgg.net.state_dict().items()}, path)
+    return path
+
+
+@pytest.fixture
+def style(tmp_path) -> Path:
+    path = tmp_path / "style.png"
+    g = torch.Generator().manual_seed(3)
+    save_image(torch.rand(3, 32, 32, generator=g), path)
+    return path
+
+
+def tiny_opts(style: Path, weights: Path, **kw) -> StyleOptions:
+    return StyleOptions(styles=[style], steps=2, size=32, views=2, weights=weights, style_layers=["relu1_1", "relu2_1"],
+                        content_layer="relu2_1", **kw)
+
+
+@pytest.mark.slow
+def test_stylize_mesh_file_writes_everything_and_reports(tmp_path, style, weights):
+    source = two_object_glb(tmp_path / "two.glb")
+    events = []
+    report = stylize_mesh_file(source, tmp_path / "out", tiny_opts(style, weights), texture_size=32,
+                               compare_baseline=True, on_event=events.append, pool_size=4, held_out=1)
+    out = tmp_path / "out"
+    assert (out / "two_styled.glb").is_file() and (out / "contact_sheet.png").is_file()
+    assert len(report["outputs"]["textures"]) == 2
+    saved = json.loads((out / "report.json").read_text())
+    for key in ("style_distance", "content_distance", "consistency", "floor", "baseline", "seconds",
+                "peak_memory_mb"):
+        assert key in saved
+    assert set(saved["consistency"]) >= {"short_range", "long_range"}
+    assert any(e["event"] == "progress" for e in events)
+    assert source.read_bytes() == two_object_glb(tmp_path / "again.glb").read_bytes()  # input untouched
+
+
+@pytest.mark.slow
+def test_style_map_and_obj_format(tmp_path, style, weights):
+    source = two_object_glb(tmp_path / "two.glb")
+    report = stylize_mesh_file(source, tmp_path / "out", tiny_opts(style, weights), {"Ball": [style]},
+                               texture_size=32, export_format="obj", pool_size=2, held_out=1)
+    assert report["outputs"]["asset"].endswith("two_styled.obj")
+    assert sorted(t["group"] for t in report["textures"]) == [0, 1]
+
+
+def test_cancel_writes_nothing(tmp_path, style, weights):
+    source = textured_quad_glb(tmp_path / "quad.glb")
+    with pytest.raises(Cancelled):
+        stylize_mesh_file(source, tmp_path / "out", tiny_opts(style, weights), pool_size=2, held_out=1,
+                          should_stop=lambda: True)
+    assert not any((tmp_path / "out").glob("*.glb")) and not (tmp_path / "out" / "report.json").exists()
+
+
+def test_bad_style_map_name_fails_before_work(tmp_path, style, weights):
+    source = textured_quad_glb(tmp_path / "quad.glb")
+    with pytest.raises(UserError, match="no material or object"):
+        stylize_mesh_file(source, tmp_path / "out", tiny_opts(style, weights), {"Nope": [style]}, pool_size=2)
+    with pytest.raises(UserError, match="NAME=IMAGE"):
+        parse_style_map(["no-equals-sign"])
+
+
+def test_cli_errors_are_one_line(tmp_path, style, weights, capsys):
+    (tmp_path / "model.fbx").write_bytes(b"x")
+    code = main(["mesh", str(tmp_path / "model.fbx"), "--style", str(style), "--weights", str(weights),
+                 "-o", str(tmp_path / "out")])
+    assert code == 2 and "unsupported mesh format" in capsys.readouterr().err
+    code = main(["mesh", str(tmp_path / "missing.glb"), "--style", str(style), "--weights", str(weights),
+                 "-o", str(tmp_path / "out")])
+    assert code == 2 and "not found" in capsys.readouterr().err
+
+
+def test_render_still_and_turntable(tmp_path):
+    source = textured_quad_glb(tmp_path / "quad.glb")
+    assert main(["render", str(source), "-o", str(tmp_path / "still.png"), "--size", "32", "--quiet"]) == 0
+    assert main(["render", str(source), "--turntable", "-o", str(tmp_path / "spin.gif"), "--size", "24",
+                 "--frames", "3", "--quiet"]) == 0
+    import imageio.v2 as imageio
+
+    frames = imageio.mimread(tmp_path / "spin.gif")
+    assert len(frames) == 3 and frames[0].shape[:2] == (24, 24)
+    still = np.asarray(imageio.imread(tmp_path / "still.png"))
+    assert still.shape == (32, 32, 3) and still.std() > 5  # something was drawn
+    assert main(["render", str(source), "--turntable", "-o", str(tmp_path / "x.png")]) == 2
