@@ -129,3 +129,15 @@ def test_style_map_names_must_exist(tmp_path):
     assert sorted(groups) == [0, 1]
     with pytest.raises(UserError, match="no material or object"):
         match_style_map(["Nothing"], aliases)
+
+
+def test_sample_scene_is_deterministic_and_mixes_textured_and_uvless_objects(tmp_path):
+    from nst3d.sample_scene import write_sample_scene
+
+    first = write_sample_scene(tmp_path / "a.glb").read_bytes()
+    assert first == write_sample_scene(tmp_path / "b.glb").read_bytes()
+    asset = load_mesh(tmp_path / "a.glb", texture_size=64)
+    kinds = {s.name: s.generated for s in asset.slots}
+    assert len(asset.instances) == 6
+    assert [kinds[n] for n in ("BallPaint", "CratePaint", "PedestalPaint")] == [False, False, False]
+    assert [kinds[n] for n in ("Ring", "Gem", "Cone")] == [True, True, True]
