@@ -325,23 +325,25 @@ def _export_glb(path: Path) -> None:
 # The job
 
 
-def write_job_file(folder: Path, options: dict[str, Any], texture_size: int | None) -> Path:
+def write_job_file(folder: Path, options: dict[str, Any], texture_size: int | None,
+                   extra: dict[str, Any] | None = None) -> Path:
+    """folder/job.json for the worker (format: nst3d.worker); `extra`: more job fields (style_map, shading)."""
     job = {"nst3d_job": JOB_VERSION, "kind": "mesh", "input": "input.glb", "output_dir": "out",
-           "options": options, "texture_size": texture_size or None, "export_format": "glb"}
+           "options": options, "texture_size": texture_size or None, "export_format": "glb", **(extra or {})}
     path = folder / "job.json"
     path.write_text(json.dumps(job, indent=2), encoding="utf-8")
     return path
 
 
 def prepare_job(objects, options: dict[str, Any], texture_size: int | None = None, context=None,
-                folder: Path | None = None) -> Plan:
+                folder: Path | None = None, extra: dict[str, Any] | None = None) -> Plan:
     """Export the selection and write the job file; the scene is unchanged. Raises JobError."""
     objects = mesh_objects(objects)
     folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="nst3d_job_"))
     folder.mkdir(parents=True, exist_ok=True)
     try:
         targets, unwraps = export_job(objects, folder, context)
-        job_file = write_job_file(folder, options, texture_size)
+        job_file = write_job_file(folder, options, texture_size, extra)
     except Exception:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -421,13 +423,13 @@ class StylizeJob:
 
 
 def start_job(objects, options: dict[str, Any], texture_size: int | None = None, python_pref: str = "",
-              context=None) -> StylizeJob:
+              context=None, extra: dict[str, Any] | None = None) -> StylizeJob:
     """Find the worker's Python, export the selection, launch the worker; JobError: scene unchanged."""
     try:
         python, _how = find_interpreter(bpy.path.abspath(python_pref) if python_pref else "")
     except WorkerError as exc:
         raise JobError(str(exc)) from None
-    plan = prepare_job(objects, options, texture_size, context)
+    plan = prepare_job(objects, options, texture_size, context, extra=extra)
     try:
         return StylizeJob(plan, python)
     except WorkerError as exc:

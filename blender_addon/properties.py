@@ -39,12 +39,13 @@ class NST3D_Settings(bpy.types.PropertyGroup):
     loss: EnumProperty(name="Loss", items=LOSS_ITEMS, default="gram", description="Style loss")
     strength: FloatProperty(name="Strength", default=1.0, min=0.0, soft_max=10.0,
                             description="Style weight multiplier: higher moves further from the original")
-    steps: IntProperty(name="Steps", default=200, min=1, soft_max=2000, description="Optimisation steps")
+    steps: IntProperty(name="Steps", default=300, min=1, soft_max=2000, description="Optimisation steps")
     size: IntProperty(name="Resolution", default=256, min=32, max=4096, subtype="PIXEL",
                       description="Render resolution of each view during optimisation")
     views: IntProperty(name="Views", default=4, min=1, max=64, description="Views rendered per step")
     texture_size: IntProperty(name="Texture Size", default=0, min=0, max=16384, subtype="PIXEL",
-                              description="Size of the new textures; 0 keeps each texture's own size")
+                              description="Size of the new textures (longer side, 8 or more); 0 keeps each "
+                                          "texture's own size")
     preserve_color: EnumProperty(name="Preserve Colour", items=PRESERVE_ITEMS, default="none",
                                  description="Keep the object's own colours")
     seed: IntProperty(name="Seed", default=0, min=0, description="Random seed (runs are repeatable)")

@@ -17,6 +17,7 @@ failure the output folder the worker created is removed: nothing is half-written
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -39,6 +40,7 @@ JOB_VERSION = 1
 JOB_KINDS = ("mesh",)
 EXPORT_FORMATS = ("glb", "obj")
 DEVICES = ("auto", "cpu", "cuda")
+SHADINGS = ("none", "lambert")
 PATH_FIELDS = ("weights", "report")
 MIME_SUFFIXES = {"image/jpeg": ".jpg", "image/png": ".png", "image/webp": ".webp"}
 
@@ -54,8 +56,9 @@ class Job:
     output_dir: Path
     options: Any  # nst3d.options.StyleOptions (imported lazily: it imports torch)
     texture_size: int | None = None
-    style_map: dict[str, Any] | None = None
+    style_map: dict[str, list[Path]] | None = None
     export_format: str = "glb"
+    shading: str = "none"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -82,7 +85,7 @@ def job_from_dict(data: Any, base: Path) -> Job:
         raise UserError(f"job file version {data.get('nst3d_job')!r} is not supported (expected "
                         f"\"nst3d_job\": {JOB_VERSION}); update the add-on and nst3d together")
     known = {"nst3d_job", "kind", "input", "output_dir", "options", "texture_size", "style_map",
-             "export_format"}
+             "export_format", "shading"}
     if unknown := sorted(set(data) - known):
         raise UserError(f"job file has unknown keys {', '.join(unknown)}")
     kind = data.get("kind")
@@ -92,19 +95,32 @@ def job_from_dict(data: Any, base: Path) -> Job:
         if not isinstance(data.get(key), str) or not data[key]:
             raise UserError(f"job file needs \"{key}\" (a path)")
     texture_size = data.get("texture_size")
-    if texture_size is not None and (not isinstance(texture_size, int) or texture_size <= 0):
-        raise UserError(f"job texture_size must be a positive integer or null, got {texture_size!r}")
+    if texture_size is not None and (not isinstance(texture_size, int) or not 8 <= texture_size <= 16384):
+        raise UserError(f"job texture_size must be an integer in 8..16384 or null, got {texture_size!r}")
     export_format = data.get("export_format", "glb")
     if export_format not in EXPORT_FORMATS:
         raise UserError(f"job export_format {export_format!r} is not supported; use one of {EXPORT_FORMATS}")
-    style_map = data.get("style_map")
-    if style_map is not None:
-        if not isinstance(style_map, dict) or not all(isinstance(v, str) for v in style_map.values()):
-            raise UserError("job style_map must map material/object names to style image paths")
-        style_map = {name: _path(value, base) for name, value in style_map.items()}
+    shading = data.get("shading", "none")
+    if shading not in SHADINGS:
+        raise UserError(f"job shading {shading!r} is not supported; use one of {', '.join(SHADINGS)}")
     return Job(kind=kind, input=_path(data["input"], base), output_dir=_path(data["output_dir"], base),
                options=options_from_dict(data.get("options") or {}, base), texture_size=texture_size,
-               style_map=style_map, export_format=export_format)
+               style_map=_style_map(data.get("style_map"), base), export_format=export_format, shading=shading)
+
+
+def _style_map(value: Any, base: Path) -> dict[str, list[Path]] | None:
+    """{name: [style image, ...]} from {name: path or [paths]}."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise UserError("job style_map must map material/object names to style image paths")
+    out = {}
+    for name, paths in value.items():
+        paths = [paths] if isinstance(paths, str) else paths
+        if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
+            raise UserError(f"job style_map[{name!r}] must be a style image path or a list of them")
+        out[name] = [_path(p, base) for p in paths]
+    return out
 
 
 def options_from_dict(data: Any, base: Path) -> Any:
@@ -161,6 +177,34 @@ def options_to_dict(opts: Any) -> dict[str, Any]:
     return data
 
 
+def add_job_options(parser: argparse.ArgumentParser) -> None:
+    """The options a mesh job takes, spelled as `nst3d mesh` spells them (for the batch script)."""
+    from nst3d.commands.mesh import DEFAULTS
+    from nst3d.options import add_style_options
+
+    add_style_options(parser, DEFAULTS)
+    group = parser.add_argument_group("mesh")
+    group.add_argument("--texture-size", type=int, metavar="N",
+                       help="resample every texture to N px (longer side; default: each texture's own)")
+    group.add_argument("--style-map", action="append", default=[], metavar="NAME=IMAGE",
+                       help="a style for one material or object (repeat; the same NAME twice blends)")
+    group.add_argument("--shading", choices=SHADINGS, default="none",
+                       help="render with Lambert shading while optimising (default: unlit base colour)")
+
+
+def job_fields_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The job fields ("options", "texture_size", "style_map", "shading") from add_job_options' arguments."""
+    from nst3d.commands.mesh import parse_style_map
+    from nst3d.options import options_from_args
+
+    if args.texture_size is not None and not 8 <= args.texture_size <= 16384:
+        raise UserError("--texture-size must be between 8 and 16384")
+    style_map = {name: [str(Path(p).expanduser().resolve()) for p in paths]
+                 for name, paths in parse_style_map(args.style_map).items()}
+    return {"options": options_to_dict(options_from_args(args)), "texture_size": args.texture_size,
+            "style_map": style_map or None, "shading": args.shading}
+
+
 def _path(value: Any, base: Path) -> Path:
     if not isinstance(value, str) or not value:
         raise UserError(f"job file: expected a path string, got {value!r}")
@@ -187,11 +231,12 @@ def run_job(job: Job, on_event: Callable[[Event], None],
     started = time.perf_counter()
     report = stylize_mesh_file(job.input, job.output_dir, job.options, job.style_map,
                                texture_size=job.texture_size, export_format=job.export_format,
-                               on_event=_without_done(on_event), should_stop=should_stop)
+                               shading=job.shading, on_event=_without_done(on_event), should_stop=should_stop)
     outputs = sorted(str(p) for p in job.output_dir.rglob("*") if p.is_file())
+    asset = Path(report.get("outputs", {}).get("asset", "")) if isinstance(report, dict) else Path()
     textures = []
-    for glb in sorted(job.output_dir.rglob("*.glb")):
-        textures.extend(extract_base_color_textures(glb, job.output_dir / "textures"))
+    if asset.suffix == ".glb" and asset.is_file():
+        textures = extract_base_color_textures(asset, job.output_dir / "textures", source=job.input)
     return {"event": "done", "outputs": outputs, "textures": textures, "report": report,
             "seconds": time.perf_counter() - started}
 
@@ -227,41 +272,69 @@ def read_glb(path: str | os.PathLike) -> tuple[dict[str, Any], bytes]:
     return document, binary
 
 
-def extract_base_color_textures(glb: Path, folder: Path) -> list[dict[str, Any]]:
-    """Write each material's base-colour image of `glb` into `folder`.
+def extract_base_color_textures(glb: Path, folder: Path, source: Path | None = None) -> list[dict[str, Any]]:
+    """Write the base-colour image of each material of `glb` into `folder`.
 
-    Returns [{"material": name, "path": image file, "factor": [r, g, b, a], "glb": glb}] in material order.
+    With `source` (the job's input GLB, whose meshes and primitives the output keeps in the same order),
+    each texture is listed under the name of the material the primitive had in the INPUT, so a backend
+    that gives a stylized material a new name (e.g. one made for an untextured part) still maps back.
+    Returns [{"material": name, "path": image file, "factor": [r, g, b, a], "glb": glb}].
     """
     document, binary = read_glb(glb)
-    images, textures = document.get("images", []), document.get("textures", [])
-    views = document.get("bufferViews", [])
-    found = []
+    names = _input_material_names(document, source) if source is not None else {}
+    found, seen = [], set()
     for index, material in enumerate(document.get("materials", [])):
-        pbr = material.get("pbrMetallicRoughness", {})
-        ref = pbr.get("baseColorTexture")
-        if ref is None:
+        image = _base_color_image(document, binary, glb, material)
+        if image is None:
             continue
-        source = textures[ref["index"]].get("source")
-        if source is None:
-            continue
-        image = images[source]
-        name = material.get("name") or f"material{index}"
-        suffix = MIME_SUFFIXES.get(image.get("mimeType"), "")
-        if "bufferView" in image:
-            view = views[image["bufferView"]]
-            start = view.get("byteOffset", 0)
-            payload = binary[start:start + view["byteLength"]]
-        elif "uri" in image and not image["uri"].startswith("data:"):
-            file = glb.parent / image["uri"]
-            payload, suffix = file.read_bytes(), suffix or file.suffix
-        else:
-            continue
-        folder.mkdir(parents=True, exist_ok=True)
-        out = folder / f"{index:03d}_{_safe_name(name)}{suffix or '.png'}"
-        out.write_bytes(payload)
-        found.append({"material": name, "path": str(out), "glb": str(glb),
-                      "factor": pbr.get("baseColorFactor", [1.0, 1.0, 1.0, 1.0])})
+        payload, suffix = image
+        for name in names.get(index, [material.get("name") or f"material{index}"]):
+            if name in seen:
+                continue
+            seen.add(name)
+            folder.mkdir(parents=True, exist_ok=True)
+            out = folder / f"{len(found):03d}_{_safe_name(name)}{suffix}"
+            out.write_bytes(payload)
+            factor = material.get("pbrMetallicRoughness", {}).get("baseColorFactor", [1.0, 1.0, 1.0, 1.0])
+            found.append({"material": name, "path": str(out), "glb": str(glb), "factor": factor})
     return found
+
+
+def _input_material_names(document: dict[str, Any], source: Path) -> dict[int, list[str]]:
+    """{output material index: [input material names]} by matching meshes/primitives in order."""
+    before, _ = read_glb(source)
+    materials = before.get("materials", [])
+    names: dict[int, list[str]] = {}
+    for mesh_in, mesh_out in zip(before.get("meshes", []), document.get("meshes", []), strict=False):
+        for prim_in, prim_out in zip(mesh_in.get("primitives", []), mesh_out.get("primitives", []), strict=False):
+            if "material" not in prim_in or "material" not in prim_out:
+                continue
+            name = materials[prim_in["material"]].get("name") or f"material{prim_in['material']}"
+            if name not in names.setdefault(prim_out["material"], []):
+                names[prim_out["material"]].append(name)
+    return names
+
+
+def _base_color_image(document: dict[str, Any], binary: bytes, glb: Path,
+                      material: dict[str, Any]) -> tuple[bytes, str] | None:
+    """(encoded image bytes, file suffix) of a material's base-colour texture, or None."""
+    ref = material.get("pbrMetallicRoughness", {}).get("baseColorTexture")
+    if ref is None:
+        return None
+    source = document.get("textures", [])[ref["index"]].get("source")
+    if source is None:
+        return None
+    image = document["images"][source]
+    suffix = MIME_SUFFIXES.get(image.get("mimeType"), "")
+    if "bufferView" in image:
+        view = document["bufferViews"][image["bufferView"]]
+        start = view.get("byteOffset", 0)
+        return binary[start:start + view["byteLength"]], suffix or ".png"
+    uri = image.get("uri", "")
+    if uri and not uri.startswith("data:"):
+        file = glb.parent / uri
+        return file.read_bytes(), suffix or file.suffix
+    return None
 
 
 def _safe_name(name: str) -> str:

@@ -18,12 +18,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="print one JSON line with versions, device and weights, then exit (0: ready, 2: not)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device to check")
     p.add_argument("--weights", help="VGG-19 weights file to check")
+    p.add_argument("--parse-options", nargs=argparse.REMAINDER, metavar="ARGS",
+                   help="parse `nst3d mesh`-style options and print the job fields as one JSON line "
+                        "(for scripts running in a Python without nst3d)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from nst3d import worker
 
+    if args.parse_options is not None:
+        parser = argparse.ArgumentParser(prog="nst3d worker --parse-options")
+        worker.add_job_options(parser)
+        fields = worker.job_fields_from_args(parser.parse_args(args.parse_options))  # exits 2 on bad options
+        print(json.dumps({"event": "options", **fields}), flush=True)
+        return 0
     if args.check:
         report = worker.check(args.device, args.weights)
         print(json.dumps(report), flush=True)

@@ -1,0 +1,477 @@
+"""The Blender add-on against the real `bpy` module (4.5 LTS) and the real nst3d worker.
+
+Background mode has no event loop, so the modal operator's timer cannot fire here: the end-to-end tests call
+the operator's blocking `execute` path (or the same begin/update/finish functions the modal timer calls).
+Undo does work in background mode with the bpy module, and is exercised for real.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+bpy = pytest.importorskip("bpy")
+import addon_utils  # noqa: E402 - only exists once bpy is importable
+
+REPO = Path(__file__).resolve().parents[1]
+ADDON = "blender_addon"
+pytestmark = pytest.mark.blender
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(scope="module")
+def addon(tmp_path_factory):
+    """The add-on enabled from the repository as a classic add-on (the extension path is tested below)."""
+    os.environ.setdefault("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    module = addon_utils.enable(ADDON, default_set=True, handle_error=_raise)
+    assert module is not None
+    yield module
+    addon_utils.disable(ADDON, default_set=True, handle_error=_raise)
+
+
+def _raise(exc):
+    raise exc
+
+
+@pytest.fixture
+def prefs(addon):
+    """The add-on preferences, reset after each test."""
+    preferences = bpy.context.preferences.addons[ADDON].preferences
+    yield preferences
+    preferences.python_path = ""
+    preferences.weights_path = ""
+    preferences.device = "auto"
+    preferences.keep_job_files = False
+    preferences.check_result = ""
+
+
+@pytest.fixture
+def empty_file(addon):
+    """A fresh empty file (the add-on stays enabled) and a cleared job status."""
+    bpy.ops.wm.read_homefile(use_empty=True)
+    status = bpy.context.window_manager.nst3d
+    status.error = status.message = ""
+    status.running = False
+    yield
+    from blender_addon import operators
+
+    job = operators.ACTIVE.pop("job", None)
+    if job is not None:
+        job.cancel()
+        job.cleanup()
+
+
+@pytest.fixture(scope="module")
+def style_image(tmp_path_factory) -> Path:
+    """A small, strongly patterned style image (blue/yellow diagonal stripes)."""
+    from PIL import Image
+
+    y, x = np.mgrid[0:64, 0:64]
+    stripes = ((x + y) // 6) % 2 == 0
+    rgb = np.where(stripes[..., None], [20, 40, 200], [240, 220, 30]).astype(np.uint8)
+    path = tmp_path_factory.mktemp("style") / "stripes.png"
+    Image.fromarray(rgb).save(path)
+    return path
+
+
+def build_scene():
+    """A textured cube (own UVs, a packed checker image) and an untextured red icosphere without UVs."""
+    import bmesh
+
+    scene = bpy.context.scene
+    mesh = bpy.data.meshes.new("Box")
+    bm = bmesh.new()
+    uv = bm.loops.layers.uv.new("UVMap")
+    bmesh.ops.create_cube(bm, size=2.0)
+    for face in bm.faces:  # each face shows the whole texture
+        for loop, corner in zip(face.loops, ((0, 0), (1, 0), (1, 1), (0, 1)), strict=True):
+            loop[uv].uv = corner
+    bm.to_mesh(mesh)
+    bm.free()
+    cube = bpy.data.objects.new("Textured", mesh)
+    scene.collection.objects.link(cube)
+    cube.location = (-1.5, 0.0, 0.0)
+    image = bpy.data.images.new("Checker", 32, 32)
+    y, x = np.mgrid[0:32, 0:32]
+    value = np.where(((x // 8) + (y // 8)) % 2 == 1, 0.9, 0.25)
+    pixels = np.stack([value, value * 0.6, np.full_like(value, 0.3), np.ones_like(value)], axis=-1)
+    image.pixels.foreach_set(pixels.astype(np.float32).ravel())
+    image.pack()
+    material = bpy.data.materials.new("Painted")
+    material.use_nodes = True
+    tree = material.node_tree
+    texture = tree.nodes.new("ShaderNodeTexImage")
+    texture.image = image
+    tree.links.new(texture.outputs["Color"], tree.nodes["Principled BSDF"].inputs["Base Color"])
+    mesh.materials.append(material)
+
+    ball_mesh = bpy.data.meshes.new("Ball")
+    bm = bmesh.new()
+    bmesh.ops.create_icosphere(bm, subdivisions=2, radius=1.0)
+    bm.to_mesh(ball_mesh)
+    bm.free()
+    ball = bpy.data.objects.new("Plain", ball_mesh)
+    scene.collection.objects.link(ball)
+    ball.location = (1.5, 0.0, 0.0)
+    red = bpy.data.materials.new("Red")
+    red.use_nodes = True
+    red.node_tree.nodes["Principled BSDF"].inputs["Base Color"].default_value = (0.8, 0.1, 0.1, 1.0)
+    ball_mesh.materials.append(red)
+    for ob in (cube, ball):
+        ob.select_set(True)
+    bpy.context.view_layer.objects.active = cube
+    return cube, ball
+
+
+def fingerprint() -> dict:
+    """Everything a failed job must leave as it was."""
+    def slots(ob):
+        return tuple(s.material.name if s.material else "" for s in ob.material_slots)
+
+    return {
+        "objects": sorted((ob.name, ob.type, slots(ob), tuple(layer.name for layer in ob.data.uv_layers)
+                           if ob.type == "MESH" else ()) for ob in bpy.data.objects),
+        "materials": sorted(m.name for m in bpy.data.materials),
+        "images": sorted(i.name for i in bpy.data.images),
+        "meshes": sorted(m.name for m in bpy.data.meshes),
+        "collections": sorted(c.name for c in bpy.data.collections),
+        "selected": sorted(ob.name for ob in bpy.context.selected_objects),
+    }
+
+
+def set_style(settings, style: Path, steps: int = 3) -> None:
+    settings.styles.clear()
+    item = settings.styles.add()
+    item.path = str(style)
+    settings.steps, settings.size, settings.views, settings.texture_size = steps, 32, 1, 32
+
+
+def pixels(image) -> np.ndarray:
+    data = np.empty(len(image.pixels), dtype=np.float32)
+    image.pixels.foreach_get(data)
+    return data.reshape(image.size[1], image.size[0], 4)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Registration
+
+
+def test_register_unregister_cleanly(addon):
+    assert hasattr(bpy.types, "NST3D_PT_style")
+    assert bpy.types.NST3D_PT_style.bl_category == "Style"
+    assert bpy.ops.nst3d.stylize_selected.get_rna_type().name == "Stylize Selected"
+    assert hasattr(bpy.types.Scene, "nst3d") and hasattr(bpy.types.WindowManager, "nst3d")
+    assert bpy.context.preferences.addons[ADDON].preferences.device == "auto"
+
+    addon_utils.disable(ADDON, default_set=True, handle_error=_raise)
+    try:
+        assert not hasattr(bpy.types, "NST3D_PT_style")
+        assert not hasattr(bpy.types, "NST3D_OT_stylize_selected")
+        assert not hasattr(bpy.types.Scene, "nst3d") and not hasattr(bpy.types.WindowManager, "nst3d")
+        assert ADDON not in bpy.context.preferences.addons
+        from blender_addon import _cancel_on_load
+
+        assert _cancel_on_load not in bpy.app.handlers.load_pre
+    finally:
+        assert addon_utils.enable(ADDON, default_set=True, handle_error=_raise) is not None
+    assert hasattr(bpy.types, "NST3D_PT_style") and hasattr(bpy.types.Scene, "nst3d")
+
+
+def test_enums_match_nst3d(addon):
+    from blender_addon.preferences import DEVICE_ITEMS
+    from blender_addon.properties import LOSS_ITEMS, PRESERVE_ITEMS
+    from nst3d.color import PRESERVE_MODES
+    from nst3d.losses import LOSS_KINDS
+    from nst3d.worker import DEVICES
+
+    assert tuple(item[0] for item in LOSS_ITEMS) == LOSS_KINDS
+    assert tuple(item[0] for item in PRESERVE_ITEMS) == PRESERVE_MODES
+    assert tuple(item[0] for item in DEVICE_ITEMS) == DEVICES
+
+
+def test_addon_never_imports_torch_or_nst3d():
+    """Blender's side is bpy + stdlib: no module of the add-on imports torch, numpy or nst3d."""
+    import ast
+
+    for path in (REPO / ADDON).glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+        names += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                  and node.level == 0]
+        heavy = [n for n in names if n.split(".")[0] in ("torch", "numpy", "nst3d", "trimesh")]
+        assert not heavy, f"{path.name} imports {heavy}"
+
+
+def test_style_list_operators(empty_file, style_image):
+    settings = bpy.context.scene.nst3d
+    bpy.ops.nst3d.style_add(filepath=str(style_image))
+    bpy.ops.nst3d.style_add(filepath=str(style_image))
+    assert [s.path for s in settings.styles] == [str(style_image)] * 2 and settings.style_index == 1
+    bpy.ops.nst3d.style_remove()
+    assert len(settings.styles) == 1 and settings.style_index == 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Failures leave the scene unchanged, with the reason in the panel
+
+
+def _stylize_fails(match: str) -> str:
+    before = fingerprint()
+    with pytest.raises(RuntimeError, match=match):
+        bpy.ops.nst3d.stylize_selected()
+    assert fingerprint() == before
+    status = bpy.context.window_manager.nst3d
+    assert not status.running and status.error
+    return status.error
+
+
+def test_empty_selection(empty_file, style_image):
+    build_scene()
+    set_style(bpy.context.scene.nst3d, style_image)
+    for ob in bpy.data.objects:
+        ob.select_set(False)
+    assert "nothing is selected" in _stylize_fails("nothing is selected")
+
+
+def test_non_mesh_selection(empty_file, style_image):
+    build_scene()
+    set_style(bpy.context.scene.nst3d, style_image)
+    for ob in bpy.data.objects:
+        ob.select_set(False)
+    camera = bpy.data.objects.new("Cam", bpy.data.cameras.new("Cam"))
+    bpy.context.scene.collection.objects.link(camera)
+    camera.select_set(True)
+    assert "no mesh" in _stylize_fails("no mesh")
+
+
+def test_no_style_image(empty_file):
+    build_scene()
+    bpy.context.scene.nst3d.styles.clear()
+    _stylize_fails("no style image")
+
+
+def test_missing_interpreter(empty_file, prefs, style_image, tmp_path):
+    build_scene()
+    set_style(bpy.context.scene.nst3d, style_image)
+    prefs.python_path = str(tmp_path / "no" / "python")
+    assert "Python interpreter not found" in _stylize_fails("interpreter not found")
+
+
+def test_crashing_worker(empty_file, prefs, style_image, tmp_path):
+    """An interpreter that dies at once: the panel shows its exit status and last stderr line."""
+    build_scene()
+    set_style(bpy.context.scene.nst3d, style_image)
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'Segmentation fault (core dumped)' >&2\nexit 139\n")
+    fake.chmod(0o755)
+    prefs.python_path = str(fake)
+    error = _stylize_fails("stopped unexpectedly")
+    assert "exit status 139" in error and "Segmentation fault" in error
+
+
+def test_worker_error_is_shown(empty_file, prefs, real_weights, tmp_path):
+    """The real worker rejects the job (the style image is not an image): its one-line message is shown."""
+    build_scene()
+    bad = tmp_path / "style.png"
+    bad.write_text("not an image")
+    set_style(bpy.context.scene.nst3d, bad)
+    prefs.python_path = sys.executable
+    prefs.weights_path = str(real_weights)
+    error = _stylize_fails("cannot read style image")
+    assert "Traceback" not in error and "\n" not in error
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The real thing
+
+
+@pytest.mark.slow
+def test_stylize_selected_end_to_end_and_undo(empty_file, prefs, style_image, real_weights):
+    cube, ball = build_scene()
+    set_style(bpy.context.scene.nst3d, style_image, steps=4)
+    prefs.weights_path = str(real_weights)
+    prefs.device = "cpu"
+    checker = pixels(bpy.data.images["Checker"]).copy()
+
+    assert bpy.ops.nst3d.stylize_selected() == {"FINISHED"}
+
+    status = bpy.context.window_manager.nst3d
+    assert status.error == "" and "stylized 2 object(s)" in status.message
+    assert status.step == status.total == 4
+    cube, ball = bpy.data.objects["Textured"], bpy.data.objects["Plain"]
+    assert cube.material_slots[0].material.name == "Painted_styled"
+    assert ball.material_slots[0].material.name == "Plain_Red_styled"
+    # the originals are still in the file, untouched
+    assert bpy.data.materials["Painted"].node_tree.nodes["Image Texture"].image.name == "Checker"
+    np.testing.assert_array_equal(pixels(bpy.data.images["Checker"]), checker)
+    # the new images exist, are packed, and differ from the originals
+    styled = bpy.data.images["Checker_styled"]
+    assert styled.packed_file is not None and tuple(styled.size) == (32, 32)
+    assert np.abs(pixels(styled)[..., :3] - checker[..., :3]).mean() > 0.01  # 4 tiny steps: a small change
+    ball_image = bpy.data.images["Plain_Red_styled"]
+    ball_rgb = pixels(ball_image)[..., :3]
+    assert ball_rgb.std(axis=(0, 1)).max() > 0.005  # was one flat red (std 0)
+    assert ball.data.uv_layers.keys() == ["nst3d_UV"]  # Smart UV Project into a new map
+    assert cube.data.uv_layers.keys() == ["UVMap"]
+    assert bpy.data.materials["Plain_Red_styled"].node_tree.nodes["nst3d_texture"].image == ball_image
+
+    # Ctrl+Z: one step back restores the previous assignment (the _styled data goes away with it)
+    bpy.ops.ed.undo()
+    cube, ball = bpy.data.objects["Textured"], bpy.data.objects["Plain"]
+    assert cube.material_slots[0].material.name == "Painted"
+    assert ball.material_slots[0].material.name == "Red"
+    assert len(ball.data.uv_layers) == 0
+    assert "Painted_styled" not in bpy.data.materials and "Checker_styled" not in bpy.data.images
+    bpy.ops.ed.redo()
+    assert bpy.data.objects["Textured"].material_slots[0].material.name == "Painted_styled"
+
+    # Revert to Originals: the original materials back, the _styled ones kept in the file
+    for ob in bpy.data.objects:
+        ob.select_set(True)
+    assert bpy.ops.nst3d.revert_styled() == {"FINISHED"}
+    assert bpy.data.objects["Textured"].material_slots[0].material.name == "Painted"
+    assert bpy.data.objects["Plain"].material_slots[0].material.name == "Red"
+    assert "Painted_styled" in bpy.data.materials
+
+
+@pytest.mark.slow
+def test_cancel_leaves_scene_unchanged(empty_file, prefs, style_image, real_weights):
+    """The Cancel button while the worker is optimising: it exits as cancelled and nothing changes."""
+    from blender_addon import operators
+
+    build_scene()
+    set_style(bpy.context.scene.nst3d, style_image, steps=5000)
+    prefs.weights_path = str(real_weights)
+    before = fingerprint()
+    job = operators.begin(bpy.context)
+    assert bpy.context.window_manager.nst3d.running
+    deadline = time.monotonic() + 120
+    while job.step < 1 and not job.finished and time.monotonic() < deadline:
+        operators.update(bpy.context, job)
+        time.sleep(0.05)
+    assert job.step >= 1, job.error
+    assert bpy.ops.nst3d.cancel() == {"FINISHED"}
+    while not operators.update(bpy.context, job):
+        time.sleep(0.05)
+    ok, message = operators.finish(bpy.context, job)
+    assert not ok and "cancelled" in message
+    assert job.process.proc.returncode == 130  # the worker's own clean exit, not a kill
+    assert fingerprint() == before
+    assert not job.plan.folder.exists()
+    assert not bpy.context.window_manager.nst3d.running
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Preferences: Check
+
+
+def test_check_reports_versions(empty_file, prefs, real_weights):
+    prefs.python_path = sys.executable
+    prefs.weights_path = str(real_weights)
+    prefs.device = "cpu"
+    bpy.ops.nst3d.check_worker()
+    text = prefs.check_result
+    assert "nst3d 0.1.0" in text and "torch " in text and "device cpu" in text and real_weights.name in text
+
+
+def test_check_reports_the_problem(empty_file, prefs, tmp_path):
+    prefs.python_path = str(tmp_path / "missing-python")
+    with pytest.raises(RuntimeError, match="interpreter not found"):
+        bpy.ops.nst3d.check_worker()
+    assert prefs.check_result.startswith("Error: Python interpreter not found")
+    prefs.python_path = sys.executable
+    prefs.weights_path = str(tmp_path / "nope.pth")
+    with pytest.raises(RuntimeError, match="weights file not found"):
+        bpy.ops.nst3d.check_worker()
+    assert "Problem: VGG-19 weights file not found" in prefs.check_result
+
+
+def test_interpreter_auto_detection(monkeypatch, tmp_path):
+    from blender_addon.worker_process import WorkerError, find_interpreter
+
+    monkeypatch.delenv("NST3D_PYTHON", raising=False)
+    assert find_interpreter("") == (sys.executable, "Blender's own Python")  # nst3d imports here
+    monkeypatch.setenv("NST3D_PYTHON", sys.executable)
+    assert find_interpreter("")[1] == "$NST3D_PYTHON"
+    with pytest.raises(WorkerError, match="not found"):
+        find_interpreter(str(tmp_path / "python"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Packaging: the built extension installs and registers
+
+
+def test_built_extension_installs(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "build_addon.py"), "-o", str(tmp_path)],
+                            capture_output=True, text=True, check=True)
+    package = Path(result.stdout.strip().splitlines()[-1])
+    assert package.name == "nst3d-0.1.0.zip"
+    script = f"""
+import bpy
+bpy.ops.extensions.package_install_files(filepath={str(package)!r}, repo="user_default", enable_on_install=True)
+print("ENABLED", "bl_ext.user_default.nst3d" in bpy.context.preferences.addons)
+print("PANEL", hasattr(bpy.types, "NST3D_PT_style"), hasattr(bpy.types.Scene, "nst3d"))
+prefs = bpy.context.preferences.addons["bl_ext.user_default.nst3d"].preferences
+print("PREFS", prefs.device)
+"""
+    env = {**os.environ, "BLENDER_USER_RESOURCES": str(tmp_path / "user"), "XDG_CACHE_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert "ENABLED True" in out.stdout, out.stdout + out.stderr
+    assert "PANEL True True" in out.stdout and "PREFS auto" in out.stdout
+    assert (tmp_path / "user" / "extensions" / "user_default" / "nst3d" / "blender_manifest.toml").is_file()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The headless batch script
+
+
+@pytest.mark.slow
+def test_batch_script_on_a_saved_blend(empty_file, style_image, real_weights, tmp_path):
+    build_scene()
+    scene = tmp_path / "scene.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(scene))
+    scene_bytes = scene.read_bytes()
+    out = tmp_path / "out" / "styled.blend"
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    cmd = [sys.executable, str(REPO / "scripts" / "batch_stylize.py"), str(scene), "--style", str(style_image),
+           "--weights", str(real_weights), "--steps", "2", "--size", "32", "--views", "1", "--texture-size", "32",
+           "--device", "cpu", "--objects", "Text*", "-o", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Textured: Painted -> Painted_styled 32x32; own UVs" in result.stderr
+    assert scene.read_bytes() == scene_bytes  # the input is never touched
+
+    bpy.ops.wm.open_mainfile(filepath=str(out))
+    assert bpy.data.objects["Textured"].material_slots[0].material.name == "Painted_styled"
+    assert bpy.data.objects["Plain"].material_slots[0].material.name == "Red"  # not matched by --objects
+    assert "Painted" in bpy.data.materials and "Checker" in bpy.data.images
+    styled = bpy.data.images["Checker_styled"]
+    assert styled.packed_file is not None and pixels(styled).shape == (32, 32, 4)
+
+
+def test_batch_script_errors(style_image, tmp_path, addon):
+    bpy.ops.wm.read_homefile(use_empty=True)
+    build_scene()
+    scene = tmp_path / "scene.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(scene))
+    script = str(REPO / "scripts" / "batch_stylize.py")
+    out = tmp_path / "out.blend"
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    nothing = subprocess.run([sys.executable, script, str(scene), "--style", str(style_image), "--objects", "Nope*",
+                              "-o", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert nothing.returncode == 2 and "no mesh objects matching Nope*" in nothing.stderr
+    same = subprocess.run([sys.executable, script, str(scene), "--style", str(style_image), "-o", str(scene)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert same.returncode == 2 and "never overwritten" in same.stderr
+    assert not out.exists()
