@@ -35,5 +35,10 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check)
 # torch first and pinned: an unpinned torch (or torchvision) pulls a multi-GB CUDA build on a CPU machine.
 "${pip[@]}" install -q -c scripts/constraints.txt torch
 "${pip[@]}" install -q -c scripts/constraints.txt -e ".[$extras]"
+if [[ ",$extras," == *",nerf,"* ]]; then
+  # torchvision's only wheel is a CUDA build: on a CPU-only torch its ops library cannot load and
+  # `import torchvision` (which nerfstudio needs) fails; this hook lets it import (see tv_shim.py).
+  .venv/bin/python -m nst3d.integrations.nerfstudio.tv_shim install
+fi
 echo "$stamp_value" > .venv/.nst3d-setup
 echo "setup: .venv ready ($extras)" >&2
