@@ -111,12 +111,26 @@ def measure(config: Path, size: int, patch_rays: int, mode: str, steps: int, dev
             torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
     steady_peak = peak_since(base)
+    backward_peak = None
+    if mode != "direct":  # one more (untimed) step, measuring the deferred back-propagation on its own
+        inner = backend.backward_image
+        peaks = []
+
+        def measured(views, grad_rgb):
+            start = start_peak()
+            inner(views, grad_rgb)
+            peaks.append(peak_since(start))
+
+        backend.backward_image = measured
+        step(steps)
+        backward_peak = max(peaks)
     how = ("torch.cuda.max_memory_allocated" if device.type == "cuda" else
            "VmHWM (peak resident set, reset via /proc/self/clear_refs after malloc_trim)")
     width, height = backend.train_cameras.width, backend.train_cameras.height
     return {"size": [width, height], "rays_per_view": width * height, "patch_rays": patch_rays, "mode": mode,
             "device": str(device), "steps_timed": len(times), "seconds_per_step": statistics.median(times),
             "peak_mb_first_step": first_peak, "peak_mb_per_step": steady_peak,
+            "peak_mb_backward_image": backward_peak,
             "geometry_cache_mb": backend.geometry_bytes / 2**20, "memory": how,
             "torch_threads": torch.get_num_threads()}
 
@@ -188,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
             row = results[-1]
             print(f"{size:>5}^2 {mode:>8}: " + (f"error {row['error']}" if "error" in row else
                   f"{row['seconds_per_step']:.2f} s/step, peak above start: first step "
-                  f"{row['peak_mb_first_step']:.0f} MB, later steps {row['peak_mb_per_step']:.0f} MB"), flush=True)
+                  f"{row['peak_mb_first_step']:.0f} MB, later steps {row['peak_mb_per_step']:.0f} MB"
+                  + ("" if row["peak_mb_backward_image"] is None else
+                     f", deferred back-propagation alone {row['peak_mb_backward_image']:.0f} MB")), flush=True)
     meta = {"date": date.today().isoformat(), "machine": platform.node(), "cpu_count": os.cpu_count(),
             "python": platform.python_version(), "torch": torch.__version__, "device": device,
             "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None, "config": str(config),

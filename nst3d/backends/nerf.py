@@ -460,13 +460,13 @@ class NerfBackend:
     def __init__(self, model: Any, train_cameras: Cameras, frame: SceneFrame, views_per_step: int = 1,
                  jitter_degrees: float = JITTER_DEGREES, patch_rays: int = PATCH_RAYS, lr: float | None = None,
                  pool_size: int | None = None, seed: int = 0, geometry_cache_mb: float = GEOMETRY_CACHE_MB,
-                 chunk_rays: int = 1 << 15):
+                 chunk_rays: int | None = None):
         self.model = model
         self.train_cameras = train_cameras
         self.frame = frame
         self.views_per_step = views_per_step
         self.patch_rays = patch_rays
-        self.chunk_rays = chunk_rays
+        self.chunk_rays = chunk_rays or patch_rays  # renders without autograd too: memory set by the patch
         self.lr = lr
         self.pool = view_pool(train_cameras, frame, pool_size or default_pool_size(len(train_cameras)),
                               jitter_degrees, seed)
