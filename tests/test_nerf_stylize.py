@@ -180,7 +180,7 @@ def test_nerf_command_writes_a_run_that_nerfstudio_reloads(scene, style_file, ra
     # nerfstudio's own loader (what ns-viewer, ns-render and ns-export call) reloads and renders it
     _register_method()
     _, pipeline, checkpoint, step = eval_setup(config, test_mode="inference")
-    assert isinstance(pipeline.model, StyleNerfactoModel) and step == load_run(scene.config).step + 2
+    assert isinstance(pipeline.model, StyleNerfactoModel) and step == 2
     ours = load_run(config, "cpu")
     cams = held_out_views(_frame(ours), count=1).anchors
     outputs = pipeline.model.get_outputs_for_camera(to_nerfstudio(cams, pipeline.model.device)[0:1])
@@ -226,7 +226,7 @@ def test_ns_train_method_stylizes_a_trained_run(scene, style_file, random_weight
     start = load_run(scene.config, "cpu")
     saved = config.get_base_dir() / "config.yml"
     styled = load_run(saved, "cpu")  # the trained model's settings were adopted, so the checkpoint fits
-    assert styled.step == start.step + 2
+    assert styled.step == 1  # steps 0 and 1
     cams = from_nerfstudio(start.train_cameras[0:1], 10, 10)
     with torch.no_grad():
         a, b = render(start.model, cams), render(styled.model, cams)

@@ -627,7 +627,7 @@ def save_run(run: LoadedRun, output_dir: Path, style: dict[str, Any], steps: int
     original_base = run.config_path.resolve().parent
     if base.resolve() == original_base:
         raise UserError(f"the stylized run would overwrite the original at {original_base}; choose another -o")
-    step = run.step + steps
+    step = steps  # stylization steps, counted from 0 as `ns-train nst3d-nerfacto` does
     pipeline_state = {k: v for k, v in run.checkpoint["pipeline"].items() if not k.startswith("_model.")}
     pipeline_state.update({f"_model.{k}": v.detach().cpu() for k, v in run.model.state_dict().items()})
     base.parent.mkdir(parents=True, exist_ok=True)

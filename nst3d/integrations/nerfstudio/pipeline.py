@@ -155,11 +155,13 @@ class StyleTrainer(Trainer):
 
         path = checkpoint_to_load(self.config)
         state = load_checkpoint(path)
-        self._start_step = int(state["step"]) + 1
         self.pipeline.load_pipeline(state["pipeline"], int(state["step"]))
         optimizers = state.get("optimizers") or {}
-        if optimizers and set(optimizers) == set(self.optimizers.optimizers):  # resuming a stylization
+        resuming = bool(optimizers) and set(optimizers) == set(self.optimizers.optimizers)
+        if resuming:  # a stylization run of this method: carry on where it stopped
             self.optimizers.load_optimizers(optimizers)
             if state.get("scalers"):
                 self.grad_scaler.load_state_dict(state["scalers"])
+        # stylization steps count from 0 (nerfstudio's progress and ETA read --max-num-iterations that way)
+        self._start_step = int(state["step"]) + 1 if resuming else 0
         CONSOLE.print(f"nst3d: stylizing the scene from {path}")
