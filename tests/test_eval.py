@@ -112,3 +112,23 @@ def test_per_view_baseline_changes_only_by_stylizing(vgg):
     out = per_view_baseline(content, _objective(vgg), LoopConfig(steps=3, lr=0.05))
     assert out.rgb.shape == content.rgb.shape and out.depth is content.depth
     assert not torch.allclose(out.rgb, content.rgb)
+
+
+def test_preview_contact_sheet_and_turntables(tmp_path):
+    import imageio.v2 as imageio
+
+    from nst3d.preview import composite, contact_sheet, write_turntable
+
+    views = held_out_views(sphere_framer(torch.zeros(3), 1.0, 24, 24), count=2)
+    render = sphere_render(views.anchors)
+    assert torch.equal(composite(Render(render.rgb, render.mask * 0, None)), torch.ones_like(render.rgb))
+    sheet = contact_sheet([render.rgb, render.rgb[:1]], tmp_path / "sheet.png", ["original", "stylized"])
+    image = imageio.imread(sheet)
+    assert image.shape[0] == 2 * 24 + 3 * 4 and image.shape[1] > 2 * 24
+    frames = sphere_render(held_out_views(sphere_framer(torch.zeros(3), 1.0, 25, 25), count=4).anchors).rgb
+    gif = write_turntable(frames, tmp_path / "spin.gif")
+    assert len(imageio.mimread(gif)) == 4
+    mp4 = write_turntable(frames, tmp_path / "spin.mp4")
+    reader = imageio.get_reader(mp4)
+    assert reader.count_frames() == 4
+    reader.close()

@@ -260,14 +260,12 @@ class MeshBackend:
         return ViewBatch(key, cameras, rgb, self._group_mask(gbuf), gbuf.depth[:, None], index)
 
     def _group_mask(self, gbuf: GBuffer) -> torch.Tensor:
-        """[V, G, H, W] coverage split by style group."""
-        groups = torch.tensor(self.groups, device=gbuf.slot.device)
-        slot_group = torch.where(gbuf.slot >= 0, groups[gbuf.slot.clamp(min=0)], -1)
-        masks = [(slot_group == g).float() * gbuf.coverage for g in range(self.group_count)]
+        """[V, G, H, W] coverage split by style group (edge pixels count in their representative's group)."""
         if self.group_count == 1:
             return gbuf.coverage[:, None]
-        # Edge pixels take their coverage in the group of their representative sample.
-        return torch.stack(masks, dim=1)
+        groups = torch.tensor(self.groups, device=gbuf.slot.device)
+        slot_group = torch.where(gbuf.slot >= 0, groups[gbuf.slot.clamp(min=0)], -1)
+        return torch.stack([(slot_group == g).float() * gbuf.coverage for g in range(self.group_count)], dim=1)
 
     # ----------------------------------------------------------------------------------- the protocol
 
