@@ -73,6 +73,22 @@ def test_cleanup_drops_huge_and_needle_gaussians():
     assert not keep[0] and not keep[1] and keep[2:].all()
 
 
+def test_color_field_shares_colour_between_stacked_gaussians():
+    from nst3d.backends.splat.backend import ColorField
+
+    positions = torch.tensor([[0.10, 0.10, 0.10], [0.101, 0.10, 0.10], [0.9, 0.9, 0.9]])
+    field = ColorField(positions, torch.zeros(3), torch.ones(3), finest=8, levels=3)
+    assert field.resolutions == [8, 4, 2] and all(len(v) <= 24 for v in field.values)
+    assert torch.equal(field(), torch.zeros(3, 3))
+    for v in field.values:
+        v.data.normal_()
+    out = field()
+    assert (out[0] - out[1]).abs().max() < 0.05 * out[0].abs().max()  # a hair apart: nearly one colour
+    assert (out[0] - out[2]).abs().max() > 0.1
+    weights = sum(w.sum(-1) for _, w in field.corners)
+    assert torch.allclose(weights, torch.full((3,), 3.0))  # trilinear weights sum to 1 per level
+
+
 def test_stylization_lowers_held_out_style_distance(vgg):
     s = scene_from(ball())
     backend = SplatBackend(s, size=48, views_per_step=2, pool_size=6, seed=0)
@@ -95,10 +111,31 @@ def test_stylization_lowers_held_out_style_distance(vgg):
     assert (0.28209479177387814 * dc + 0.5).min() >= -1e-6 and (0.28209479177387814 * dc + 0.5).max() <= 1 + 1e-6
 
 
+def test_consistency_term_between_overlapping_training_views(vgg):
+    from nst3d.backends.splat.backend import ConsistentObjective, consistency_loss
+
+    backend = SplatBackend(scene_from(ball()), size=48, views_per_step=2, pool_size=4)
+    batch = backend.batches[0]
+    assert [(i, j) for i, j, _, _ in batch.warps] == [(0, 1), (1, 0)]
+    assert all(float(valid.mean()) > 0.02 for *_, valid in batch.warps)  # neighbouring views overlap
+    assert float(consistency_loss(batch.content, batch.warps)) < 1e-3  # the unstylized splat agrees with itself
+    target = StyleTarget.from_images(vgg, [torch.rand(3, 48, 48, generator=torch.Generator().manual_seed(0))],
+                                     ["relu1_1", "relu2_1"])
+    plain = Objective(vgg, target, "relu2_2")
+    objective = ConsistentObjective(plain, backend, weight=10.0)
+    assert objective.content_layer == "relu2_2" and objective.target is target
+    with torch.no_grad():
+        backend.field.values[0].normal_(0.0, 0.3)  # colours that disagree between views
+    render = backend.render(batch)
+    terms = objective(render.rgb, render.mask, None)
+    assert float(terms["consistency"].detach()) > 1e-3
+    assert torch.isclose(terms["total"], plain(render.rgb, render.mask, None)["total"] + 10 * terms["consistency"])
+
+
 def test_view_dependent_optimises_higher_bands(vgg):
     s = scene_from(ball(400))
-    backend = SplatBackend(s, size=32, views_per_step=1, pool_size=2, view_dependent=True)
-    assert len(backend.parameters()) == 2
+    backend = SplatBackend(s, size=32, views_per_step=1, pool_size=2, view_dependent=True, field_resolution=0)
+    assert len(backend.parameters()) == 2  # per-Gaussian colours and the higher SH bands
     target = StyleTarget.from_images(vgg, [torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))],
                                      ["relu1_1", "relu2_1"])
     stylize(backend, Objective(vgg, target, "relu2_2"), LoopConfig(steps=3, lr=0.05))

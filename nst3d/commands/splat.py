@@ -12,9 +12,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from nst3d.backends.splat.backend import SplatBackend, SplatScene, capture_cameras, cleanup_mask, robust_bounds
-from nst3d.backends.splat.ply import GAUSSIAN_PROPERTIES, SH_C0, read_splat, write_splat
-from nst3d.color import keep_content_chroma
+from nst3d.backends.splat.backend import (
+    ConsistentObjective,
+    SplatBackend,
+    SplatScene,
+    capture_cameras,
+    cleanup_mask,
+    robust_bounds,
+)
+from nst3d.backends.splat.ply import GAUSSIAN_PROPERTIES, read_splat, write_splat
 from nst3d.errors import UserError
 from nst3d.eval import evaluate_with_renders
 from nst3d.events import EventSink, ProgressBar, ignore
@@ -35,6 +41,7 @@ from nst3d.options import (
 from nst3d.preview import contact_sheet
 from nst3d.stylize import stylize
 
+DEFAULT_CONSISTENCY = 10.0
 DEFAULTS = BackendDefaults(steps=300, size=256, views=2, content_weight=0.02, tv_weight=0.0, lr=0.02,
                            style_scales=(1.0, 0.5))
 
@@ -58,6 +65,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the scene's up axis for orbits (auto: the capture's, else the thinnest axis)")
     p.add_argument("--pool", type=int, default=48, metavar="N", help="training views set up once (default 48)")
     p.add_argument("--held-out", type=int, default=4, metavar="N", help="held-out anchor views for the report")
+    p.add_argument("--color-field", type=int, metavar="RES",
+                   help="finest resolution of the 3D colour field the style is painted into (default: --size, "
+                        "4x that with --cameras); 0 gives every Gaussian its own colour (sharper, less consistent)")
+    p.add_argument("--consistency-weight", type=float, default=DEFAULT_CONSISTENCY, metavar="W",
+                   help="weight of the multi-view consistency term between each batch's overlapping views "
+                        f"(default {DEFAULT_CONSISTENCY:g}; 0 turns it off)")
     p.add_argument("--cleanup", action="store_true",
                    help="drop huge and needle-like Gaussians that smear the style (changes the count; off by "
                         "default)")
@@ -98,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     report = stylize_splat_file(args.scene, args.output, opts, cameras=args.cameras,
                                 dataparser_transforms=args.dataparser_transforms, view_dependent=args.view_dependent,
                                 compare_baseline=args.compare_baseline, up=args.up, pool=args.pool,
-                                held_out=args.held_out, cleanup=args.cleanup, sheet=sheet,
+                                held_out=args.held_out, cleanup=args.cleanup, color_field=args.color_field,
+                                consistency_weight=args.consistency_weight, sheet=sheet,
                                 on_event=new_bar_per_stage(bar))
     bar.close()
     write_json(report, report_path)
@@ -111,7 +125,9 @@ def run(args: argparse.Namespace) -> int:
 def stylize_splat_file(scene_path: Path, output: Path, opts: StyleOptions, *, cameras: Path | None = None,
                        dataparser_transforms: Path | None = None, view_dependent: bool = False,
                        compare_baseline: bool = False, up: str = "auto", pool: int = 48, held_out: int = 4,
-                       cleanup: bool = False, sheet: Path | None = None, on_event: EventSink = ignore,
+                       cleanup: bool = False, color_field: int | None = None,
+                       consistency_weight: float = DEFAULT_CONSISTENCY, sheet: Path | None = None,
+                       on_event: EventSink = ignore,
                        should_stop=None) -> dict[str, Any]:
     """Stylize the splat at scene_path into `output` (and the contact sheet); returns the report."""
     started = time.perf_counter()
@@ -129,16 +145,15 @@ def stylize_splat_file(scene_path: Path, output: Path, opts: StyleOptions, *, ca
             raise UserError("--cleanup would remove every Gaussian; run without it")
     backend = SplatBackend(scene, size=opts.size, views_per_step=opts.views, pool_size=pool,
                            view_dependent=view_dependent, capture=capture, up=up, lr=opts.lr, init=opts.init,
-                           device=device, seed=opts.seed, on_event=on_event, should_stop=should_stop)
+                           device=device, seed=opts.seed, field_resolution=color_field, on_event=on_event,
+                           should_stop=should_stop)
     prepared = time.perf_counter()
     palette = torch.cat([b.content.permute(1, 0, 2, 3)[:, b.mask[:, 0] > 0.5] for b in backend.batches], dim=1)
     objective = build_objective(opts, vgg, styles, palette, DEFAULTS)
-    history = stylize(backend, objective, loop_config(opts), on_event, should_stop)
+    training = ConsistentObjective(objective, backend, consistency_weight)
+    history = stylize(backend, training, loop_config(opts), on_event, should_stop)
     optimised = time.perf_counter()
-    if opts.preserve_color == "luminance":
-        with torch.no_grad():
-            original = SH_C0 * backend.scene.sh_dc + 0.5
-            backend.base_colors.copy_(keep_content_chroma(backend.base_colors.T, original.T).T)
+    backend.keep_chroma = opts.preserve_color == "luminance"
     held = backend.held_out(held_out)
     baseline = loop_config(opts, stage="per-view baseline") if compare_baseline else None
     evaluation, renders = evaluate_with_renders(
@@ -169,6 +184,8 @@ def stylize_splat_file(scene_path: Path, output: Path, opts: StyleOptions, *, ca
         "properties": ply.property_names,
         "output_check": check,
         "cameras": "capture" if capture is not None else "orbit",
+        "color_field": None if backend.field is None else {
+            "resolutions": backend.field.resolutions, "entries": [len(v) for v in backend.field.values]},
         "up": backend.up.tolist(),
         "evaluation": evaluation,
         "final_loss": history[-1] if history else None,
@@ -187,6 +204,7 @@ def stylize_splat_file(scene_path: Path, output: Path, opts: StyleOptions, *, ca
         "strength": opts.strength,
         "content_weight": opts.content_weight,
         "lr": opts.lr,
+        "consistency_weight": consistency_weight,
         "style_layers": objective.target.layers,
         "content_layer": objective.content_layer,
         "weights": vgg.source,

@@ -38,6 +38,7 @@ from nst3d.cameras import (
     opengl_to_opencv,
     orbit_directions,
 )
+from nst3d.color import keep_content_chroma
 from nst3d.errors import UserError
 from nst3d.eval import HeldOutViews, held_out_views
 
@@ -235,6 +236,48 @@ def _apply_dataparser_transform(c2w: torch.Tensor, path: Path) -> torch.Tensor:
     return out
 
 
+class ColorField:
+    """Colour offsets on sparse multi-resolution 3D grids, read (trilinearly) at each Gaussian's centre.
+
+    Gaussians stacked in the same small region share their colour change, so the blend of layers seen from
+    different angles stays the same colour (a per-Gaussian colour lets each layer drift apart, which shows as
+    view-dependent flicker); the coarse levels also build strokes larger than a Gaussian. Only voxels that
+    hold a Gaussian's corner are stored: level l has at most 8 N entries, whatever its resolution.
+    Levels: `finest`, finest / 2, ... (at least 2 voxels) over the box lo..hi [3].
+    """
+
+    def __init__(self, positions: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, finest: int, levels: int = 4):
+        span = (hi - lo).clamp(min=1e-9)
+        self.corners: list[tuple[torch.Tensor, torch.Tensor]] = []  # per level: index [N, 8], weight [N, 8]
+        self.values: list[torch.nn.Parameter] = []  # per level: [U, 3] colour offsets
+        offsets = torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], device=positions.device)
+        for level in range(levels):
+            res = max(2, finest >> level)
+            u = ((positions - lo) / span * (res - 1)).clamp(0, res - 1)  # [N, 3] in voxel units
+            base = u.floor().long().clamp(max=res - 2)
+            frac = u - base
+            corner = base[:, None] + offsets  # [N, 8, 3]
+            flat = (corner[..., 0] * res + corner[..., 1]) * res + corner[..., 2]
+            used, index = torch.unique(flat, return_inverse=True)
+            w = torch.where(offsets.bool(), frac[:, None], 1 - frac[:, None]).prod(-1)  # [N, 8]
+            self.corners.append((index, w))
+            self.values.append(torch.nn.Parameter(torch.zeros(len(used), 3, device=positions.device)))
+        self.resolutions = [max(2, finest >> level) for level in range(levels)]
+
+    def __call__(self) -> torch.Tensor:
+        """Colour offsets [N, 3]."""
+        total = 0
+        for (index, w), values in zip(self.corners, self.values, strict=True):
+            picked = torch.index_select(values, 0, index.reshape(-1)).view(*index.shape, 3)  # [N, 8, 3]
+            total = total + (picked * w[..., None]).sum(1)
+        return total
+
+    def param_groups(self, lr: float, coarse_scale: float = 0.5) -> list[dict[str, Any]]:
+        """One group per level; each coarser level steps `coarse_scale` times smaller (its voxels touch many
+        Gaussians, so a full step moves large areas at once)."""
+        return [{"params": [v], "lr": lr * coarse_scale**level} for level, v in enumerate(self.values)]
+
+
 @dataclass
 class ViewBatch:
     """Training views set up once. key: batch number (the loop caches content features by it)."""
@@ -246,6 +289,8 @@ class ViewBatch:
     mask: torch.Tensor  # [V, 1, H, W] accumulated opacity
     depth: torch.Tensor  # [V, 1, H, W]
     plan: Plan | None  # the CPU renderer's colour-independent half (None on CUDA: gsplat renders each step)
+    warps: list[tuple[int, int, torch.Tensor, torch.Tensor]]  # (i, j, grid [H, W, 2], valid [1, H, W]): view
+    # i's pixels in view j, for the multi-view consistency term (geometry is fixed, so computed once)
 
 
 class SplatBackend:
@@ -257,7 +302,10 @@ class SplatBackend:
                  view_dependent: bool = False, capture: Cameras | None = None, up: str = "auto",
                  lr: float | None = None, init: str = "content", device: torch.device | str = "cpu",
                  seed: int = 0, jitter_degrees: float = 12.0, zoom_range: tuple[float, float] = (0.8, 1.1),
+                 field_resolution: int | None = None, field_levels: int = 4,
                  on_event: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None):
+        """field_resolution: finest grid of the colour field (None: the render size, 4x that for a capture's
+        inside-out views; 0: no field, one free colour per Gaussian)."""
         self.device = torch.device(device)
         self.scene = scene.to(self.device)
         self.size = size
@@ -276,14 +324,28 @@ class SplatBackend:
             base = torch.rand(base.shape, generator=generator).to(base)
         elif init != "content":
             raise ValueError(f"unknown init {init!r}; use content or noise")
-        self.base_colors = torch.nn.Parameter(base.clone())  # [N, 3] colour of the DC term
+        self.start_colors = base.clone()  # [N, 3] colour of the DC term before optimising
+        if field_resolution is None:
+            field_resolution = size * (4 if capture is not None else 1)
+        if field_resolution > 0:
+            margin = 0.02 * (self.points.max(0).values - self.points.min(0).values)
+            lo = torch.quantile(self.points, 0.005, dim=0) - margin
+            hi = torch.quantile(self.points, 0.995, dim=0) + margin
+            self.field: ColorField | None = ColorField(self.scene.means, lo.to(self.device), hi.to(self.device),
+                                                       field_resolution, field_levels)
+            self.free_colors = None
+        else:
+            self.field = None
+            self.free_colors = torch.nn.Parameter(torch.zeros_like(base))  # [N, 3] per-Gaussian offsets
+        self.keep_chroma = False  # --preserve-color luminance: applied to what is exported
         self.sh_rest = torch.nn.Parameter(self.scene.sh_rest.clone()) if self.view_dependent else None
         if capture is not None:
             self.held_capture, pool = split_capture(capture, size)
             pool = pool[torch.randperm(len(pool), generator=generator)[:pool_size].tolist()]
+            pool = pool[neighbour_chain(pool.centers, generator)]
         else:
             directions = jitter_directions(fibonacci_directions(pool_size), jitter_degrees, generator)
-            directions = directions[torch.randperm(pool_size, generator=generator)]
+            directions = directions[neighbour_chain(directions, generator)]  # a batch's views overlap
             zoom = zoom_range[0] + (zoom_range[1] - zoom_range[0]) * torch.rand(pool_size, generator=generator)
             pool = self.frame(directions, zoom=zoom)
         backgrounds = 0.1 + 0.8 * torch.rand(len(pool), 3, generator=generator)
@@ -302,6 +364,7 @@ class SplatBackend:
         if on_event is not None:
             on_event({"event": "stage_done", "stage": "preparing views"})
         self._order: list[int] = []
+        self.last_views: ViewBatch | None = None
         self._plan_cache: tuple[Any, list[tuple[Cameras, Plan]]] | None = None
         self._check_visible()
 
@@ -337,7 +400,9 @@ class SplatBackend:
             raster = rasterize(s.means, s.quats, s.scales, s.opacities, s.sh(), cams.world_to_cam, cams.K,
                                cams.width, cams.height, sh_degree=s.degree, backgrounds=bg)
         content, mask, depth = _to_render(raster)
-        return ViewBatch(key, cams, bg, content, mask, depth, pl)
+        warps = [(i, j, *pair_warp(cams, depth, mask, i, j)) for i in range(len(cams)) for j in range(len(cams))
+                 if i != j]
+        return ViewBatch(key, cams, bg, content, mask, depth, pl, warps)
 
     def _check_visible(self) -> None:
         covered = torch.stack([b.mask.mean() for b in self.batches]).mean()
@@ -348,8 +413,8 @@ class SplatBackend:
     # ----------------------------------------------------------------------------------- the protocol
 
     def parameters(self) -> list[dict[str, Any]]:
-        extra = {"lr": self.lr} if self.lr else {}
-        groups = [{"params": [self.base_colors], **extra}]
+        lr = self.lr or 0.02
+        groups = self.field.param_groups(lr) if self.field is not None else [{"params": [self.free_colors], "lr": lr}]
         if self.sh_rest is not None:
             # Higher SH bands vary the colour around the base: a smaller step keeps them from taking over.
             groups.append({"params": [self.sh_rest], "lr": (self.lr or 0.02) * 0.25})
@@ -365,6 +430,7 @@ class SplatBackend:
         """The current colours (unclamped, so saturated Gaussians keep their gradients) over the batch's
         backgrounds."""
         rgb = self._shade(views.cameras, views.plan, self.colors(), views.backgrounds, clamp=False)
+        self.last_views = views  # for ConsistentObjective
         return Render(rgb, views.mask, views.depth)
 
     def render_content(self, views: ViewBatch) -> Render:
@@ -375,9 +441,14 @@ class SplatBackend:
 
     # -------------------------------------------------------------------------------------- helpers
 
+    def base_colors(self) -> torch.Tensor:
+        """Current colour of each Gaussian's DC term [N, 3] (differentiable, unclamped)."""
+        offset = self.field() if self.field is not None else self.free_colors
+        return self.start_colors + offset
+
     def colors(self) -> torch.Tensor:
         """SH coefficients [N, K, 3] of the current parameters (K = 1 unless view-dependent)."""
-        dc = (self.base_colors - 0.5) / SH_C0
+        dc = (self.base_colors() - 0.5) / SH_C0
         if self.sh_rest is None:
             return dc[:, None]
         return torch.cat([dc[:, None], self.sh_rest], dim=1)
@@ -398,9 +469,11 @@ class SplatBackend:
     def stylized_sh(self) -> tuple[torch.Tensor, torch.Tensor]:
         """What goes into the file: (sh_dc [N, 3], sh_rest [N, K - 1, 3]); colours clamped to [0, 1], the
         higher bands the optimised ones or zeros. Gaussians whose colour did not move keep their exact DC."""
-        base = self.base_colors.detach().clamp(0, 1)
-        dc = (base - 0.5) / SH_C0
-        unchanged = (self.base_colors.detach() == SH_C0 * self.scene.sh_dc + 0.5).all(-1)
+        current = self.base_colors().detach()
+        if self.keep_chroma:
+            current = keep_content_chroma(current.T, (SH_C0 * self.scene.sh_dc + 0.5).T).T
+        dc = (current.clamp(0, 1) - 0.5) / SH_C0
+        unchanged = (current == SH_C0 * self.scene.sh_dc + 0.5).all(-1)
         dc = torch.where(unchanged[:, None], self.scene.sh_dc, dc)
         rest = self.sh_rest.detach() if self.sh_rest is not None else torch.zeros_like(self.scene.sh_rest)
         return dc.cpu(), rest.cpu()
@@ -511,3 +584,66 @@ def turn_in_place(cameras: Cameras, up: torch.Tensor, degrees: float) -> Cameras
     c2w = cameras.cam_to_world.clone()
     c2w[:, :3, :3] = rotation @ c2w[:, :3, :3]
     return Cameras(torch.linalg.inv(c2w), cameras.K.clone(), cameras.width, cameras.height)
+
+
+def neighbour_chain(points: torch.Tensor, generator: torch.Generator) -> list[int]:
+    """An order of points [V, 3] (view directions or camera centres) that walks to the nearest unvisited one
+    each time, from a random start: consecutive views (one training batch) look at overlapping surface."""
+    left = list(range(len(points)))
+    order = [left.pop(int(torch.randint(len(left), (1,), generator=generator)))]
+    while left:
+        distance = (points[left] - points[order[-1]]).norm(dim=-1)
+        order.append(left.pop(int(distance.argmin())))
+    return order
+
+
+@torch.no_grad()
+def pair_warp(cameras: Cameras, depth: torch.Tensor, mask: torch.Tensor, i: int, j: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where view i's pixels land in view j: (grid [H, W, 2] for grid_sample, align_corners=False; valid
+    [1, H, W]), by eval's own depth-tested warp applied to view j's pixel coordinates (bilinear sampling of
+    a linear ramp returns the sample position itself), so training and the metric agree on co-visibility."""
+    from nst3d.eval import backward_warp
+
+    h, w = depth.shape[-2:]
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=depth.device) + 0.5,
+                            torch.arange(w, dtype=torch.float32, device=depth.device) + 0.5, indexing="ij")
+    coords = torch.stack([xs, ys, torch.zeros_like(xs)])[None]  # [1, 3, H, W]
+    position, valid = backward_warp(coords, depth[j:j + 1], mask[j:j + 1], cameras[j], depth[i:i + 1],
+                                    mask[i:i + 1], cameras[i])
+    grid = torch.stack([position[0, 0] / w * 2 - 1, position[0, 1] / h * 2 - 1], dim=-1)
+    return grid, valid[0].float()
+
+
+def consistency_loss(rgb: torch.Tensor, warps: list[tuple[int, int, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Mean squared colour difference between each view i [3, H, W] of rgb [V, 3, H, W] and view j sampled
+    where i's pixels land in j, over the co-visible pixels of every pair."""
+    total, count = rgb.new_zeros(()), rgb.new_zeros(())
+    for i, j, grid, valid in warps:
+        sampled = torch.nn.functional.grid_sample(rgb[j:j + 1], grid[None], mode="bilinear", padding_mode="zeros",
+                                                  align_corners=False)[0]
+        total = total + ((rgb[i] - sampled).pow(2) * valid).sum()
+        count = count + 3 * valid.sum()
+    return total / count.clamp(min=1)
+
+
+class ConsistentObjective:
+    """An Objective plus a multi-view consistency term on each training batch (the backend's last rendered
+    views and their precomputed warps): "consistency" = mean squared difference between co-visible pixels
+    of the batch's views. Everything else (vgg, target, content features) is the wrapped objective's."""
+
+    def __init__(self, objective: Any, backend: SplatBackend, weight: float):
+        self.objective = objective
+        self.backend = backend
+        self.weight = weight
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.objective, name)
+
+    def __call__(self, rgb: torch.Tensor, mask: torch.Tensor | None, content: Any) -> dict[str, torch.Tensor]:
+        terms = self.objective(rgb, mask, content)
+        views = self.backend.last_views
+        if self.weight > 0 and views is not None and views.warps and len(views.mask) == len(rgb):
+            terms["consistency"] = consistency_loss(rgb, views.warps)
+            terms["total"] = terms["total"] + self.weight * terms["consistency"]
+        return terms
