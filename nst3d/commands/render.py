@@ -70,7 +70,8 @@ class _Splat:
     def render(self, cameras: Cameras) -> Render:
         from nst3d.backends.splat.backend import render_scene
 
-        return render_scene(self.scene, cameras)
+        r = render_scene(self.scene, cameras)  # already blended over white by opacity: no second blend
+        return Render(r.rgb, None, r.depth)
 
     def turntable(self, frames: int, size: int, elevation_degrees: float = 20.0,
                   start_degrees: float = 0.0) -> Cameras:
