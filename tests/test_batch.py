@@ -137,7 +137,7 @@ def test_ray_local_runs_the_same_jobs(assets, random_weights_file, tmp_path):
     results = tmp_path / "results"
     r = nst3d("batch", jobs_csv, "-o", results, "--ray", "local", "--size", 24, "--weights", random_weights_file,
               "--quiet")
-    assert r.returncode == 1, r.stderr
+    assert r.returncode == 1 and (results / "summary.json").is_file(), r.stderr
     summary = json.loads((results / "summary.json").read_text())
     assert summary["executor"].startswith("ray (local)")
     assert summary["counts"] == {"done": 2, "failed": 1}

@@ -150,7 +150,8 @@ class RayExecutor:
         self.ray = ray
         self.started_here = address == "local"
         try:
-            ray.init(address=None if self.started_here else address, include_dashboard=False,
+            # address "local" always starts a new instance (never joins one that happens to be running).
+            ray.init(address=address, include_dashboard=False,
                      log_to_driver=False, ignore_reinit_error=True, configure_logging=False)
         except ConnectionError as exc:
             raise UserError(f"cannot reach the Ray cluster at '{address}': {exc}; start one with `ray start "
