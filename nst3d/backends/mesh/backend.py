@@ -24,7 +24,6 @@ from nst3d.backends.mesh.gbuffer import (
     GBuffer,
     Rasterizer,
     SampleIndex,
-    gather,
     mip_chain,
     pool,
     sample_index,
@@ -47,7 +46,7 @@ FOV_DEGREES = 40.0
 FRAME_MARGIN = 1.06
 LIGHT = (0.35, 0.8, 0.5)  # world-space direction towards the light for Lambert shading
 AMBIENT = 0.35
-RESIDUAL_MIPS = 4
+RESIDUAL_MIPS = 2  # the residual has about one texel per pixel: level 0 and its half-size mip suffice
 MAX_FRAMING_POINTS = 50_000
 
 
@@ -61,6 +60,7 @@ class ViewBatch:
     mask: torch.Tensor  # [V, G, H, W] coverage per style group (G = 1 without --style-map)
     depth: torch.Tensor  # [V, 1, H, W]
     index: list[SampleIndex]  # per slot: the residual's gathers into this batch's pixels
+    pixels: torch.Tensor  # [N] every gather's flat pixel indices, concatenated in (slot, entry) order
 
 
 def lambert(normal: torch.Tensor) -> torch.Tensor:
@@ -257,7 +257,10 @@ class MeshBackend:
         scale = self._shade_scale(gbuf)
         index = [sample_index(gbuf, slot, tuple(p.output or p.sizes[0]), RESIDUAL_MIPS, scale)
                  for slot, p in enumerate(self.pyramids)]
-        return ViewBatch(key, cameras, rgb, self._group_mask(gbuf), gbuf.depth[:, None], index)
+        for item in index:  # weights as rows [1, n], to scale grid_sample's [C, n] output in place of a transpose
+            item.weights = [w.reshape(1, -1) for w in item.weights]
+        pixels = torch.cat([px for item in index for px in item.pixels] or [torch.zeros(0, dtype=torch.long)])
+        return ViewBatch(key, cameras, rgb, self._group_mask(gbuf), gbuf.depth[:, None], index, pixels)
 
     def _group_mask(self, gbuf: GBuffer) -> torch.Tensor:
         """[V, G, H, W] coverage split by style group (edge pixels count in their representative's group)."""
@@ -282,12 +285,21 @@ class MeshBackend:
         return self.batches[self._order.pop()]
 
     def render(self, views: ViewBatch) -> Render:
+        """The cached original render plus the residual textures sampled through the G-buffer (trilinear,
+        weighted by coverage and shading), added with one index_add."""
         v, _, h, w = views.content.shape
-        out = views.content.permute(0, 2, 3, 1).reshape(-1, 3)
+        samples = []
         for pyramid, index in zip(self.pyramids, views.index, strict=True):
-            if index.pixels:
-                out = gather(pyramid.residual_mips(RESIDUAL_MIPS), index, out)
-        rgb = out.view(v, h, w, 3).permute(0, 3, 1, 2)
+            if not index.pixels:
+                continue
+            mips = pyramid.residual_mips(RESIDUAL_MIPS)
+            for grid, weight, k in zip(index.grids, index.weights, index.levels, strict=True):
+                sampled = F.grid_sample(mips[k], grid, mode="bilinear", padding_mode="border", align_corners=False)
+                samples.append(sampled[0, :, 0] * weight)  # [C, n]
+        if not samples:
+            return Render(views.content, views.mask, views.depth)
+        residual = views.content.new_zeros(3, v * h * w).index_add(1, views.pixels, torch.cat(samples, dim=1))
+        rgb = views.content + residual.view(3, v, h, w).transpose(0, 1)
         return Render(rgb, views.mask, views.depth)
 
     def render_content(self, views: ViewBatch) -> Render:

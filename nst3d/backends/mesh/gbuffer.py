@@ -192,12 +192,16 @@ def pool(image: torch.Tensor, s: int) -> torch.Tensor:
     return image if s == 1 else F.avg_pool2d(image, s)
 
 
-def mip_chain(texture: torch.Tensor, min_size: int = 1) -> list[torch.Tensor]:
-    """[1, C, H, W] -> levels [1, C, H / 2^k, W / 2^k] (box-filtered), down to min_size; level 0 is the input."""
+def mip_chain(texture: torch.Tensor, min_size: int = 1, max_levels: int = 64) -> list[torch.Tensor]:
+    """[1, C, H, W] -> levels [1, C, H / 2^k, W / 2^k] (box-filtered), down to min_size or max_levels levels;
+    level 0 is the input."""
     levels = [texture]
-    while max(levels[-1].shape[-2:]) > min_size and min(levels[-1].shape[-2:]) > 1:
+    while max(levels[-1].shape[-2:]) > min_size and min(levels[-1].shape[-2:]) > 1 and len(levels) < max_levels:
         h, w = levels[-1].shape[-2:]
-        levels.append(F.interpolate(levels[-1], size=(max(1, h // 2), max(1, w // 2)), mode="area"))
+        if h % 2 == 0 and w % 2 == 0:
+            levels.append(F.avg_pool2d(levels[-1], 2))
+        else:
+            levels.append(F.interpolate(levels[-1], size=(max(1, h // 2), max(1, w // 2)), mode="area"))
     return levels
 
 

@@ -1,10 +1,10 @@
 """A texture parameterised as a fixed base plus a multi-resolution residual pyramid.
 
 texture = base (the original texels, full resolution, fixed) + upsample(residual), where
-residual = levels[0] + up(levels[1] + up(levels[2] + ...)) is composed coarse to fine; `up` is a bilinear 2x
-enlargement followed by a [1, 2, 1] blur (like the EXPAND of a Burt-Adelson pyramid), which removes each
-coarse level's own highest frequency: without it, coarse texels that Adam moves independently show as 4-16
-texel blocks in the final texture. levels[0] has the "matched" resolution, about one texel per screen pixel
+residual = levels[0] + up(levels[1] + up(levels[2] + ...)) is composed coarse to fine; `up` is a [1, 2, 1]
+blur followed by a bilinear 2x enlargement (smooth, like the EXPAND of a Burt-Adelson pyramid), which removes
+each coarse level's own highest frequency: without it, coarse texels that Adam moves independently show as
+4-16 texel blocks in the final texture. levels[0] has the "matched" resolution, about one texel per screen pixel
 (finer levels would only add texel noise the renders cannot show); each coarser level has half the
 resolution and a learning rate scaled by `level_lr_scale` per level, so large-scale strokes form without
 the coarse levels overshooting.
@@ -39,16 +39,41 @@ def matched_size(texture_size: tuple[int, int], finest_side: int) -> tuple[int, 
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
+def _blur_zero_padded(image: torch.Tensor) -> torch.Tensor:
+    """Separable [1, 2, 1] / 4 blur over the last two dims, zero outside (so the operator is symmetric)."""
+    x = image * 0.5
+    x[..., 1:].add_(image[..., :-1], alpha=0.25)
+    x[..., :-1].add_(image[..., 1:], alpha=0.25)
+    y = x * 0.5
+    y[..., 1:, :].add_(x[..., :-1, :], alpha=0.25)
+    y[..., :-1, :].add_(x[..., 1:, :], alpha=0.25)
+    return y
+
+
+class _Blur(torch.autograd.Function):
+    """The blur is its own adjoint: backward blurs the gradient (no autograd graph of slices)."""
+
+    @staticmethod
+    def forward(ctx, image: torch.Tensor) -> torch.Tensor:
+        return _blur_zero_padded(image)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _blur_zero_padded(grad)
+
+
+def blur(image: torch.Tensor) -> torch.Tensor:
+    """[..., H, W] separable [1, 2, 1] / 4 blur, zero-padded (edges of a residual fade towards "no change")."""
+    return _Blur.apply(image)
+
+
 def enlarge(image: torch.Tensor, size: tuple[int, int], mode: str = "smooth") -> torch.Tensor:
-    """[1, C, h, w] -> [1, C, *size]: "smooth" is bilinear then a separable [1, 2, 1] / 4 blur (edges
-    replicated); "bilinear" / "bicubic" are plain interpolation."""
-    if mode != "smooth":
-        return F.interpolate(image, size=size, mode=mode, align_corners=False)
-    up = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
-    c = up.shape[1]
-    k = torch.tensor([0.25, 0.5, 0.25], dtype=up.dtype, device=up.device)
-    up = F.conv2d(F.pad(up, (1, 1, 0, 0), mode="replicate"), k.view(1, 1, 1, 3).repeat(c, 1, 1, 1), groups=c)
-    return F.conv2d(F.pad(up, (0, 0, 1, 1), mode="replicate"), k.view(1, 1, 3, 1).repeat(c, 1, 1, 1), groups=c)
+    """[1, C, h, w] -> [1, C, *size]: "smooth" blurs with [1, 2, 1] / 4 at the small size (removing its
+    highest frequency, which would otherwise show as texel cells) then interpolates bilinearly;
+    "bilinear" / "bicubic" are plain interpolation."""
+    if mode == "smooth":
+        return F.interpolate(blur(image), size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(image, size=size, mode=mode, align_corners=False)
 
 
 class TexturePyramid:
@@ -83,7 +108,7 @@ class TexturePyramid:
 
     def residual_mips(self, count: int) -> list[torch.Tensor]:
         """The residual and its box-filtered mip levels (up to `count` levels)."""
-        return mip_chain(self.residual())[:count]
+        return mip_chain(self.residual(), max_levels=count)
 
     def texture(self) -> torch.Tensor:
         """[3, H, W] base + upsampled residual (not clamped)."""
