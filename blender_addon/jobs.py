@@ -32,6 +32,23 @@ KEY_PREFIX = "nst3d_"
 JOB_VERSION = 1
 
 
+def _release_typing_caches() -> None:
+    """Work around a bpy 4.5 *module* shutdown hang: when something (here: typing's generic-alias cache,
+    filled by torch and the glTF exporter) keeps `bpy` alive through interpreter teardown, bpy's sound
+    thread is never stopped and its C++ static destructor blocks forever in pthread_cond_destroy.
+    Clearing typing's caches at exit lets bpy shut down normally. Not needed inside Blender itself."""
+    import typing
+
+    for clear in getattr(typing, "_cleanups", ()):
+        clear()
+
+
+if not bpy.app.binary_path:  # the `bpy` module (pip install bpy), not the Blender executable
+    import atexit
+
+    atexit.register(_release_typing_caches)
+
+
 class JobError(WorkerError):
     """Why a job could not start or finish, in one line (shown in the panel)."""
 
@@ -471,6 +488,8 @@ def apply_result(plan: Plan, result: Event) -> dict[str, list[str]]:
     assigned: dict[str, list[str]] = {}
     for target, image in zip(plan.targets, images, strict=True):
         material = styled_material(target, image)
+        if (source := bpy.data.materials.get(target.source) if target.source else None) is not None:
+            source.use_fake_user = True  # unassigned, it would be dropped when the file is saved
         for object_name, index in target.slots:
             ob = bpy.data.objects.get(object_name)
             if ob is None:

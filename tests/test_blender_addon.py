@@ -312,8 +312,9 @@ def test_stylize_selected_end_to_end_and_undo(empty_file, prefs, style_image, re
     cube, ball = bpy.data.objects["Textured"], bpy.data.objects["Plain"]
     assert cube.material_slots[0].material.name == "Painted_styled"
     assert ball.material_slots[0].material.name == "Plain_Red_styled"
-    # the originals are still in the file, untouched
+    # the originals are still in the file, untouched (a fake user keeps them when the file is saved)
     assert bpy.data.materials["Painted"].node_tree.nodes["Image Texture"].image.name == "Checker"
+    assert bpy.data.materials["Painted"].use_fake_user and bpy.data.materials["Red"].use_fake_user
     np.testing.assert_array_equal(pixels(bpy.data.images["Checker"]), checker)
     # the new images exist, are packed, and differ from the originals
     styled = bpy.data.images["Checker_styled"]
@@ -332,6 +333,7 @@ def test_stylize_selected_end_to_end_and_undo(empty_file, prefs, style_image, re
     assert cube.material_slots[0].material.name == "Painted"
     assert ball.material_slots[0].material.name == "Red"
     assert len(ball.data.uv_layers) == 0
+    assert not bpy.data.materials["Painted"].use_fake_user
     assert "Painted_styled" not in bpy.data.materials and "Checker_styled" not in bpy.data.images
     bpy.ops.ed.redo()
     assert bpy.data.objects["Textured"].material_slots[0].material.name == "Painted_styled"
@@ -475,3 +477,24 @@ def test_batch_script_errors(style_image, tmp_path, addon):
                           capture_output=True, text=True, env=env, timeout=300)
     assert same.returncode == 2 and "never overwritten" in same.stderr
     assert not out.exists()
+
+
+def test_batch_options_parse_the_same_without_nst3d(monkeypatch, style_image, addon):
+    """Inside a Blender Python without nst3d the worker parses the options: same result as in-process."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("batch_stylize", REPO / "scripts" / "batch_stylize.py")
+    batch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(batch)
+    argv = ["scene.blend", "--style", str(style_image), "--steps", "7", "--objects", "Chair*", "-o", "out.blend",
+            "--texture-size", "64", "--style-map", f"Wood={style_image}", "--loss", "adain"]
+    args, fields = batch.parse(argv)
+    monkeypatch.setattr(batch, "nst3d_here", lambda: False)
+    args2, fields2 = batch.parse(argv)
+    assert fields2 == fields
+    assert (args2.scene, args2.output, args2.objects) == (args.scene, args.output, args.objects) \
+        == (Path("scene.blend"), Path("out.blend"), ["Chair*"])
+    assert fields["options"]["steps"] == 7 and fields["options"]["loss"] == "adain"
+    assert fields["texture_size"] == 64 and fields["style_map"] == {"Wood": [str(style_image.resolve())]}
+    with pytest.raises(batch.BatchError, match="steps"):
+        batch.parse(["scene.blend", "--style", str(style_image), "--steps", "x", "-o", "o.blend"])
