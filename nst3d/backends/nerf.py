@@ -381,14 +381,12 @@ class GeometryPiece:
         return sum(t.untyped_storage().nbytes() for t in tensors)
 
 
-@torch.no_grad()
-def view_geometry(model: Any, cameras: Cameras, index: int, patch_rays: int) -> list[GeometryPiece]:
-    """One view's geometry in patches of patch_rays rays (row-major), from the model's own collider,
-    proposal sampler and density field."""
+def view_geometry(model: Any, cameras: Cameras, index: int, patch_rays: int) -> Iterator[GeometryPiece]:
+    """One view's geometry, patch by patch (patch_rays rays each, row-major), from the model's own collider,
+    proposal sampler and density field. A generator: only the patch being used is in memory."""
     rays = _view_rays(model, cameras, index)
-    pieces = []
-    with eval_mode(model), model.original():
-        for start in range(0, len(rays), patch_rays):
+    for start in range(0, len(rays), patch_rays):
+        with torch.no_grad(), eval_mode(model), model.original():
             part = model.collider(rays[start:start + patch_rays])
             samples, _, _ = model.proposal_sampler(part, density_fns=model.density_fns)
             density, _ = model.field.get_density(samples)
@@ -397,8 +395,7 @@ def view_geometry(model: Any, cameras: Cameras, index: int, patch_rays: int) -> 
             accumulation = model.renderer_accumulation(weights=weights)
             z = model.renderer_expected_depth(weights=weights, ray_samples=samples) / part.metadata["directions_norm"]
             depth = torch.where(accumulation >= DEPTH_MIN_ACCUMULATION, z, torch.zeros_like(z))
-            pieces.append(GeometryPiece(samples, positions, weights, accumulation, depth))
-    return pieces
+        yield GeometryPiece(samples, positions, weights, accumulation, depth)
 
 
 def shade(model: Any, piece: GeometryPiece) -> torch.Tensor:
@@ -475,26 +472,35 @@ class NerfBackend:
         self._geometry: dict[int, list[GeometryPiece]] = {}  # pool index -> geometry (model device)
         self.geometry_bytes = 0
 
-    def geometry(self, pool_index: int) -> list[GeometryPiece]:
-        """A pool view's frozen geometry, kept while the cache stays within its budget."""
+    def geometry(self, pool_index: int) -> Iterator[GeometryPiece]:
+        """A pool view's frozen geometry, patch by patch: from the cache, else computed (and cached when the
+        whole view fits in the budget; otherwise each patch is dropped once used)."""
         if pool_index in self._geometry:
-            return self._geometry[pool_index]
-        pieces = view_geometry(self.model, self.pool, pool_index, self.patch_rays)
-        size = sum(piece.nbytes for piece in pieces)
-        if self.geometry_bytes + size <= self.geometry_budget:
-            self._geometry[pool_index] = pieces
+            yield from self._geometry[pool_index]
+            return
+        kept: list[GeometryPiece] | None = []
+        size = 0
+        for piece in view_geometry(self.model, self.pool, pool_index, self.patch_rays):
+            if kept is not None:
+                size += piece.nbytes
+                kept = kept + [piece] if self.geometry_bytes + size <= self.geometry_budget else None
+            yield piece
+        if kept is not None:
+            self._geometry[pool_index] = kept
             self.geometry_bytes += size
-        return pieces
 
     def _pool_render(self, views: NerfViews) -> Render:
         """Stylized render of pool views from their geometry (autograd follows grad mode)."""
         h, w = views.cameras.height, views.cameras.width
+        image = lambda parts, c: torch.cat(parts).view(h, w, c).permute(2, 0, 1)[None]  # noqa: E731
         out = []
         for index in views.pool_index:
-            pieces = self.geometry(index)
-            image = lambda parts, c: torch.cat(parts).view(h, w, c).permute(2, 0, 1)[None]  # noqa: E731
-            out.append(Render(image([shade(self.model, p) for p in pieces], 3),
-                              image([p.accumulation for p in pieces], 1), image([p.depth for p in pieces], 1)))
+            rgb, accumulation, depth = [], [], []
+            for piece in self.geometry(index):
+                rgb.append(shade(self.model, piece))
+                accumulation.append(piece.accumulation)
+                depth.append(piece.depth)
+            out.append(Render(image(rgb, 3), image(accumulation, 1), image(depth, 1)))
         return Render(torch.cat([r.rgb for r in out]), torch.cat([r.mask for r in out]),
                       torch.cat([r.depth for r in out]))
 
