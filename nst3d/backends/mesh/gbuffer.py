@@ -29,6 +29,7 @@ class GBuffer:
 
     face:     [V, H, W] int64   triangle index into the WorldMesh (-1 = background)
     bary:     [V, H, W, 2]      barycentrics (u, v) of the hit: point = (1-u-v) p0 + u p1 + v p2
+                                (bary, uv, normal and lod are undefined on the background: check face/slot)
     depth:    [V, H, W]         camera-space z (OpenCV) of the hit, 0 on the background
     normal:   [V, H, W, 3]      world-space unit shading normal (vertex normals interpolated), facing the camera
                                 (None when the rasterize call did not ask for normals)
@@ -89,6 +90,10 @@ class Rasterizer:
             uv[f].reshape(-1, 6), mesh.normals[f].reshape(-1, 9), face_normal,
             np.log2(np.maximum(density, 1e-12))[:, None], mesh.face_slot[:, None].astype(np.float64)],
             axis=1).astype(np.float32))
+        background = torch.zeros(1, self.face_table.shape[1])
+        background[0, 19] = -1  # the row misses read: slot -1
+        self.face_table = torch.cat([self.face_table, background])
+        self.wraps = bool(uv.size and (uv.min() < 0 or uv.max() > 1))
         self.faces = torch.from_numpy(f.astype(np.int64))
 
     def cast(self, cameras: Cameras, normals: bool = True) -> GBuffer:
@@ -98,43 +103,45 @@ class Rasterizer:
         parts = []
         for index in range(len(cameras)):
             cam = cameras[index]
-            origins, dirs = cam.rays()  # [1, H, W, 3]; t along dirs = camera z
-            rays = torch.cat([origins, dirs], dim=-1).reshape(-1, 6).numpy()
-            result = self.scene.cast_rays(o3d.core.Tensor(rays))
+            # open3d's pinhole rays match Cameras.rays(): pixel centres, directions with camera z = 1, so
+            # t_hit is the camera-space depth.
+            rays = o3d.t.geometry.RaycastingScene.create_rays_pinhole(
+                o3d.core.Tensor(cam.K[0].double().numpy()), o3d.core.Tensor(cam.world_to_cam[0].double().numpy()),
+                cam.width, cam.height).reshape((-1, 6))
+            result = self.scene.cast_rays(rays)
             t = torch.from_numpy(result["t_hit"].numpy())
             ids = torch.from_numpy(result["primitive_ids"].numpy().astype(np.int64))
             bary = torch.from_numpy(result["primitive_uvs"].numpy())
-            parts.append(self._shade_data(cam, t, ids, bary, dirs.reshape(-1, 3), normals))
+            dirs = torch.from_numpy(rays.numpy()[:, 3:])
+            parts.append(self._shade_data(cam, t, ids, bary, dirs, normals))
         return GBuffer(**{k: None if getattr(parts[0], k) is None else torch.cat([getattr(p, k) for p in parts])
                           for k in GBuffer.__dataclass_fields__})
 
     def _shade_data(self, cam: Cameras, t: torch.Tensor, ids: torch.Tensor, bary: torch.Tensor,
                     dirs: torch.Tensor, normals: bool) -> GBuffer:
         h, w = cam.height, cam.width
-        hit = torch.isfinite(t) & (ids != 4294967295)
-        face = torch.where(hit, ids, -1)
-        rows = self.face_table.index_select(0, face.clamp(min=0))  # [P, 21]
+        background = len(self.face_table) - 1  # the table's last row: slot -1, zeros
+        safe = ids.clamp(max=background)  # misses are 2^32 - 1
+        hit = safe < background
+        face = torch.where(hit, safe, -1)
+        rows = self.face_table.index_select(0, safe)  # [P, 21]
         b1, b2 = bary[:, 0:1], bary[:, 1:2]
         uv = _interpolate(rows, b1, b2, 0, 2)
-        uv = torch.where((uv < 0) | (uv > 1), uv - uv.floor(), uv)
+        if self.wraps:
+            uv = torch.where((uv < 0) | (uv > 1), uv - uv.floor(), uv)
         unit_dirs = F.normalize(dirs, dim=-1)
         normal = None
         if normals:
             normal = F.normalize(_interpolate(rows, b1, b2, 6, 3), dim=-1)
-            normal = torch.where((normal * unit_dirs).sum(-1, keepdim=True) > 0, -normal, normal)
-            normal = torch.where(hit[:, None], normal, 0.0).view(1, h, w, 3)
+            normal = torch.where((normal * unit_dirs).sum(-1, keepdim=True) > 0, -normal, normal).view(1, h, w, 3)
         slant = (rows[:, 15:18] * unit_dirs).sum(-1).abs().clamp(min=MIN_SLANT)
         depth = torch.where(hit, t, 0.0)
         K = cam.K[0].float()
         # Pixel footprint on the surface: (z / f)^2 / slant world units^2; times the UV density -> UV area.
-        log_area = rows[:, 18] + 2 * torch.log2(depth.clamp(min=1e-12)) - torch.log2(K[0, 0] * K[1, 1]) \
-            - torch.log2(slant)
-        mask = hit[:, None]
-        return GBuffer(face=face.view(1, h, w), bary=torch.where(mask, bary, 0.0).view(1, h, w, 2),
-                       depth=depth.view(1, h, w), normal=normal,
-                       slot=torch.where(hit, rows[:, 19].long(), -1).view(1, h, w),
-                       uv=torch.where(mask, uv, 0.0).view(1, h, w, 2),
-                       lod=torch.where(hit, 0.5 * log_area, 0.0).view(1, h, w), coverage=hit.float().view(1, h, w))
+        log_area = rows[:, 18] + torch.log2(depth.square().clamp(min=1e-24) / slant) - torch.log2(K[0, 0] * K[1, 1])
+        return GBuffer(face=face.view(1, h, w), bary=bary.view(1, h, w, 2), depth=depth.view(1, h, w),
+                       normal=normal, slot=rows[:, 19].long().view(1, h, w), uv=uv.view(1, h, w, 2),
+                       lod=(0.5 * log_area).view(1, h, w), coverage=hit.float().view(1, h, w))
 
     def rasterize(self, cameras: Cameras, supersample: int = 1, normals: bool = True
                   ) -> tuple[GBuffer, GBuffer | None]:
