@@ -147,8 +147,19 @@ def test_ctrl_c_stops_cleanly_and_leaves_no_output(images, random_weights_file, 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_demo_runs_on_the_built_in_sample(random_weights_file, tmp_path):
-    r = nst3d("demo", "-o", tmp_path / "demo", "--steps", 2, "--size", 32, "--weights", random_weights_file, "--quiet")
+def test_image_demo_runs_on_the_built_in_picture(random_weights_file, tmp_path):
+    r = nst3d("demo", "--image", "-o", tmp_path / "demo", "--steps", 2, "--size", 32, "--weights", random_weights_file,
+              "--quiet")
     assert r.returncode == 0, r.stderr
     names = {p.name for p in (tmp_path / "demo").iterdir()}
     assert {"stylized.png", "contact_sheet.png", "report.json", "inputs"} <= names
+
+
+@pytest.mark.slow
+def test_scene_demo_writes_a_glb_contact_sheet_turntable_and_report(random_weights_file, tmp_path):
+    r = nst3d("demo", "-o", tmp_path / "demo", "--steps", 2, "--size", 48, "--weights", random_weights_file,
+              "--quiet")
+    assert r.returncode == 0, r.stderr
+    names = {p.name for p in (tmp_path / "demo").iterdir()}
+    assert {"contact_sheet.png", "turntable.gif", "report.json", "inputs"} <= names
+    assert any(name.endswith("_styled.glb") for name in names)
