@@ -17,7 +17,6 @@ from nst3d.files import load_image, resize_to
 from nst3d.losses import LOSS_KINDS, Objective, StyleTarget
 from nst3d.stylize import OPTIMIZERS, LoopConfig
 
-
 NNFM_TV_WEIGHT = 1.0
 
 
