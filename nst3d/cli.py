@@ -22,13 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nst3d {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"nst3d.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"nst3d.commands.{name}":
-                raise
-            continue  # TODO(integration): remove once every command module exists
-        module.register(sub)
+        importlib.import_module(f"nst3d.commands.{name}").register(sub)
     return parser
 
 
