@@ -222,6 +222,82 @@ def test_style_list_operators(empty_file, style_image):
     assert len(settings.styles) == 1 and settings.style_index == 0
 
 
+class LayoutRecorder:
+    """Stands in for UILayout, which needs a window to exist (none in background mode). It checks what the
+    real one would: every property drawn exists on its data, every operator is registered."""
+
+    def __init__(self):
+        self.props, self.operators, self.labels, self.progress_text, self.enabled = [], [], [], None, True
+
+    def row(self, **_kw):
+        return self
+
+    column = box = row
+
+    def prop(self, data, name, **_kw):
+        assert name in data.bl_rna.properties, name
+        self.props.append(name)
+
+    def operator(self, idname, **_kw):
+        module, name = idname.split(".")
+        assert getattr(getattr(bpy.ops, module), name).get_rna_type() is not None
+        self.operators.append(idname)
+
+    def label(self, text="", **_kw):
+        self.labels.append(text)
+
+    def template_list(self, list_type, _list_id, data, propname, active_data, active_propname, **_kw):
+        assert hasattr(bpy.types, list_type)
+        assert propname in data.bl_rna.properties and active_propname in active_data.bl_rna.properties
+
+    def progress(self, factor=0.0, type="BAR", text=""):
+        assert 0.0 <= factor <= 1.0
+        self.progress_text = text
+
+
+def _draw_panel() -> LayoutRecorder:
+    from types import SimpleNamespace
+
+    layout = LayoutRecorder()
+    bpy.types.NST3D_PT_style.draw(SimpleNamespace(layout=layout), bpy.context)
+    return layout
+
+
+def test_panel_draws_every_state(empty_file):
+    from blender_addon import operators
+
+    idle = _draw_panel()
+    assert {"loss", "strength", "steps", "size", "views", "texture_size", "preserve_color"} <= set(idle.props)
+    assert "nst3d.stylize_selected" in idle.operators and idle.progress_text is None
+
+    status = bpy.context.window_manager.nst3d
+    status.error = "the worker stopped unexpectedly (exit status 139): Segmentation fault (core dumped)"
+    failed = _draw_panel()
+    assert " ".join(failed.labels[1:]) == status.error  # wrapped over lines, nothing lost
+
+    operators.ACTIVE["job"] = "running"
+    try:
+        status.error, status.stage, status.step, status.total, status.loss = "", "stylizing", 30, 300, 0.25
+        running = _draw_panel()
+    finally:
+        operators.ACTIVE.pop("job")
+    assert running.progress_text == "stylizing: step 30/300, loss 0.25"
+    assert "nst3d.cancel" in running.operators and "nst3d.stylize_selected" not in running.operators
+
+
+def test_preferences_draw(prefs):
+    layout = LayoutRecorder()
+
+    class Drawn:
+        def __getattr__(self, name):
+            return layout if name == "layout" else getattr(prefs, name)
+
+    prefs.check_result = "Python: x\nProblem: torch cannot be imported"
+    type(prefs).draw(Drawn(), bpy.context)
+    assert layout.props == ["python_path", "device", "weights_path", "keep_job_files"]
+    assert layout.operators == ["nst3d.check_worker"] and "Problem: torch cannot be imported" in layout.labels
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Failures leave the scene unchanged, with the reason in the panel
 
