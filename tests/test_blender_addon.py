@@ -8,6 +8,7 @@ Undo does work in background mode with the bpy module, and is exercised for real
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -354,6 +355,9 @@ def test_crashing_worker(empty_file, prefs, style_image, tmp_path):
     prefs.python_path = str(fake)
     error = _stylize_fails("stopped unexpectedly")
     assert "exit status 139" in error and "Segmentation fault" in error
+    log = Path(error.split("(log: ")[1].rstrip(")"))  # a crash keeps the job folder for the user
+    assert "Segmentation fault" in log.read_text()
+    shutil.rmtree(log.parent)
 
 
 def test_worker_error_is_shown(empty_file, prefs, real_weights, tmp_path):
