@@ -32,19 +32,24 @@ class JsonLines:
 
 
 class ProgressBar:
-    """Show "progress" events as a tqdm bar with the current loss; other events as short lines."""
+    """Show "progress" events as a tqdm bar with the current loss, a new bar whenever the stage changes (the
+    per-view baseline runs one stage per view); other events as short lines."""
 
     def __init__(self, desc: str = "stylizing", quiet: bool = False):
         self.desc = desc
         self.quiet = quiet
         self.bar = None
+        self.stage: str | None = None
 
     def __call__(self, event: Event) -> None:
         if self.quiet:
             return
         kind = event.get("event")
         if kind == "progress":
+            if self.bar is not None and event.get("stage") != self.stage:
+                self.close()
             if self.bar is None:
+                self.stage = event.get("stage")
                 from tqdm import tqdm
 
                 self.bar = tqdm(total=event["total"], desc=event.get("stage", self.desc), unit="step",

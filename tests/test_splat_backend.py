@@ -125,7 +125,7 @@ def test_consistency_term_between_overlapping_training_views(vgg):
     objective = ConsistentObjective(plain, backend, weight=10.0)
     assert objective.content_layer == "relu2_2" and objective.target is target
     with torch.no_grad():
-        backend.field.values[0].normal_(0.0, 0.3)  # colours that disagree between views
+        backend.free_colors.normal_(0.0, 0.3)  # colours that disagree between views
     render = backend.render(batch)
     terms = objective(render.rgb, render.mask, None)
     assert float(terms["consistency"].detach()) > 1e-3

@@ -78,3 +78,15 @@ def test_content_features_are_computed_once_for_a_keyed_view(setup, monkeypatch)
     monkeypatch.setattr(objective, "content_features", lambda rgb: calls.append(1) or original(rgb))
     stylize(ImageBackend(content), objective, LoopConfig(steps=4))
     assert len(calls) == 1
+
+
+def test_progress_bar_starts_a_new_bar_when_the_stage_changes(capsys):
+    from nst3d.events import ProgressBar
+
+    bar = ProgressBar()
+    for stage in ("stylizing", "stylizing", "baseline view 1", "baseline view 2"):
+        bar({"event": "progress", "stage": stage, "step": 1, "total": 2, "loss": 1.0})
+    bar.close()
+    err = capsys.readouterr().err
+    assert "baseline view 1" in err and "baseline view 2" in err and err.count("stylizing:") >= 1
+    assert bar.bar is None

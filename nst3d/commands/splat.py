@@ -39,10 +39,11 @@ from nst3d.options import (
     with_defaults,
 )
 from nst3d.preview import contact_sheet
-from nst3d.stylize import stylize
+from nst3d.stylize import LoopConfig, stylize
 
-DEFAULT_CONSISTENCY = 10.0
-DEFAULTS = BackendDefaults(steps=300, size=256, views=2, content_weight=0.02, tv_weight=0.0, lr=0.02,
+DEFAULT_CONSISTENCY = 20.0
+BASELINE_LR = 0.02  # the image backend's default: the per-view baseline optimises pixels
+DEFAULTS = BackendDefaults(steps=300, size=256, views=2, content_weight=0.02, tv_weight=0.0, lr=0.03,
                            style_scales=(1.0, 0.5))
 
 
@@ -65,9 +66,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the scene's up axis for orbits (auto: the capture's, else the thinnest axis)")
     p.add_argument("--pool", type=int, default=48, metavar="N", help="training views set up once (default 48)")
     p.add_argument("--held-out", type=int, default=4, metavar="N", help="held-out anchor views for the report")
-    p.add_argument("--color-field", type=int, metavar="RES",
-                   help="finest resolution of the 3D colour field the style is painted into (default: --size, "
-                        "4x that with --cameras); 0 gives every Gaussian its own colour (sharper, less consistent)")
+    p.add_argument("--color-field", type=int, default=0, metavar="RES",
+                   help="paint the style into a sparse multi-resolution 3D colour field of this finest resolution, "
+                        "read at the Gaussian centres (smoother, coarser strokes); default 0: every Gaussian has "
+                        "its own colour")
     p.add_argument("--consistency-weight", type=float, default=DEFAULT_CONSISTENCY, metavar="W",
                    help="weight of the multi-view consistency term between each batch's overlapping views "
                         f"(default {DEFAULT_CONSISTENCY:g}; 0 turns it off)")
@@ -77,20 +79,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_style_options(p, DEFAULTS)
     p.set_defaults(run=run)
-
-
-def new_bar_per_stage(sink: EventSink) -> EventSink:
-    """Pass events on, closing the bar when the stage changes (the per-view baseline runs one stage per view)."""
-    last: list[str | None] = [None]
-
-    def send(event: dict) -> None:
-        if event.get("event") == "progress" and event.get("stage") != last[0]:
-            if last[0] is not None:
-                sink({"event": "stage_done", "stage": last[0]})
-            last[0] = event.get("stage")
-        sink(event)
-
-    return send
 
 
 def side_paths(output: Path, report: Path | None) -> tuple[Path, Path]:
@@ -113,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
                                 compare_baseline=args.compare_baseline, up=args.up, pool=args.pool,
                                 held_out=args.held_out, cleanup=args.cleanup, color_field=args.color_field,
                                 consistency_weight=args.consistency_weight, sheet=sheet,
-                                on_event=new_bar_per_stage(bar))
+                                on_event=bar)
     bar.close()
     write_json(report, report_path)
     style = report["evaluation"]["style_distance"]
@@ -125,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
 def stylize_splat_file(scene_path: Path, output: Path, opts: StyleOptions, *, cameras: Path | None = None,
                        dataparser_transforms: Path | None = None, view_dependent: bool = False,
                        compare_baseline: bool = False, up: str = "auto", pool: int = 48, held_out: int = 4,
-                       cleanup: bool = False, color_field: int | None = None,
+                       cleanup: bool = False, color_field: int = 0,
                        consistency_weight: float = DEFAULT_CONSISTENCY, sheet: Path | None = None,
                        on_event: EventSink = ignore,
                        should_stop=None) -> dict[str, Any]:
@@ -155,7 +143,8 @@ def stylize_splat_file(scene_path: Path, output: Path, opts: StyleOptions, *, ca
     optimised = time.perf_counter()
     backend.keep_chroma = opts.preserve_color == "luminance"
     held = backend.held_out(held_out)
-    baseline = loop_config(opts, stage="per-view baseline") if compare_baseline else None
+    baseline = LoopConfig(steps=opts.steps, lr=BASELINE_LR, seed=opts.seed, stage="per-view baseline")
+    baseline = baseline if compare_baseline else None
     evaluation, renders = evaluate_with_renders(
         lambda cams: backend.render_cameras(cams, "stylized"), lambda cams: backend.render_cameras(cams, "original"),
         held, objective, baseline_config=baseline, on_event=on_event, should_stop=should_stop)

@@ -1,8 +1,14 @@
 """The Gaussian-splat backend: colours are the parameters; means, scales, rotations and opacities are fixed.
 
-Parameters: each Gaussian's base colour (the SH DC term as RGB, c = SH_C0 * f_dc + 0.5) and, with
-`view_dependent`, its higher-order SH coefficients; otherwise those are zeroed in the output (the style is
-the same from every side, as a painting is). The original full-SH appearance is the content target.
+Parameters: an offset to each Gaussian's base colour (the SH DC term as RGB, c = SH_C0 * f_dc + 0.5), free
+per Gaussian or read from a 3D ColorField, and, with `view_dependent`, its higher-order SH coefficients;
+otherwise those are zeroed in the output (the style is the same from every side, as a painting is). The
+original full-SH appearance is the content target.
+
+Consistency: a trained splat builds its surface from many overlapping, semi-transparent discs, so a colour
+pattern finer than the discs can only come from blends that change with the view angle. ConsistentObjective
+adds a term that compares each training batch's neighbouring views where they see the same surface (warped
+by depth, as nst3d.eval measures it), which steers the optimiser to patterns that hold from every side.
 
 Views: a pool of training cameras is set up once, either orbiting the object (Fibonacci directions with
 jitter and random zoom, framed on robust percentile bounds, since splat scenes have floaters) or the
@@ -237,13 +243,15 @@ def _apply_dataparser_transform(c2w: torch.Tensor, path: Path) -> torch.Tensor:
 
 
 class ColorField:
-    """Colour offsets on sparse multi-resolution 3D grids, read (trilinearly) at each Gaussian's centre.
+    """Colour offsets on sparse multi-resolution 3D grids, read (trilinearly) at each Gaussian's centre: the
+    --color-field option.
 
-    Gaussians stacked in the same small region share their colour change, so the blend of layers seen from
-    different angles stays the same colour (a per-Gaussian colour lets each layer drift apart, which shows as
-    view-dependent flicker); the coarse levels also build strokes larger than a Gaussian. Only voxels that
-    hold a Gaussian's corner are stored: level l has at most 8 N entries, whatever its resolution.
-    Levels: `finest`, finest / 2, ... (at least 2 voxels) over the box lo..hi [3].
+    Gaussians in the same small region share their colour change and the coarse levels build strokes larger
+    than a Gaussian. (Measured on the donut: it does not by itself make views more consistent, since large
+    overlapping discs still blend differently per view, and it matches the style less well than free colours
+    under the same consistency term; so it is off by default.) Only voxels that hold a Gaussian's corner are
+    stored: level l has at most 8 N entries, whatever its resolution. Levels: `finest`, finest / 2, ... (at
+    least 2 voxels) over the box lo..hi [3].
     """
 
     def __init__(self, positions: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, finest: int, levels: int = 4):
@@ -302,10 +310,11 @@ class SplatBackend:
                  view_dependent: bool = False, capture: Cameras | None = None, up: str = "auto",
                  lr: float | None = None, init: str = "content", device: torch.device | str = "cpu",
                  seed: int = 0, jitter_degrees: float = 12.0, zoom_range: tuple[float, float] = (0.8, 1.1),
-                 field_resolution: int | None = None, field_levels: int = 4,
+                 field_resolution: int = 0, field_levels: int = 4,
                  on_event: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None):
-        """field_resolution: finest grid of the colour field (None: the render size, 4x that for a capture's
-        inside-out views; 0: no field, one free colour per Gaussian)."""
+        """field_resolution: 0 (default) gives every Gaussian a free colour offset; > 0 paints the offsets into
+        a ColorField of that finest resolution instead (smoother, coarser strokes; on the donut it matched the
+        style less well for the same consistency)."""
         self.device = torch.device(device)
         self.scene = scene.to(self.device)
         self.size = size
@@ -325,8 +334,6 @@ class SplatBackend:
         elif init != "content":
             raise ValueError(f"unknown init {init!r}; use content or noise")
         self.start_colors = base.clone()  # [N, 3] colour of the DC term before optimising
-        if field_resolution is None:
-            field_resolution = size * (4 if capture is not None else 1)
         if field_resolution > 0:
             margin = 0.02 * (self.points.max(0).values - self.points.min(0).values)
             lo = torch.quantile(self.points, 0.005, dim=0) - margin
