@@ -249,7 +249,10 @@ def evaluate_renders(stylized: Render, content: Render, held: HeldOutViews, obje
 
 
 class _MaskedImage:
-    """The image backend's pixels for one view, with the view's mask in the losses (like the 3D backends)."""
+    """The image backend's pixels for one view, painted over the view's own background: the loss sees
+    mask * pixels + (1 - mask) * content, as the 3D backends' renders are the asset over a background the
+    stylization cannot change (a 2D baseline that also painted the background would not be a stylization of
+    the asset, and its strokes around the silhouette would count in the masked style statistics)."""
 
     deferred = False
 
@@ -267,7 +270,7 @@ class _MaskedImage:
         return self
 
     def render(self, views: Any) -> Render:
-        return Render(self.image.pixels, self.mask)
+        return Render(self._over_background(self.image.pixels), self.mask)
 
     def render_content(self, views: Any) -> Render:
         return Render(self.image.content, self.mask)
@@ -275,10 +278,21 @@ class _MaskedImage:
     def backward_image(self, views: Any, grad_rgb: torch.Tensor) -> None:
         raise NotImplementedError
 
+    def _over_background(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.mask is None:
+            return pixels
+        coverage = _union(self.mask)
+        return coverage * pixels + (1 - coverage) * self.image.content
+
+    def result(self) -> torch.Tensor:
+        """[3, H, W] the stylized view, clamped to [0, 1]."""
+        return self._over_background(self.image.pixels.detach()).clamp(0, 1)[0]
+
 
 def per_view_baseline(content: Render, objective: Any, config: LoopConfig, on_event: EventSink = ignore,
                       should_stop: Callable[[], bool] | None = None) -> Render:
-    """Each view of `content` stylized independently (image backend, the same objective, masks and steps).
+    """Each view of `content` stylized independently (image backend, the same objective, masks and steps;
+    only the asset's pixels change, the background stays).
 
     Returns a Render with the stylized rgb [V, 3, H, W] (clamped to [0, 1]) and content's mask and depth.
     """
@@ -290,7 +304,7 @@ def per_view_baseline(content: Render, objective: Any, config: LoopConfig, on_ev
         stage = f"{config.stage} view {index + 1}/{len(content.rgb)}"
         view_config = replace(config, seed=config.seed + index, stage=stage)
         stylize(view, objective, view_config, on_event, should_stop)
-        out.append(view.image.result().cpu())
+        out.append(view.result().cpu())
     return Render(torch.stack(out), content.mask, content.depth)
 
 

@@ -131,16 +131,27 @@ def test_a_killed_batch_loses_only_the_jobs_in_flight(assets, random_weights_fil
 
 
 @pytest.mark.slow
-def test_ray_local_runs_the_same_jobs(assets, random_weights_file, tmp_path):
+def test_ray_local_runs_images_a_mesh_and_a_splat(assets, random_weights_file, tmp_path):
     pytest.importorskip("ray")
-    jobs_csv = write_csv(assets, ["a.png,style.png,2,", "corrupt.png,style.png,2,", "b.png,style.png,2,"])
+    from nst3d.backends.splat.ply import save_gaussians
+    from tests.mesh_data import two_object_glb
+    from tests.test_splat_backend import ball
+
+    two_object_glb(assets / "scene.glb")
+    save_gaussians(assets / "ball.ply", **ball(400))
+    jobs_csv = write_csv(assets, ["a.png,style.png,2,", "corrupt.png,style.png,2,", "scene.glb,style.png,2,",
+                                  "ball.ply,style.png,2,"])
     results = tmp_path / "results"
-    r = nst3d("batch", jobs_csv, "-o", results, "--ray", "local", "--size", 24, "--weights", random_weights_file,
-              "--quiet")
+    r = nst3d("batch", jobs_csv, "-o", results, "--ray", "local", "--size", 24, "--views", 1,
+              "--weights", random_weights_file, "--quiet")
     assert r.returncode == 1 and (results / "summary.json").is_file(), r.stderr
     summary = json.loads((results / "summary.json").read_text())
     assert summary["executor"].startswith("ray (local)")
-    assert summary["counts"] == {"done": 2, "failed": 1}
+    assert summary["counts"] == {"done": 3, "failed": 1}
+    done = {Path(j["input"]).name: Path(j["folder"]) for j in summary["jobs"] if j["status"] == "done"}
+    assert (done["scene.glb"] / "scene_styled.glb").is_file()
+    assert list(done["ball.ply"].glob("*.ply"))
+    assert (results / "contact_sheet.png").is_file()
 
 
 def test_a_lost_worker_is_retried_and_bad_input_is_not(assets, random_weights_file, tmp_path):

@@ -103,6 +103,25 @@ def test_content_render_matches_the_full_quality_render(tmp_path):
     assert torch.equal(views.depth, again.depth)
 
 
+def test_training_render_is_the_final_render_of_the_stylized_texture(tmp_path):
+    """A step's render (cached original + residual sampled at every sub-sample) must show what the exported
+    texture will show: a sharper training render would let the style live in detail the final render filters
+    away."""
+    asset = load_mesh(textured_quad_glb(tmp_path / "quad.glb", size=32))
+    backend = MeshBackend(asset, size=24, views_per_step=2, pool_size=2, supersample=2)
+    pyramid = backend.pyramids[0]
+    assert pyramid.render_size == (32, 32)  # the texture's own size here, so the comparison is exact
+    with torch.no_grad():
+        for level in pyramid.levels:
+            level.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(level.shape[-1]))
+    views = backend.train_views(0, torch.Generator().manual_seed(0))
+    trained = backend.render(views).rgb.detach()
+    final = backend.render_cameras(views.cameras, [pyramid.texture()])
+    inside = (views.mask == 1).expand(-1, 3, -1, -1)
+    assert inside.sum() > 500 and (trained - views.content)[inside].abs().mean() > 0.01
+    assert torch.allclose(trained[inside], final.rgb[inside], atol=1e-5)
+
+
 def test_style_groups_split_the_mask(tmp_path):
     asset = load_mesh(two_object_glb(tmp_path / "two.glb"), texture_size=32)
     groups = [1 if s.name == "Ball" else 0 for s in asset.slots]

@@ -21,12 +21,15 @@ import torch.nn.functional as F
 
 from nst3d.backends.base import Render
 from nst3d.backends.mesh.gbuffer import (
+    CoveredSamples,
     GBuffer,
     Rasterizer,
     SampleIndex,
+    covered_samples,
     mip_chain,
+    mip_levels,
+    plan_samples,
     pool,
-    sample_index,
     shade,
 )
 from nst3d.backends.mesh.load import MeshAsset
@@ -46,7 +49,6 @@ FOV_DEGREES = 40.0
 FRAME_MARGIN = 1.06
 LIGHT = (0.35, 0.8, 0.5)  # world-space direction towards the light for Lambert shading
 AMBIENT = 0.35
-RESIDUAL_MIPS = 2  # the residual has about one texel per pixel: level 0 and its half-size mip suffice
 MAX_FRAMING_POINTS = 50_000
 
 
@@ -119,13 +121,23 @@ def render_textures(rasterizer: Rasterizer, textures: list[list[torch.Tensor]], 
 
     background: [V, 3] or [3]. Returns (rgb [V, 3, H, W] over the background, the base-resolution G-buffer).
     """
+    rgb, base, _ = render_textures_with_samples(rasterizer, textures, cameras, supersample, background, shading,
+                                                device)
+    return rgb, base
+
+
+def render_textures_with_samples(rasterizer: Rasterizer, textures: list[list[torch.Tensor]], cameras: Cameras,
+                                 supersample: int, background: torch.Tensor, shading: str = "none",
+                                 device: torch.device | str = "cpu") -> tuple[torch.Tensor, GBuffer, GBuffer]:
+    """render_textures, also returning the G-buffer that was shaded (the supersampled one, or the base one
+    when supersample is 1): (rgb [V, 3, H, W], base G-buffer, shaded G-buffer)."""
     base, fine = rasterizer.rasterize(cameras, supersample, normals=shading == "lambert")
     gbuf = (fine if fine is not None else base).to(device)
     scale = lambert(gbuf.normal) if shading == "lambert" else None
     rgb = shade(gbuf, textures, scale).permute(0, 3, 1, 2)
     hit = gbuf.coverage[:, None]
     bg = background.to(device).view(-1, 3, 1, 1)
-    return pool(rgb * hit + (1 - hit) * bg, supersample), base.to(device)
+    return pool(rgb * hit + (1 - hit) * bg, supersample), base.to(device), gbuf
 
 
 def turntable_cameras(points: torch.Tensor, frames: int, size: int, elevation_degrees: float = 20.0,
@@ -179,7 +191,7 @@ class MeshBackend:
                  shading: str = "none", groups: list[int] | None = None, device: torch.device | str = "cpu",
                  seed: int = 0, jitter_degrees: float = 12.0, zoom_range: tuple[float, float] = (0.85, 1.1),
                  residual_side: int | None = None, residual_scale: float = 1.0, upsample: str = "smooth",
-                 init: str = "content"):
+                 init: str = "content", white_share: float = 0.5):
         """groups: style group of each slot (for --style-map; default all 0); residual_side: force the
         residual's resolution (default: where one texel covers one pixel of the training views, median over
         the pool); residual_scale: the finest parameters' resolution relative to it (smoothly enlarged)."""
@@ -203,6 +215,7 @@ class MeshBackend:
         directions = directions[torch.randperm(pool_size, generator=generator)]
         zoom = zoom_range[0] + (zoom_range[1] - zoom_range[0]) * torch.rand(pool_size, generator=generator)
         backgrounds = 0.1 + 0.8 * torch.rand(pool_size, 3, generator=generator)
+        backgrounds[torch.rand(pool_size, generator=generator) < white_share] = 1.0
         cameras = frame_on_silhouette(self.points, directions, size, size, zoom=zoom)
         built = [self._content_batch(cameras[list(range(s, min(s + views_per_step, pool_size)))],
                                      backgrounds[s:s + views_per_step])
@@ -213,7 +226,9 @@ class MeshBackend:
         for texture, side in zip(self.originals, self.residual_sides, strict=True):
             output = matched_size(tuple(texture.shape[-2:]), side)
             finest = matched_size(tuple(texture.shape[-2:]), max(8, round(side * residual_scale)))
-            self.pyramids.append(TexturePyramid(texture, finest, levels, level_lr_scale, noise, upsample, output))
+            render_size = matched_size(tuple(texture.shape[-2:]), side * supersample)
+            self.pyramids.append(TexturePyramid(texture, finest, levels, level_lr_scale, noise, upsample, output,
+                                                render_size))
         self.batches = [self._finish_batch(key, *b) for key, b in enumerate(built)]
         self._order: list[int] = []
 
@@ -232,8 +247,9 @@ class MeshBackend:
                                self.device)
 
     def _content_batch(self, cameras: Cameras, backgrounds: torch.Tensor) -> tuple:
-        rgb, gbuf = self._render_textures(self.original_mips, cameras, self.supersample, backgrounds)
-        return cameras, gbuf, rgb, backgrounds
+        rgb, base, shaded = render_textures_with_samples(self.rasterizer, self.original_mips, cameras,
+                                                         self.supersample, backgrounds, self.shading, self.device)
+        return cameras, base, rgb, covered_samples(shaded, self.supersample, self._shade_scale(shaded))
 
     def _residual_sides(self, gbufs: list[GBuffer], forced: int | None) -> list[int]:
         """Per slot, the residual resolution at which a texel covers about one pixel (median over the pool)."""
@@ -253,10 +269,13 @@ class MeshBackend:
         return sides
 
     def _finish_batch(self, key: int, cameras: Cameras, gbuf: GBuffer, rgb: torch.Tensor,
-                      backgrounds: torch.Tensor) -> ViewBatch:
-        scale = self._shade_scale(gbuf)
-        index = [sample_index(gbuf, slot, tuple(p.output or p.sizes[0]), RESIDUAL_MIPS, scale)
-                 for slot, p in enumerate(self.pyramids)]
+                      samples: CoveredSamples) -> ViewBatch:
+        index = []
+        for slot, pyramid in enumerate(self.pyramids):
+            mine = samples.slot == slot
+            size = pyramid.render_size
+            index.append(plan_samples(samples.pixel[mine], samples.uv[mine], samples.lod[mine], size,
+                                      mip_levels(size), samples.factor[mine]))
         for item in index:  # weights as rows [1, n], to scale grid_sample's [C, n] output in place of a transpose
             item.weights = [w.reshape(1, -1) for w in item.weights]
         pixels = torch.cat([px for item in index for px in item.pixels] or [torch.zeros(0, dtype=torch.long)])
@@ -285,14 +304,15 @@ class MeshBackend:
         return self.batches[self._order.pop()]
 
     def render(self, views: ViewBatch) -> Render:
-        """The cached original render plus the residual textures sampled through the G-buffer (trilinear,
-        weighted by coverage and shading), added with one index_add."""
+        """The cached original render plus the residual textures rendered exactly as the final textures are:
+        enlarged, mip-mapped and sampled (trilinear) at every covered sub-sample of the supersampled G-buffer,
+        weighted by coverage and shading and resolved into the pixels by one index_add."""
         v, _, h, w = views.content.shape
         samples = []
         for pyramid, index in zip(self.pyramids, views.index, strict=True):
             if not index.pixels:
                 continue
-            mips = pyramid.residual_mips(RESIDUAL_MIPS)
+            mips = mip_chain(pyramid.render_residual())
             for grid, weight, k in zip(index.grids, index.weights, index.levels, strict=True):
                 sampled = F.grid_sample(mips[k], grid, mode="bilinear", padding_mode="border", align_corners=False)
                 samples.append(sampled[0, :, 0] * weight)  # [C, n]

@@ -279,17 +279,43 @@ def sample_trilinear(mips: list[torch.Tensor], uv: torch.Tensor, lod: torch.Tens
     return gather(mips, index, torch.zeros(len(uv), mips[0].shape[1], dtype=mips[0].dtype, device=uv.device))
 
 
-def sample_index(gbuf: GBuffer, slot: int, size: tuple[int, int], levels: int,
-                 scale: torch.Tensor | None = None) -> SampleIndex:
-    """The gathers that sample slot `slot`'s texture (base size, mip levels) into the buffer's pixels.
+def mip_levels(size: tuple[int, int]) -> int:
+    """How many levels mip_chain makes for a texture of `size` (h, w)."""
+    h, w = size
+    count = 1
+    while max(h, w) > 1 and min(h, w) > 1:
+        h, w, count = max(1, h // 2), max(1, w // 2), count + 1
+    return count
 
-    scale: optional [V, H, W] per-pixel factor (e.g. Lambert shading); coverage is always applied.
+
+@dataclass
+class CoveredSamples:
+    """The covered (sub-)samples of a G-buffer, each mapped to the base pixel it resolves into.
+
+    pixel [N] int64 flat base-pixel index (view, row, column); uv [N, 2]; lod [N]; slot [N] int64;
+    factor [N]: the sample's share of its pixel (coverage / s^2), times shading if any.
     """
-    flat = (gbuf.slot == slot).reshape(-1).nonzero().squeeze(1)
-    factor = gbuf.coverage.reshape(-1)[flat]
+
+    pixel: torch.Tensor
+    uv: torch.Tensor
+    lod: torch.Tensor
+    slot: torch.Tensor
+    factor: torch.Tensor
+
+
+def covered_samples(gbuf: GBuffer, supersample: int, scale: torch.Tensor | None = None) -> CoveredSamples:
+    """The hits of a (supersampled by `supersample`) G-buffer, for sampling a texture into the base pixels
+    exactly as render_textures does (shade every sub-sample, then box-average). scale: [V, H*s, W*s] or None."""
+    s = supersample
+    v, hs, ws = gbuf.face.shape
+    flat = (gbuf.slot >= 0).reshape(-1).nonzero().squeeze(1)
+    x, y, view = flat % ws, (flat // ws) % hs, flat // (ws * hs)
+    pixel = (view * (hs // s) + y // s) * (ws // s) + x // s
+    factor = gbuf.coverage.reshape(-1)[flat] / (s * s)
     if scale is not None:
         factor = factor * scale.reshape(-1)[flat]
-    return plan_samples(flat, gbuf.uv.reshape(-1, 2)[flat], gbuf.lod.reshape(-1)[flat], size, levels, factor)
+    return CoveredSamples(pixel, gbuf.uv.reshape(-1, 2)[flat], gbuf.lod.reshape(-1)[flat],
+                          gbuf.slot.reshape(-1)[flat], factor)
 
 
 def shade(gbuf: GBuffer, textures: list[list[torch.Tensor]], scale: torch.Tensor | None = None) -> torch.Tensor:

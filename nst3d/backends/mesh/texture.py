@@ -17,8 +17,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from nst3d.backends.mesh.gbuffer import mip_chain
-
 MIN_LEVEL_SIZE = 8
 
 
@@ -81,15 +79,18 @@ class TexturePyramid:
 
     def __init__(self, base: torch.Tensor, finest: tuple[int, int], count: int = 5, level_lr_scale: float = 0.5,
                  noise: torch.Generator | None = None, upsample: str = "smooth",
-                 output: tuple[int, int] | None = None):
+                 output: tuple[int, int] | None = None, render_size: tuple[int, int] | None = None):
         """base: [3, H, W] on the working device; finest: (h, w) of levels[0]; noise: start from noise;
         upsample: how coarse levels are enlarged: smooth (bilinear + blur) or bilinear / bicubic;
         output: the residual's resolution when larger than levels[0] (it is then enlarged smoothly too, so
-        not even the finest parameters show as texel-sized cells)."""
+        not even the finest parameters show as texel-sized cells); render_size: the resolution at which the
+        training renders sample the residual (bilinearly enlarged, as texture() does; default the output's),
+        finer than the residual where renders are supersampled, so they filter it as the final texture is."""
         self.base = base
         self.upsample = upsample
         self.output = output if output is not None and tuple(output) != tuple(finest) else None
         self.sizes = level_sizes(finest, count)
+        self.render_size = tuple(render_size or self.output or finest)
         self.level_lr_scale = level_lr_scale
         self.levels = [torch.nn.Parameter(torch.zeros(1, 3, h, w, device=base.device)) for h, w in self.sizes]
         if noise is not None:
@@ -106,9 +107,12 @@ class TexturePyramid:
             out = level + enlarge(out, tuple(level.shape[-2:]), self.upsample)
         return out if self.output is None else enlarge(out, self.output, self.upsample)
 
-    def residual_mips(self, count: int) -> list[torch.Tensor]:
-        """The residual and its box-filtered mip levels (up to `count` levels)."""
-        return mip_chain(self.residual(), max_levels=count)
+    def render_residual(self) -> torch.Tensor:
+        """[1, 3, *render_size] the residual as the training renders sample it (bilinear, as in texture())."""
+        residual = self.residual()
+        if tuple(residual.shape[-2:]) == self.render_size:
+            return residual
+        return F.interpolate(residual, size=self.render_size, mode="bilinear", align_corners=False)
 
     def texture(self) -> torch.Tensor:
         """[3, H, W] base + upsampled residual (not clamped)."""
