@@ -2,8 +2,10 @@
 
 A pool of training views (Fibonacci directions with jitter, each framed on the object's silhouette with a
 random zoom) is rasterized ONCE at start-up. For each pool view the original textures are rendered once, with
-supersampling and trilinear mip filtering, over a background colour drawn for that view (random per view, so
-no single colour can bake into the edges; the losses count object pixels only). Each step takes a batch of
+supersampling and trilinear mip filtering, over white (as the report, the contact sheet and most viewers show
+it: VGG features near the silhouette see the background, and on Spot training over random colours left the
+held-out style distance over white twice the training one; `white_share` < 1 draws random colours for the
+other views; the losses count object pixels only). Each step takes a batch of
 pool views and adds the residual pyramids' samples to those cached renders: only the residual is sampled
 (and back-propagated), which is what keeps the step overhead small. Batches carry a `key`, so the loop
 caches their content features.
@@ -191,7 +193,7 @@ class MeshBackend:
                  shading: str = "none", groups: list[int] | None = None, device: torch.device | str = "cpu",
                  seed: int = 0, jitter_degrees: float = 12.0, zoom_range: tuple[float, float] = (0.85, 1.1),
                  residual_side: int | None = None, residual_scale: float = 1.0, upsample: str = "smooth",
-                 init: str = "content", white_share: float = 0.5):
+                 init: str = "content", white_share: float = 1.0):
         """groups: style group of each slot (for --style-map; default all 0); residual_side: force the
         residual's resolution (default: where one texel covers one pixel of the training views, median over
         the pool); residual_scale: the finest parameters' resolution relative to it (smoothly enlarged)."""
