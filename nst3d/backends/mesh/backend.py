@@ -196,7 +196,8 @@ class MeshBackend:
                  init: str = "content", white_share: float = 1.0):
         """groups: style group of each slot (for --style-map; default all 0); residual_side: force the
         residual's resolution (default: where one texel covers one pixel of the training views, median over
-        the pool); residual_scale: the finest parameters' resolution relative to it (smoothly enlarged)."""
+        the pool); residual_scale: the finest parameters' resolution relative to it (smoothly enlarged);
+        white_share: share of pool views rendered over white (the others over a random colour each)."""
         if shading not in ("none", "lambert"):
             raise ValueError(f"unknown shading {shading!r}; use none or lambert")
         self.asset = asset
@@ -242,11 +243,6 @@ class MeshBackend:
 
     def _shade_scale(self, gbuf: GBuffer) -> torch.Tensor | None:
         return lambert(gbuf.normal) if self.shading == "lambert" else None
-
-    def _render_textures(self, textures: list[list[torch.Tensor]], cameras: Cameras, supersample: int,
-                         background: torch.Tensor) -> tuple[torch.Tensor, GBuffer]:
-        return render_textures(self.rasterizer, textures, cameras, supersample, background, self.shading,
-                               self.device)
 
     def _content_batch(self, cameras: Cameras, backgrounds: torch.Tensor) -> tuple:
         rgb, base, shaded = render_textures_with_samples(self.rasterizer, self.original_mips, cameras,
