@@ -29,6 +29,8 @@ Public API (stable; other backends code against it):
   the unstylized asset: the metric's own floor from resampling). `render`/`render_content`: Cameras -> Render.
 - `evaluate_with_renders(...)` (same arguments) -> (that block, {"content", "stylized"[, "baseline"]: Render of
   `held.all()`}), for contact sheets without rendering twice.
+- `baseline_config(steps, seed, stage="per-view baseline")` -> LoopConfig for the baseline (the image backend's
+  learning rate, whatever the asset's own).
 - `above_floor(figures, floor)` -> {"short_range", "long_range"}: consistency minus the floor (>= 0).
 
 The consistency metric (issue 3, item 6): for each pair (i, j), every pixel of view i with a known depth is
@@ -287,6 +289,14 @@ class _MaskedImage:
     def result(self) -> torch.Tensor:
         """[3, H, W] the stylized view, clamped to [0, 1]."""
         return self._over_background(self.image.pixels.detach()).clamp(0, 1)[0]
+
+
+BASELINE_LR = 0.02  # the image backend's default: the per-view baseline optimises pixels, whatever the asset
+
+
+def baseline_config(steps: int, seed: int, stage: str = "per-view baseline") -> LoopConfig:
+    """The per-view baseline's loop: the run's steps and seed at the image backend's learning rate."""
+    return LoopConfig(steps=steps, lr=BASELINE_LR, seed=seed, stage=stage)
 
 
 def per_view_baseline(content: Render, objective: Any, config: LoopConfig, on_event: EventSink = ignore,

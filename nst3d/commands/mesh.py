@@ -21,7 +21,7 @@ from nst3d.backends.mesh.export import FORMATS, export_asset
 from nst3d.backends.mesh.load import load_mesh
 from nst3d.backends.mesh.regions import RegionObjective, match_style_map
 from nst3d.errors import UserError
-from nst3d.eval import evaluate_with_renders, held_out_views
+from nst3d.eval import baseline_config, evaluate_with_renders, held_out_views
 from nst3d.events import EventSink, ProgressBar, ignore
 from nst3d.files import check_output, write_json
 from nst3d.options import (
@@ -38,11 +38,10 @@ from nst3d.options import (
     with_defaults,
 )
 from nst3d.preview import contact_sheet
-from nst3d.stylize import LoopConfig, stylize
+from nst3d.stylize import stylize
 
 DEFAULTS = BackendDefaults(steps=300, size=256, views=4, content_weight=0.05, tv_weight=0.0, lr=0.02,
                            style_scales=(1.0, 0.5))
-BASELINE_LR = 0.02  # the image backend's default: the per-view baseline optimises pixels
 HELD_OUT = 4
 CONTACT_SHEET = "contact_sheet.png"
 REPORT = "report.json"
@@ -166,8 +165,7 @@ def stylize_mesh_file(input_path: str | Path, out_dir: str | Path, opts: StyleOp
     textures = backend.stylized_textures(keep_chroma=opts.preserve_color == "luminance")
     stage("evaluate", "evaluating on held-out views" + (" (and the per-view 2D baseline)" if compare_baseline
                                                            else ""))
-    baseline = LoopConfig(steps=opts.steps, lr=BASELINE_LR, seed=opts.seed, stage="baseline") if compare_baseline \
-        else None
+    baseline = baseline_config(opts.steps, opts.seed, stage="baseline") if compare_baseline else None
     figures, renders = evaluate_with_renders(lambda c: backend.render_cameras(c, textures),
                                              backend.render_cameras, held, objective, baseline_config=baseline,
                                              on_event=on_event, should_stop=should_stop)

@@ -22,7 +22,7 @@ from nst3d.backends.splat.backend import (
 )
 from nst3d.backends.splat.ply import GAUSSIAN_PROPERTIES, read_splat, write_splat
 from nst3d.errors import UserError
-from nst3d.eval import evaluate_with_renders
+from nst3d.eval import baseline_config, evaluate_with_renders
 from nst3d.events import EventSink, ProgressBar, ignore
 from nst3d.files import check_output, write_json
 from nst3d.options import (
@@ -39,10 +39,9 @@ from nst3d.options import (
     with_defaults,
 )
 from nst3d.preview import contact_sheet
-from nst3d.stylize import LoopConfig, stylize
+from nst3d.stylize import stylize
 
 DEFAULT_CONSISTENCY = 20.0
-BASELINE_LR = 0.02  # the image backend's default: the per-view baseline optimises pixels
 DEFAULTS = BackendDefaults(steps=300, size=256, views=2, content_weight=0.02, tv_weight=0.0, lr=0.03,
                            style_scales=(1.0, 0.5))
 
@@ -143,8 +142,7 @@ def stylize_splat_file(scene_path: Path, output: Path, opts: StyleOptions, *, ca
     optimised = time.perf_counter()
     backend.keep_chroma = opts.preserve_color == "luminance"
     held = backend.held_out(held_out)
-    baseline = LoopConfig(steps=opts.steps, lr=BASELINE_LR, seed=opts.seed, stage="per-view baseline")
-    baseline = baseline if compare_baseline else None
+    baseline = baseline_config(opts.steps, opts.seed) if compare_baseline else None
     evaluation, renders = evaluate_with_renders(
         lambda cams: backend.render_cameras(cams, "stylized"), lambda cams: backend.render_cameras(cams, "original"),
         held, objective, baseline_config=baseline, on_event=on_event, should_stop=should_stop)
