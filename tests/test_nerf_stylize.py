@@ -110,8 +110,9 @@ def test_deferred_backpropagation_gives_the_direct_gradients(scene, vgg):
     with torch.no_grad():  # training views are shaded on their kept geometry: the same as the model's forward
         kept, forward = backend.render(views), render(run.model, views.cameras)
     assert backend.geometry_bytes > 0
-    assert torch.equal(kept.rgb, forward.rgb) and torch.equal(kept.mask, forward.mask)
-    assert torch.equal(kept.depth, forward.depth)
+    # equal up to float rounding: batching rays differently may pick different CPU matmul kernels
+    assert torch.allclose(kept.rgb, forward.rgb, atol=1e-6) and torch.allclose(kept.mask, forward.mask, atol=1e-6)
+    assert torch.allclose(kept.depth, forward.depth, rtol=1e-5, atol=1e-6)
     style = torch.rand(3, 24, 24, generator=torch.Generator().manual_seed(2))
     objective = Objective(vgg, StyleTarget.from_images(vgg, [style], ["relu1_1", "relu2_1"]), "relu2_1",
                           content_weight=0.5, tv_weight=0.1)

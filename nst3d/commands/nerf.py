@@ -94,7 +94,7 @@ def stylize_nerf_run(config_path: Path, output: Path, opts: StyleOptions, *, dat
                      ) -> dict[str, Any]:
     """Stylize the run at config_path; writes the stylized run under `output`; returns the report."""
     from nst3d.backends.nerf import backend_for_run, content_palette, load_run, save_run
-    from nst3d.eval import evaluate_with_renders, held_out_views
+    from nst3d.eval import baseline_config, evaluate_with_renders, held_out_views
     from nst3d.preview import contact_sheet
     from nst3d.stylize import stylize
 
@@ -114,7 +114,7 @@ def stylize_nerf_run(config_path: Path, output: Path, opts: StyleOptions, *, dat
     history = stylize(backend, objective, loop_config(opts), on_event, should_stop)
     optimised = time.perf_counter()
     held = held_out_views(backend.frame.framer(train.width, train.height), count=held_out)
-    baseline = loop_config(opts, stage="per-view baseline") if compare_baseline else None
+    baseline = baseline_config(opts.steps, opts.seed) if compare_baseline else None
     evaluation, renders = evaluate_with_renders(backend.render, backend.render_content, held, objective,
                                                 baseline_config=baseline, on_event=on_event,
                                                 should_stop=should_stop)
