@@ -98,6 +98,41 @@ def test_style_model_starts_as_the_trained_nerfacto_and_changes_only_colours(sce
     assert torch.allclose(original.rgb, plain.rgb, atol=1e-6)  # the original appearance is kept
 
 
+def _samples_at(points: torch.Tensor, direction: torch.Tensor):
+    """nerfstudio RaySamples [N, 1] whose sample positions are `points` [N, 3], seen along `direction` [3]."""
+    from nerfstudio.cameras.rays import Frustums, RaySamples
+
+    n = len(points)
+    directions = torch.nn.functional.normalize(direction, dim=0).expand(n, 3)[:, None]
+    t = torch.full((n, 1, 1), 0.5)
+    frustums = Frustums(origins=points[:, None] - directions * t, directions=directions, starts=t, ends=t,
+                        pixel_area=torch.full((n, 1, 1), 1e-4))
+    return RaySamples(frustums=frustums, camera_indices=torch.zeros(n, 1, 1, dtype=torch.long))
+
+
+def test_stylized_colour_changes_the_same_from_every_direction(scene):
+    from nerfstudio.field_components.field_heads import FieldHeadNames
+
+    from nst3d.backends.nerf import load_run
+
+    run = load_run(scene.config, "cpu")
+    _perturb_appearance(run.model, scale=1.0)
+    points = torch.rand(64, 3, generator=torch.Generator().manual_seed(3)) * 1.6 - 0.8
+    change, unclamped = [], torch.ones(64, 1, 3, dtype=torch.bool)
+    with torch.no_grad():
+        for direction in ([1.0, 0.0, 0.0], [0.0, -0.6, 0.8], [-0.3, 0.3, -0.9]):
+            samples = _samples_at(points, torch.tensor(direction))
+            styled = run.model.field(samples)[FieldHeadNames.RGB]
+            with run.model.original():
+                original = run.model.field(samples)[FieldHeadNames.RGB]
+            change.append(styled - original)
+            unclamped &= (styled > 0) & (styled < 1)
+    assert change[0].abs().max() > 1e-2 and unclamped.float().mean() > 0.5
+    # what stylization changes is a colour per point: the same whichever way the point is seen
+    for other in change[1:]:
+        assert torch.allclose(change[0][unclamped], other[unclamped], atol=1e-5)
+
+
 def test_deferred_backpropagation_gives_the_direct_gradients(scene, vgg):
     from nst3d.backends.nerf import backend_for_run, load_run, render
     from nst3d.losses import Objective, StyleTarget

@@ -364,18 +364,20 @@ def backward_patches(model: Any, cameras: Cameras, grad_rgb: torch.Tensor, patch
 @dataclass
 class GeometryPiece:
     """Frozen geometry of a run of rays (a patch): nerfacto's final samples, their weights and normalised
-    positions, and the per-ray coverage and depth. Density is frozen, so these never change during
-    stylization; only the colours of the samples do."""
+    positions, the original appearance's view-dependent colour part, and the per-ray coverage and depth.
+    Density and the original are frozen, so these never change during stylization; only the colours of the
+    samples do."""
 
     samples: Any  # RaySamples [n, S]
     positions: torch.Tensor  # [n, S, 3], as the hash grids read them
+    view_dependent: torch.Tensor  # [n, S, 3], StyleNerfactoField.view_dependent_rgb
     weights: torch.Tensor  # [n, S, 1]
     accumulation: torch.Tensor  # [n, 1]
     depth: torch.Tensor  # [n, 1] camera z (0 where accumulation < DEPTH_MIN_ACCUMULATION)
 
     @property
     def nbytes(self) -> int:
-        tensors = [self.positions, self.weights, self.accumulation, self.depth]
+        tensors = [self.positions, self.view_dependent, self.weights, self.accumulation, self.depth]
         tensors += [t for t in vars(self.samples.frustums).values() if isinstance(t, torch.Tensor)]
         tensors += [t for t in vars(self.samples).values() if isinstance(t, torch.Tensor)]
         return sum(t.untyped_storage().nbytes() for t in tensors)
@@ -389,24 +391,24 @@ def view_geometry(model: Any, cameras: Cameras, index: int, patch_rays: int) -> 
         with torch.no_grad(), eval_mode(model), model.original():
             part = model.collider(rays[start:start + patch_rays])
             samples, _, _ = model.proposal_sampler(part, density_fns=model.density_fns)
-            density, _ = model.field.get_density(samples)
+            density, base_features = model.field.get_density(samples)
             positions = model.field._sample_locations.detach()
+            view_dependent = model.field.view_dependent_rgb(samples, base_features)
             weights = samples.get_weights(density)
             accumulation = model.renderer_accumulation(weights=weights)
             z = model.renderer_expected_depth(weights=weights, ray_samples=samples) / part.metadata["directions_norm"]
             depth = torch.where(accumulation >= DEPTH_MIN_ACCUMULATION, z, torch.zeros_like(z))
-        yield GeometryPiece(samples, positions, weights, accumulation, depth)
+        yield GeometryPiece(samples, positions, view_dependent, weights, accumulation, depth)
 
 
 def shade(model: Any, piece: GeometryPiece) -> torch.Tensor:
     """Stylized colours [n, 3] of a geometry piece: the stylized branch and colour head on the cached samples,
     composited by nerfacto's renderer, exactly as the model's forward would (autograd follows grad mode)."""
-    from nerfstudio.field_components.field_heads import FieldHeadNames
 
     with eval_mode(model):
         features = model.field.style_features(piece.positions)
-        outputs = model.field.get_outputs(piece.samples, density_embedding=features)
-        return model.renderer_rgb(rgb=outputs[FieldHeadNames.RGB], weights=piece.weights)
+        rgb = model.field.stylized_rgb(piece.samples, features, piece.view_dependent)
+        return model.renderer_rgb(rgb=rgb, weights=piece.weights)
 
 
 # ------------------------------------------------------------------------------------------------ backend

@@ -9,6 +9,12 @@ optimisation the model renders exactly like the nerfacto it was loaded from; aft
 checkpoints (`mlp_base` + `mlp_head_original`, a frozen copy of the colour head), so the content views can
 always be rendered (`StyleNerfactoModel.original()`).
 
+The stylized colour is the same from every side, as paint is: the trainable head sees the view direction
+averaged over the sphere (`d0`), and the original's own view-dependent part is added back unchanged:
+    rgb(x, d) = head(d0, f_style(x)) + [head_original(d, f_base(x)) - head_original(d0, f_base(x))]
+which is exactly the original colour before optimisation (head = head_original, f_style = f_base). Without
+that, the optimiser paints different strokes for different directions, and the held-out views disagree.
+
 Checkpoints of a plain nerfacto run load into this model: the missing `mlp_style` weights are copied from
 `mlp_base`, and the original colour head is kept as `mlp_head_original`.
 """
@@ -20,7 +26,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
+from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.field_components.mlp import MLP, MLPWithHashEncoding
+from nerfstudio.fields.base_field import get_normalized_directions
 from nerfstudio.fields.nerfacto_field import NerfactoField
 from nerfstudio.models.nerfacto import NerfactoModel
 from torch.nn import Parameter
@@ -51,6 +59,18 @@ def _twin_mlp(base: MLP) -> MLP:
     return twin
 
 
+class _AveragedDirection(torch.nn.Module):
+    """Stands in for a direction encoding: every direction gets `encoded` [D], the encoding averaged over the
+    sphere (for spherical harmonics, the constant band alone)."""
+
+    def __init__(self, encoded: torch.Tensor) -> None:
+        super().__init__()
+        self.encoded = encoded
+
+    def forward(self, directions: torch.Tensor) -> torch.Tensor:  # [N, 3] -> [N, D]
+        return self.encoded.to(directions).expand(len(directions), -1)
+
+
 class StyleNerfactoField(NerfactoField):
     """NerfactoField whose colour head reads geometry features from a trainable twin of `mlp_base`.
 
@@ -74,9 +94,49 @@ class StyleNerfactoField(NerfactoField):
         frozen = contextlib.nullcontext() if self.use_pred_normals else torch.no_grad()
         with frozen:
             density, base_features = super().get_density(ray_samples)
+        self._base_features = base_features  # for the view-dependent part get_outputs adds back
         if self.original_appearance:
             return density, base_features
         return density, self.style_features(self._sample_locations.detach())
+
+    @contextlib.contextmanager
+    def _head(self, head: MLP, averaged_direction: bool) -> Iterator[None]:
+        """Within the block, nerfacto's get_outputs uses `head` (and the sphere-averaged direction)."""
+        saved = self.mlp_head, self.direction_encoding
+        self.mlp_head = head
+        if averaged_direction:
+            self.direction_encoding = _AveragedDirection(self._averaged_encoding())
+        try:
+            yield
+        finally:
+            self.mlp_head, self.direction_encoding = saved
+
+    def _averaged_encoding(self) -> torch.Tensor:
+        """The direction encoding [D] averaged over 1024 directions spread evenly on the sphere."""
+        from nst3d.cameras import fibonacci_directions
+
+        encoding = self.direction_encoding
+        if isinstance(encoding, _AveragedDirection):
+            return encoding.encoded
+        directions = get_normalized_directions(fibonacci_directions(1024))
+        with torch.no_grad():
+            return encoding(directions.to(next(self.mlp_head.parameters()).device)).float().mean(0)
+
+    def view_dependent_rgb(self, ray_samples, base_features: torch.Tensor) -> torch.Tensor:
+        """The original appearance's view-dependent part [..., 3] (no gradient): the original head at the
+        samples' directions minus the same at the sphere-averaged direction."""
+        with torch.no_grad():
+            with self._head(self.mlp_head_original, averaged_direction=False):
+                seen = super().get_outputs(ray_samples, base_features)[FieldHeadNames.RGB]
+            with self._head(self.mlp_head_original, averaged_direction=True):
+                return seen - super().get_outputs(ray_samples, base_features)[FieldHeadNames.RGB]
+
+    def stylized_rgb(self, ray_samples, style_features: torch.Tensor, view_dependent: torch.Tensor) -> torch.Tensor:
+        """The stylized colour [..., 3]: the trainable head at the sphere-averaged direction on the stylized
+        features, plus the original's view-dependent part (`view_dependent_rgb`), clamped to [0, 1]."""
+        with self._head(self.mlp_head, averaged_direction=True):
+            painted = super().get_outputs(ray_samples, style_features)[FieldHeadNames.RGB]
+        return (painted + view_dependent).clamp(0.0, 1.0)
 
     def style_features(self, positions: torch.Tensor) -> torch.Tensor:
         """The colour head's geometry features from the stylized branch, [..., geo_feat_dim], at sample
@@ -85,13 +145,16 @@ class StyleNerfactoField(NerfactoField):
         return features[..., 1:]
 
     def get_outputs(self, ray_samples, density_embedding=None):
-        if not self.original_appearance:
-            return super().get_outputs(ray_samples, density_embedding)
-        stylized_head, self.mlp_head = self.mlp_head, self.mlp_head_original
-        try:
-            return super().get_outputs(ray_samples, density_embedding)
-        finally:
-            self.mlp_head = stylized_head
+        """nerfacto's outputs, right after get_density (as Field.forward calls them): the original
+        appearance, or the stylized colour (see the module docstring)."""
+        if self.original_appearance:
+            with self._head(self.mlp_head_original, averaged_direction=False):
+                return super().get_outputs(ray_samples, density_embedding)
+        with self._head(self.mlp_head, averaged_direction=True):
+            outputs = super().get_outputs(ray_samples, density_embedding)
+        view_dependent = self.view_dependent_rgb(ray_samples, self._base_features)
+        outputs[FieldHeadNames.RGB] = (outputs[FieldHeadNames.RGB] + view_dependent).clamp(0.0, 1.0)
+        return outputs
 
 
 def nerfacto_field_kwargs(config: Any, num_images: int, spatial_distortion: Any) -> dict[str, Any]:
