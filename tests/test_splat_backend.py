@@ -108,6 +108,11 @@ def test_stylization_lowers_held_out_style_distance(vgg):
                                                            backend.scene.scales, backend.scene.opacities), strict=True))
     dc, rest = backend.stylized_sh()
     assert dc.shape == (len(s), 3) and rest.abs().max() == 0  # colour only, higher bands zeroed
+    views = backend.train_views(25, torch.Generator().manual_seed(0))  # a step starts inside the stored range
+    with torch.no_grad():
+        trained = backend.render(views).rgb
+    assert torch.equal(views.backgrounds, torch.ones_like(views.backgrounds))  # over white, as reported
+    assert torch.allclose(trained, backend.render_cameras(views.cameras, "stylized").rgb, atol=1e-4)
     assert (0.28209479177387814 * dc + 0.5).min() >= -1e-6 and (0.28209479177387814 * dc + 0.5).max() <= 1 + 1e-6
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # nerfstudio 1.1.5 on a recent torch warns on every run about its own deprecated calls; users cannot act
+    # on those, and they bury the progress bar.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"nerfstudio\.")
+    warnings.filterwarnings("ignore", message="Using a non-tuple sequence", module=r"nerfstudio\.")
     opts = with_defaults(options_from_args(args), DEFAULTS)
     inputs = [args.load_config, *opts.styles]
     if not args.load_config.is_file():

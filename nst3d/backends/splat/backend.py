@@ -12,8 +12,10 @@ by depth, as nst3d.eval measures it), which steers the optimiser to patterns tha
 
 Views: a pool of training cameras is set up once, either orbiting the object (Fibonacci directions with
 jitter and random zoom, framed on robust percentile bounds, since splat scenes have floaters) or the
-capture's own cameras from a nerfstudio/Blender transforms.json (inside-out scenes). Each pool view gets a
-random background colour (so no single colour bakes into the edges; the losses count covered pixels only).
+capture's own cameras from a nerfstudio/Blender transforms.json (inside-out scenes). Pool views are rendered
+over white, as the report and contact sheets show the splat: VGG features near the silhouette see the
+background, and on the donut training over random colours left the held-out style distance over white 1.4x
+the training one. `white_share` < 1 draws a random colour for the other views' backgrounds.
 On a CPU every pool view is *planned* once (projection, tile lists and compositing weights do not depend on
 colour: see render.plan), so a step costs one sparse gather/scatter per view; on CUDA gsplat renders them.
 Batches carry a `key`, so the loop caches their content features.
@@ -310,11 +312,12 @@ class SplatBackend:
                  view_dependent: bool = False, capture: Cameras | None = None, up: str = "auto",
                  lr: float | None = None, init: str = "content", device: torch.device | str = "cpu",
                  seed: int = 0, jitter_degrees: float = 12.0, zoom_range: tuple[float, float] = (0.8, 1.1),
-                 field_resolution: int = 0, field_levels: int = 4,
+                 field_resolution: int = 0, field_levels: int = 4, white_share: float = 1.0,
                  on_event: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None):
         """field_resolution: 0 (default) gives every Gaussian a free colour offset; > 0 paints the offsets into
         a ColorField of that finest resolution instead (smoother, coarser strokes; on the donut it matched the
-        style less well for the same consistency)."""
+        style less well for the same consistency); white_share: share of pool views rendered over white (the
+        others over a random colour each)."""
         self.device = torch.device(device)
         self.scene = scene.to(self.device)
         self.size = size
@@ -356,6 +359,7 @@ class SplatBackend:
             zoom = zoom_range[0] + (zoom_range[1] - zoom_range[0]) * torch.rand(pool_size, generator=generator)
             pool = self.frame(directions, zoom=zoom)
         backgrounds = 0.1 + 0.8 * torch.rand(len(pool), 3, generator=generator)
+        backgrounds[torch.rand(len(pool), generator=generator) < white_share] = 1.0
         self.batches: list[ViewBatch] = []
         starts = range(0, len(pool), views_per_step)
         for key, start in enumerate(starts):
@@ -428,7 +432,14 @@ class SplatBackend:
         return groups
 
     def train_views(self, step: int, generator: torch.Generator) -> ViewBatch:
-        """The next pool batch, in a fresh random order each pass over the pool."""
+        """The next pool batch, in a fresh random order each pass over the pool. Free colours are first put
+        back into [0, 1] (projected gradient descent), so the training render is the exported splat's (an
+        original colour already outside that range may stay where it is)."""
+        if self.free_colors is not None:
+            with torch.no_grad():
+                start = self.start_colors
+                current = torch.clamp(start + self.free_colors, start.clamp(max=0.0), start.clamp(min=1.0))
+                self.free_colors.copy_(current - start)
         if not self._order:
             self._order = torch.randperm(len(self.batches), generator=generator).tolist()
         return self.batches[self._order.pop()]
