@@ -53,3 +53,11 @@ class Backend(Protocol):
     def backward_image(self, views: Any, grad_rgb: torch.Tensor) -> None:
         """Deferred backends only: accumulate d loss / d params from grad_rgb [V, 3, H, W]."""
         ...
+
+
+def pool_backgrounds(count: int, white_share: float, generator: torch.Generator) -> torch.Tensor:
+    """[count, 3] background colours for a training-view pool: white for a `white_share` of the views (as the
+    report and viewers show assets), a random mid-range colour for the others."""
+    backgrounds = 0.1 + 0.8 * torch.rand(count, 3, generator=generator)
+    backgrounds[torch.rand(count, generator=generator) < white_share] = 1.0
+    return backgrounds

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nst3d.backends.base import Render
+from nst3d.backends.base import Render, pool_backgrounds
 from nst3d.backends.mesh.gbuffer import (
     CoveredSamples,
     GBuffer,
@@ -217,8 +217,7 @@ class MeshBackend:
         directions = jitter_directions(fibonacci_directions(pool_size), jitter_degrees, generator)
         directions = directions[torch.randperm(pool_size, generator=generator)]
         zoom = zoom_range[0] + (zoom_range[1] - zoom_range[0]) * torch.rand(pool_size, generator=generator)
-        backgrounds = 0.1 + 0.8 * torch.rand(pool_size, 3, generator=generator)
-        backgrounds[torch.rand(pool_size, generator=generator) < white_share] = 1.0
+        backgrounds = pool_backgrounds(pool_size, white_share, generator)
         cameras = frame_on_silhouette(self.points, directions, size, size, zoom=zoom)
         built = [self._content_batch(cameras[list(range(s, min(s + views_per_step, pool_size)))],
                                      backgrounds[s:s + views_per_step])

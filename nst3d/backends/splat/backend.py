@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nst3d.backends.base import Render
+from nst3d.backends.base import Render, pool_backgrounds
 from nst3d.backends.splat.ply import SH_C0, SplatPly
 from nst3d.backends.splat.render import Plan, covariances, plan, rasterize, shade
 from nst3d.cameras import (
@@ -358,8 +358,7 @@ class SplatBackend:
             directions = directions[neighbour_chain(directions, generator)]  # a batch's views overlap
             zoom = zoom_range[0] + (zoom_range[1] - zoom_range[0]) * torch.rand(pool_size, generator=generator)
             pool = self.frame(directions, zoom=zoom)
-        backgrounds = 0.1 + 0.8 * torch.rand(len(pool), 3, generator=generator)
-        backgrounds[torch.rand(len(pool), generator=generator) < white_share] = 1.0
+        backgrounds = pool_backgrounds(len(pool), white_share, generator)
         self.batches: list[ViewBatch] = []
         starts = range(0, len(pool), views_per_step)
         for key, start in enumerate(starts):

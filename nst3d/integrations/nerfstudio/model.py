@@ -82,6 +82,7 @@ class StyleNerfactoField(NerfactoField):
         self.mlp_style = _twin_hash_mlp(self.mlp_base)
         self.mlp_head_original = _twin_mlp(self.mlp_head)
         self.original_appearance = False
+        self._direction_average: torch.Tensor | None = None  # see _averaged_encoding
 
     def reset_appearance(self) -> None:
         """Make the stylized branch equal to the original appearance again."""
@@ -112,15 +113,16 @@ class StyleNerfactoField(NerfactoField):
             self.mlp_head, self.direction_encoding = saved
 
     def _averaged_encoding(self) -> torch.Tensor:
-        """The direction encoding [D] averaged over 1024 directions spread evenly on the sphere."""
-        from nst3d.cameras import fibonacci_directions
+        """The direction encoding [D] averaged over 1024 directions spread evenly on the sphere (the encoding
+        has no parameters: computed once, not per patch)."""
+        if self._direction_average is None:
+            from nst3d.cameras import fibonacci_directions
 
-        encoding = self.direction_encoding
-        if isinstance(encoding, _AveragedDirection):
-            return encoding.encoded
-        directions = get_normalized_directions(fibonacci_directions(1024))
-        with torch.no_grad():
-            return encoding(directions.to(next(self.mlp_head.parameters()).device)).float().mean(0)
+            directions = get_normalized_directions(fibonacci_directions(1024))
+            with torch.no_grad():
+                device = next(self.mlp_head.parameters()).device
+                self._direction_average = self.direction_encoding(directions.to(device)).float().mean(0)
+        return self._direction_average
 
     def view_dependent_rgb(self, ray_samples, base_features: torch.Tensor) -> torch.Tensor:
         """The original appearance's view-dependent part [..., 3] (no gradient): the original head at the
