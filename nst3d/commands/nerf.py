@@ -9,6 +9,7 @@ Splatfacto scenes: `ns-export gaussian-splat`, then `nst3d splat`."""
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -32,6 +33,9 @@ from nst3d.options import (
     vgg_for,
     with_defaults,
 )
+
+#: views smaller than this (px) stylize much less: 0.24x of the start style distance at 64 px vs 0.16x at 96
+SMALL_VIEW = 96
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -78,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--patch-rays, --pool and --held-out must be at least 1")
     if args.jitter < 0 or args.geometry_cache < 0:
         raise UserError("--jitter and --geometry-cache must not be negative")
+    if opts.size < SMALL_VIEW:
+        print(f"nst3d: warning: --size {opts.size} leaves VGG's relu3_1 a {opts.size // 4}x{opts.size // 4} map, too "
+              f"little for the style statistics; use {SMALL_VIEW} or more for a real stylization", file=sys.stderr)
     bar = ProgressBar(quiet=args.quiet)
     report = stylize_nerf_run(args.load_config, args.output, opts, data=args.data, patch_rays=args.patch_rays,
                               jitter=args.jitter, pool=args.pool, geometry_cache_mb=args.geometry_cache,
