@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from nst3d import __version__
 from nst3d.errors import UserError
+from nst3d.events import CTRL_C
 
 COMMANDS = ("image", "mesh", "splat", "nerf", "render", "batch", "demo", "bench", "worker")
 
@@ -33,6 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and not getattr(args, "pass_through", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
+    CTRL_C.clear()
+    previous = _catch_ctrl_c()
     try:
         return args.run(args) or 0
     except UserError as exc:
@@ -49,6 +54,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("nst3d: error: out of GPU memory; lower --size or --views, or use --device cpu", file=sys.stderr)
             return 3
         raise
+    finally:
+        CTRL_C.clear()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _on_ctrl_c(signum: int, frame: object) -> None:
+    """Ctrl-C: raise KeyboardInterrupt, as Python does, and set CTRL_C for the stylization loop."""
+    CTRL_C.set()
+    raise KeyboardInterrupt
+
+
+def _catch_ctrl_c():
+    """Install _on_ctrl_c (main thread only); returns the handler it replaced, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, _on_ctrl_c)
 
 
 if __name__ == "__main__":

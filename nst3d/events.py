@@ -13,6 +13,12 @@ Event = dict[str, Any]
 EventSink = Callable[[Event], None]
 
 
+#: Set by the CLI's Ctrl-C handler (nst3d.cli); the stylization loop checks it before every step. Python raises
+#: the KeyboardInterrupt wherever the main thread happens to be, and inside a finalizer it only prints "Exception
+#: ignored" and carries on: the flag makes that Ctrl-C stop the loop at its next step all the same.
+CTRL_C = threading.Event()
+
+
 def ignore(event: Event) -> None:
     """A sink that drops every event."""
 

@@ -13,7 +13,7 @@ import torch
 
 from nst3d.backends.base import Backend
 from nst3d.errors import UserError
-from nst3d.events import EventSink, ignore
+from nst3d.events import CTRL_C, EventSink, ignore
 from nst3d.losses import Objective
 
 OPTIMIZERS = ("adam", "lbfgs")
@@ -51,7 +51,8 @@ def stylize(backend: Backend, objective: Objective, config: LoopConfig, on_event
     """Optimise the backend's appearance parameters to minimise `objective` on its rendered views.
 
     Emits {"event": "progress", "step", "total", "loss", "terms", "stage"} after every step and returns the
-    per-step loss terms. Raises Cancelled when `should_stop()` turns true (KeyboardInterrupt passes through).
+    per-step loss terms. Raises Cancelled when `should_stop()` turns true or the CLI saw Ctrl-C (nst3d.events.CTRL_C;
+    KeyboardInterrupt passes through).
     """
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
@@ -64,7 +65,7 @@ def stylize(backend: Backend, objective: Objective, config: LoopConfig, on_event
         return accumulate_gradients(backend, objective, views, content_cache)
 
     for step in range(config.steps):
-        if should_stop is not None and should_stop():
+        if CTRL_C.is_set() or (should_stop is not None and should_stop()):
             raise Cancelled()
         views = backend.train_views(step, generator)
         terms = _optimizer_step(optimizer, functools.partial(evaluate, views))

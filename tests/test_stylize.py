@@ -49,6 +49,27 @@ def test_progress_events_and_cancellation(setup):
     assert all(e["event"] == "progress" and e["total"] == 50 and "style" in e["terms"] for e in events)
 
 
+def test_a_ctrl_c_whose_interrupt_was_swallowed_still_stops_the_loop(setup):
+    """The CLI's Ctrl-C handler also sets CTRL_C: even if its KeyboardInterrupt is lost (raised inside a
+    finalizer, which Python only reports), the loop stops before its next step."""
+    from nst3d.events import CTRL_C
+
+    content, objective = setup
+    steps = []
+
+    def sink(event):
+        steps.append(event["step"])
+        if event["step"] == 2:
+            CTRL_C.set()  # what nst3d.cli's handler does before raising
+
+    try:
+        with pytest.raises(Cancelled):
+            stylize(ImageBackend(content), objective, LoopConfig(steps=50), sink)
+    finally:
+        CTRL_C.clear()
+    assert steps == [1, 2]
+
+
 class DeferredImage(ImageBackend):
     """The image backend driven through the deferred path: render without a graph, push d loss / d image back."""
 
