@@ -104,3 +104,18 @@ def textured_obj(folder: Path, texture_name: str = "tex.png", write_texture: boo
     if write_texture:
         (folder / texture_name).write_bytes(png_bytes(checker(16)))
     return folder / "quad.obj"
+
+
+PALETTE = np.array([[[230, 40, 40], [40, 200, 60], [40, 60, 230], [240, 220, 40]]], dtype=np.uint8)  # [1, 4, 3]
+
+
+def palette_sphere_glb(path: Path) -> Path:
+    """An icosphere textured like voxel/low-poly art: a 4x1 colour palette, each triangle's three UVs on the
+    centre of swatch (triangle index % 4), so the UV layout has no area. Unwelded (3 vertices per triangle)."""
+    sphere = icosphere(1)
+    faces = np.asarray(sphere.faces)
+    positions = np.asarray(sphere.vertices)[faces].reshape(-1, 3) * 0.5
+    swatch = (np.arange(len(faces)) % 4 + 0.5) / 4
+    uv = np.stack([np.repeat(swatch, 3), np.full(3 * len(faces), 0.5)], axis=1)
+    return write_glb(path, [{"name": "Gem", "positions": positions, "faces": np.arange(3 * len(faces)).reshape(-1, 3),
+                             "uv": uv, "texture": PALETTE}])

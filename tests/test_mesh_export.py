@@ -9,7 +9,7 @@ import torch
 from nst3d.backends.mesh import gltf as G
 from nst3d.backends.mesh.export import export_asset
 from nst3d.backends.mesh.load import load_mesh
-from tests.mesh_data import checker, textured_obj, textured_quad_glb, two_object_glb
+from tests.mesh_data import checker, palette_sphere_glb, textured_obj, textured_quad_glb, two_object_glb
 
 
 def inverted(asset) -> list[torch.Tensor]:
@@ -60,6 +60,17 @@ def test_atlased_objects_get_new_uvs_and_material_keeping_everything_else(tmp_pa
     assert not ball_slot.generated  # it has a texture of its own now
     assert torch.allclose(ball_slot.texture, 1 - next(s for s in asset.slots if s.name == "Ball").texture,
                           atol=1 / 255)
+
+
+def test_a_palette_asset_exports_its_new_atlas_beside_the_original_uvs(tmp_path):
+    asset = load_mesh(palette_sphere_glb(tmp_path / "gem.glb"), texture_size=64)
+    written = export_asset(asset, inverted(asset), tmp_path / "out", "gem_styled")
+    prim = G.read_gltf(written["asset"]).json["meshes"][0]["primitives"][0]
+    assert {"TEXCOORD_0", "TEXCOORD_1"} <= set(prim["attributes"])  # the palette UVs stay for other maps
+    again = load_mesh(written["asset"])
+    assert np.allclose(world_triangles(again), world_triangles(asset))
+    assert not again.slots[0].generated and not any("palette" in w for w in again.warnings)
+    assert torch.allclose(again.slots[0].texture, 1 - asset.slots[0].texture, atol=1 / 255)
 
 
 def test_obj_export_writes_mtl_and_pngs_that_trimesh_reads(tmp_path):

@@ -6,10 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from nst3d.backends.mesh.load import load_mesh, rasterize_uv, uv_layout_ok
+from nst3d.backends.mesh.load import load_mesh, make_atlas, rasterize_uv, uv_layout_ok
 from nst3d.backends.mesh.regions import match_style_map
 from nst3d.errors import UserError
-from tests.mesh_data import checker, icosphere, textured_obj, textured_quad_glb, two_object_glb, write_glb
+from tests.mesh_data import (
+    PALETTE,
+    checker,
+    icosphere,
+    palette_sphere_glb,
+    textured_obj,
+    textured_quad_glb,
+    two_object_glb,
+    write_glb,
+)
 
 
 def test_glb_texture_becomes_a_slot_with_its_uvs_and_resolution(tmp_path):
@@ -73,6 +82,37 @@ def test_overlapping_uvs_are_replaced_by_an_atlas(tmp_path):
                                          "faces": np.asarray(sphere.faces), "uv": uv, "color": (1, 1, 1, 1)}])
     asset = load_mesh(tmp_path / "bad_uv.glb")
     assert asset.primitives[0].vertex_map is not None
+
+
+def test_a_palette_texture_is_baked_into_a_new_atlas_that_can_carry_strokes(tmp_path):
+    asset = load_mesh(palette_sphere_glb(tmp_path / "gem.glb"), texture_size=64)
+    assert any("colour palette" in w for w in asset.warnings)
+    slot, prim = asset.slots[0], asset.primitives[0]
+    assert slot.generated and slot.texture.shape == (3, 64, 64) and "GemMat" in slot.aliases
+    assert prim.vertex_map is not None and uv_layout_ok(prim.uv, prim.faces)
+    # Every texel a triangle covers shows that triangle's swatch (the atlas keeps the triangle order).
+    face, _ = rasterize_uv(prim.uv, prim.faces, 64, 64)
+    covered = face >= 0
+    assert covered.mean() > 0.3
+    expected = torch.from_numpy(PALETTE[0][face[covered] % 4]).float().T / 255
+    assert torch.allclose(slot.texture[:, torch.from_numpy(covered)], expected, atol=1e-6)
+
+
+def test_an_atlas_of_a_non_manifold_mesh_charts_the_manifold_part_only(tmp_path, monkeypatch):
+    import nst3d.backends.mesh.load as load
+
+    sphere = icosphere(1)
+    faces = np.asarray(sphere.faces)
+    fin = np.array([[faces[0, 0], faces[0, 1], len(sphere.vertices)]])  # a third triangle on one edge
+    positions = np.concatenate([np.asarray(sphere.vertices), [[0.0, 0.0, 3.0]]])
+    charted = []
+    real = load.isochart
+    monkeypatch.setattr(load, "isochart", lambda p, f, size: charted.append(len(f)) or real(p, f, size))
+    notes: list[str] = []
+    vertex_map, new_faces, uv = make_atlas(positions, np.concatenate([faces, fin]), 256, notes, "Fin")
+    assert charted and max(charted) < len(faces) + 1  # UVAtlas never saw the non-manifold edge (it can hang)
+    assert len(new_faces) == len(faces) + 1 and uv_layout_ok(uv, new_faces)
+    assert any("non-manifold" in n for n in notes)
 
 
 def test_rasterize_uv_finds_the_covering_triangle():

@@ -29,6 +29,8 @@ SUPPORTED = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
 DEFAULT_TEXTURE_SIZE = 1024
 NO_COLOUR = 0.5  # linear mid grey for surfaces without any colour (glTF's default white hides shapes)
 OVERLAP_LIMIT = 0.02  # kept UVs may overlap on at most this share of their texels
+MIN_LAYOUT_TEXELS = 32 * 32  # a layout giving the surface fewer texels than this, on under
+PALETTE_SHARE = 0.01  # this share of its texture, is a colour palette (see is_palette)
 
 
 @dataclass
@@ -141,6 +143,11 @@ def decode_image(data: bytes, what: str) -> tuple[torch.Tensor, torch.Tensor | N
     return (tensor[:3], tensor[3:]) if tensor.shape[0] == 4 else (tensor, None)
 
 
+def tint(rgb: torch.Tensor, factor) -> torch.Tensor:
+    """An sRGB texture [3, H, W] times a linear base-colour factor (glTF's rule), in sRGB."""
+    return linear_to_srgb(srgb_to_linear(rgb) * torch.tensor(factor[:3], dtype=rgb.dtype).view(3, 1, 1))
+
+
 def resize_texture(texture: torch.Tensor, size: int) -> torch.Tensor:
     """[C, H, W] resampled so its longer side is `size` (area down, bilinear up)."""
     from nst3d.files import resize_to
@@ -197,6 +204,23 @@ def uv_layout_ok(uv: np.ndarray | None, faces: np.ndarray, size: int = 256) -> b
     hits, _ = rasterize_uv(uv, faces, size, size, count=True)
     covered = (hits > 0).sum()
     return covered > 0 and (hits > 1).sum() / covered <= OVERLAP_LIMIT
+
+
+def layout_texels(uv: np.ndarray, faces: np.ndarray, height: int, width: int) -> float:
+    """Texels the UV layout spreads the triangles over: the summed UV area of the faces, in texels."""
+    corners = uv[faces]  # [f, 3, 2]
+    a, b = corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]
+    return float(0.5 * np.abs(a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]).sum() * height * width)
+
+
+def is_palette(uv: np.ndarray, faces: np.ndarray, texture: torch.Tensor) -> bool:
+    """True when a texture cannot carry strokes because its UVs squeeze the surface onto a sliver of it
+    (under PALETTE_SHARE of its area and MIN_LAYOUT_TEXELS texels): a colour palette or swatch atlas, with
+    triangles mapped to points or lines. A small texture the layout fills is not one (--texture-size helps
+    there)."""
+    h, w = texture.shape[-2:]
+    texels = layout_texels(uv, faces, h, w)
+    return texels < MIN_LAYOUT_TEXELS and texels < PALETTE_SHARE * h * w
 
 
 def weld(positions: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -262,16 +286,16 @@ def non_manifold_faces(faces: np.ndarray) -> np.ndarray:
 
 def make_atlas(positions: np.ndarray, faces: np.ndarray, size: int, notes: list[str], name: str
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A UV atlas with open3d's isochart. Triangles on non-manifold edges (which UVAtlas refuses) are
-    charted separately in a grid strip at the bottom; if isochart fails anyway, every triangle pair gets
-    its own grid cell.
+    """A UV atlas with open3d's isochart. Triangles on non-manifold edges (which UVAtlas refuses, or takes
+    minutes over: a voxel model) are charted separately in a grid strip at the bottom; if isochart fails
+    anyway, every triangle pair gets its own grid cell.
 
     Returns (vertex_map [n'] into the original vertices, faces [f, 3] into the new vertices, uv [n', 2]).
     """
     welded, welded_faces = weld(positions, faces)
-    corners = isochart(welded, welded_faces, size)
+    bad = non_manifold_faces(welded_faces)
+    corners = isochart(welded, welded_faces, size) if not bad.any() else None
     if corners is None:
-        bad = non_manifold_faces(welded_faces)
         good = ~bad
         main = isochart(welded, welded_faces[good], size) if good.any() and bad.any() else None
         if main is not None:
@@ -313,6 +337,27 @@ def paint_vertex_colours(uv: np.ndarray, faces: np.ndarray, colours: np.ndarray,
     mean = colours.mean(0)
     colour = np.where(hit[..., None], colour, mean)
     return torch.from_numpy(colour.transpose(2, 0, 1).astype(np.float32)).clamp(0, 1)
+
+
+def bake_texture(uv: np.ndarray, faces: np.ndarray, source_uv: np.ndarray, source: torch.Tensor, size: int
+                 ) -> torch.Tensor:
+    """A texture [C, size, size] for the layout (uv [n, 2], faces [f, 3]) showing `source` [C, h, w] as
+    the per-vertex source_uv [n, 2] mapped it (nearest texel: palettes are not blended across swatches).
+    Texels no triangle covers get the mean of the covered ones."""
+    face, bary = rasterize_uv(uv, faces, size, size)
+    hit = face >= 0
+    f = faces[np.where(hit, face, 0)]
+    u, v = bary[..., 0:1], bary[..., 1:2]
+    where = (1 - u - v) * source_uv[f[..., 0]] + u * source_uv[f[..., 1]] + v * source_uv[f[..., 2]]
+    h, w = source.shape[-2:]
+    where = where - np.floor(where)  # the source repeats
+    rows = np.clip((where[..., 1] * h).astype(np.int64), 0, h - 1)
+    cols = np.clip((where[..., 0] * w).astype(np.int64), 0, w - 1)
+    out = source[:, torch.from_numpy(rows), torch.from_numpy(cols)]
+    covered = torch.from_numpy(hit)
+    if covered.any():
+        out[:, ~covered] = out[:, covered].mean(1, keepdim=True)
+    return out.float().contiguous()
 
 
 def texel_coverage(asset: MeshAsset, slot: int) -> torch.Tensor:
@@ -403,7 +448,7 @@ class _Builder:
         if key in self.textured:
             self.slots[self.textured[key]].aliases |= aliases
             return self.textured[key]
-        rgb = linear_to_srgb(srgb_to_linear(rgb) * torch.tensor(factor[:3], dtype=rgb.dtype).view(3, 1, 1))
+        rgb = tint(rgb, factor)
         if self.texture_size:
             rgb = resize_texture(rgb, self.texture_size)
             alpha = None if alpha is None else resize_texture(alpha, self.texture_size)
@@ -413,10 +458,19 @@ class _Builder:
         return len(self.slots) - 1
 
     def add_untextured(self, name: str, aliases: set[str], positions, faces, uv, normals, colours, factor,
-                       material: int | None, material_name: str, source: tuple) -> int:
-        """A primitive without a texture: its own new slot (kept UVs if valid, else an atlas)."""
+                       material: int | None, material_name: str, source: tuple,
+                       palette: torch.Tensor | None = None) -> int:
+        """A primitive without a texture that can carry strokes: its own new slot (kept UVs if valid, else an
+        atlas). palette: [3, h, w] a colour-palette texture its UVs index (baked into a new atlas)."""
         size = self.new_size()
         vertex_map = None
+        if palette is not None:
+            source_uv = uv
+            vertex_map, faces, uv = make_atlas(positions, faces, size, self.notes, name)
+            positions, normals = positions[vertex_map], normals[vertex_map]
+            texture = bake_texture(uv, faces, source_uv[vertex_map], palette, size)
+            return self._new_slot(name, aliases, positions, faces, uv, normals, texture, factor, material,
+                                  material_name, source, vertex_map)
         if self.extra is not None and uv is not None:
             rgb, alpha = self.extra
             slot = self.textured_slot(("extra",), material_name or name, aliases, rgb, alpha, factor, material)
@@ -432,6 +486,22 @@ class _Builder:
         else:
             base = linear_to_srgb(np.asarray(factor[:3], dtype=np.float64))
             texture = torch.tensor(base, dtype=torch.float32).view(3, 1, 1).expand(3, size, size).contiguous()
+        return self._new_slot(name, aliases, positions, faces, uv, normals, texture, factor, material, material_name,
+                              source, vertex_map)
+
+    def add_palette(self, name: str, aliases: set[str], positions, faces, uv, normals, palette: torch.Tensor, factor,
+                    material: int | None, material_name: str, source: tuple) -> int:
+        """A primitive whose texture is a colour palette (see is_palette): a new atlas with its colours."""
+        texels = layout_texels(uv, faces, *palette.shape[-2:])
+        self.note(f"{name}: its UVs map the surface onto {texels:.0f} texels of the texture of "
+                  f"'{material_name or name}' (a colour palette), too few for brush strokes; stylizing a new UV "
+                  "atlas with the palette's colours baked in (the original UVs stay in the file)")
+        return self.add_untextured(name, aliases, positions, faces, uv, normals, None, factor, material,
+                                   material_name, source, palette=tint(palette.float(), factor))
+
+    def _new_slot(self, name: str, aliases: set[str], positions, faces, uv, normals, texture: torch.Tensor, factor,
+                  material: int | None, material_name: str, source: tuple, vertex_map) -> int:
+        """A generated slot for one primitive (its own new texture)."""
         slot_name = name if name not in {s.name for s in self.slots} else f"{name}.{len(self.slots)}"
         self.slots.append(Slot(slot_name, aliases | {name, slot_name} | ({material_name} if material_name else set()),
                                texture, None, True, material, material_name,
@@ -496,6 +566,9 @@ class _Builder:
             image = self.gltf_texture(gltf, info, m_name)
             if image is not None and coord in attrs:
                 uv = G.read_accessor(gltf, attrs[coord]).astype(np.float64)
+                if is_palette(uv, faces, image[0]):
+                    return self.add_palette(mesh_name, aliases, positions, faces, uv, normals, image[0], factor,
+                                            m_index, m_name, key)
                 slot = self.textured_slot(("gltf", m_index), m_name, aliases, image[0], image[1], factor, m_index)
                 self.primitives.append(Primitive(mesh_name, positions, faces, uv, normals, slot, key))
                 return len(self.primitives) - 1
@@ -607,6 +680,9 @@ class _Builder:
             array = _to_float_array(image)
             tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
             rgb, alpha = (tensor[:3], tensor[3:]) if tensor.shape[0] == 4 else (tensor, None)
+            if is_palette(uv, faces, rgb):
+                return self.add_palette(name, aliases, positions, faces, uv, normals, rgb, factor, None, m_name,
+                                        ("trimesh", name))
             slot = self.textured_slot(("trimesh", id(material)), m_name or name, aliases, rgb, alpha, factor,
                                       len(self.textured))
             self.primitives.append(Primitive(name, positions, faces, uv, normals, slot, ("trimesh", name)))
