@@ -345,8 +345,10 @@ def _export_glb(path: Path) -> None:
 def write_job_file(folder: Path, options: dict[str, Any], texture_size: int | None,
                    extra: dict[str, Any] | None = None) -> Path:
     """folder/job.json for the worker (format: nst3d.worker); `extra`: more job fields (style_map, shading)."""
+    # keep_uv_layouts: the textures come back onto the objects' own UV maps, so the worker must not re-atlas.
     job = {"nst3d_job": JOB_VERSION, "kind": "mesh", "input": "input.glb", "output_dir": "out",
-           "options": options, "texture_size": texture_size or None, "export_format": "glb", **(extra or {})}
+           "options": options, "texture_size": texture_size or None, "export_format": "glb",
+           "keep_uv_layouts": True, **(extra or {})}
     path = folder / "job.json"
     path.write_text(json.dumps(job, indent=2), encoding="utf-8")
     return path

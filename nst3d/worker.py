@@ -59,6 +59,7 @@ class Job:
     style_map: dict[str, list[Path]] | None = None
     export_format: str = "glb"
     shading: str = "none"
+    keep_uv_layouts: bool = False  # the caller applies textures to its own UVs (see nst3d.backends.mesh.load)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -85,7 +86,7 @@ def job_from_dict(data: Any, base: Path) -> Job:
         raise UserError(f"job file version {data.get('nst3d_job')!r} is not supported (expected "
                         f"\"nst3d_job\": {JOB_VERSION}); update the add-on and nst3d together")
     known = {"nst3d_job", "kind", "input", "output_dir", "options", "texture_size", "style_map",
-             "export_format", "shading"}
+             "export_format", "shading", "keep_uv_layouts"}
     if unknown := sorted(set(data) - known):
         raise UserError(f"job file has unknown keys {', '.join(unknown)}")
     kind = data.get("kind")
@@ -103,9 +104,13 @@ def job_from_dict(data: Any, base: Path) -> Job:
     shading = data.get("shading", "none")
     if shading not in SHADINGS:
         raise UserError(f"job shading {shading!r} is not supported; use one of {', '.join(SHADINGS)}")
+    keep_uv_layouts = data.get("keep_uv_layouts", False)
+    if not isinstance(keep_uv_layouts, bool):
+        raise UserError(f"job keep_uv_layouts must be true or false, got {keep_uv_layouts!r}")
     return Job(kind=kind, input=_path(data["input"], base), output_dir=_path(data["output_dir"], base),
                options=options_from_dict(data.get("options") or {}, base), texture_size=texture_size,
-               style_map=_style_map(data.get("style_map"), base), export_format=export_format, shading=shading)
+               style_map=_style_map(data.get("style_map"), base), export_format=export_format, shading=shading,
+               keep_uv_layouts=keep_uv_layouts)
 
 
 def _style_map(value: Any, base: Path) -> dict[str, list[Path]] | None:
@@ -231,7 +236,8 @@ def run_job(job: Job, on_event: Callable[[Event], None],
     started = time.perf_counter()
     report = stylize_mesh_file(job.input, job.output_dir, job.options, job.style_map,
                                texture_size=job.texture_size, export_format=job.export_format,
-                               shading=job.shading, on_event=_without_done(on_event), should_stop=should_stop)
+                               shading=job.shading, keep_uv_layouts=job.keep_uv_layouts,
+                               on_event=_without_done(on_event), should_stop=should_stop)
     outputs = sorted(str(p) for p in job.output_dir.rglob("*") if p.is_file())
     asset = Path(report.get("outputs", {}).get("asset", "")) if isinstance(report, dict) else Path()
     textures = []

@@ -377,6 +377,15 @@ def test_worker_error_is_shown(empty_file, prefs, real_weights, tmp_path):
 
 
 @pytest.mark.slow
+def test_jobs_ask_the_worker_to_keep_the_uv_layouts(addon, tmp_path):
+    """The add-on puts the textures back on the objects' own UV maps: the worker must not re-atlas them."""
+    from blender_addon.jobs import write_job_file
+    from nst3d.worker import load_job
+
+    job = load_job(write_job_file(tmp_path, {"styles": [str(tmp_path / "s.png")]}, None))
+    assert job.keep_uv_layouts
+
+
 def test_stylize_selected_end_to_end_and_undo(empty_file, prefs, style_image, real_weights):
     cube, ball = build_scene()
     set_style(bpy.context.scene.nst3d, style_image, steps=4)

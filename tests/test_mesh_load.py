@@ -98,6 +98,18 @@ def test_a_palette_texture_is_baked_into_a_new_atlas_that_can_carry_strokes(tmp_
     assert torch.allclose(slot.texture[:, torch.from_numpy(covered)], expected, atol=1e-6)
 
 
+def test_keep_uv_layouts_leaves_palettes_and_overlapping_uvs_in_place(tmp_path):
+    asset = load_mesh(palette_sphere_glb(tmp_path / "gem.glb"), keep_uv_layouts=True)
+    assert not asset.slots[0].generated and asset.slots[0].texture.shape == (3, 1, 4)
+    assert asset.primitives[0].vertex_map is None
+    assert any("only its colours can change" in w for w in asset.warnings)
+    sphere = icosphere(1)
+    collapsed = np.full((len(sphere.vertices), 2), 0.5)
+    write_glb(tmp_path / "bad_uv.glb", [{"name": "Ball", "positions": np.asarray(sphere.vertices),
+                                         "faces": np.asarray(sphere.faces), "uv": collapsed, "color": (1, 1, 1, 1)}])
+    assert load_mesh(tmp_path / "bad_uv.glb", keep_uv_layouts=True).primitives[0].vertex_map is None
+
+
 def test_an_atlas_of_a_non_manifold_mesh_charts_the_manifold_part_only(tmp_path, monkeypatch):
     import nst3d.backends.mesh.load as load
 

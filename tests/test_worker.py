@@ -31,6 +31,7 @@ def test_job_paths_resolve_against_the_job_folder(tmp_path):
     assert job.options.styles == [tmp_path / "s.png"] and job.options.steps == 5
     assert job.style_map == {"Wood": [tmp_path / "w.png"], "Body": [tmp_path / "a.png", Path("/abs/b.png")]}
     assert (job.texture_size, job.shading, job.export_format) == (64, "lambert", "glb")
+    assert not job.keep_uv_layouts and job_from_dict(_job(keep_uv_layouts=True), tmp_path).keep_uv_layouts
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -46,6 +47,7 @@ def test_job_paths_resolve_against_the_job_folder(tmp_path):
     ({"options": {"styles": ["s.png"], "strength": -1}}, "strength must be a non-negative"),
     ({"options": {"styles": ["s.png"], "style_weights": [1, 2]}}, "2 values for 1 styles"),
     ({"style_map": {"Wood": 3}}, "style_map['Wood']"),
+    ({"keep_uv_layouts": "yes"}, "keep_uv_layouts must be true or false"),
 ])
 def test_bad_jobs_are_one_line_user_errors(tmp_path, change, message):
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):

@@ -121,13 +121,15 @@ def stylize_mesh_file(input_path: str | Path, out_dir: str | Path, opts: StyleOp
                       export_format: str = "glb", compare_baseline: bool = False,
                       on_event: EventSink | None = None, should_stop: Callable[[], bool] | None = None,
                       texture: str | Path | None = None, shading: str = "none",
-                      pool_size: int = 48, held_out: int = HELD_OUT) -> dict[str, Any]:
+                      pool_size: int = 48, held_out: int = HELD_OUT, keep_uv_layouts: bool = False
+                      ) -> dict[str, Any]:
     """Stylize a mesh file; write out_dir/<stem>_styled.glb (or .obj), texture PNGs, contact_sheet.png and
     report.json, and return the report. Nothing is written if anything fails or the run is cancelled.
 
     opts: the shared options (None fields take the mesh defaults); style_map: {material or object name:
     style images}; texture_size: resample textures (longer side); texture: an image for UV'd triangles
-    without a texture. Raises UserError for bad input, nst3d.stylize.Cancelled when should_stop() turns true.
+    without a texture; keep_uv_layouts: see load_mesh. Raises UserError for bad input,
+    nst3d.stylize.Cancelled when should_stop() turns true.
     """
     started = time.perf_counter()
     stages: dict[str, float] = {}
@@ -152,7 +154,7 @@ def stylize_mesh_file(input_path: str | Path, out_dir: str | Path, opts: StyleOp
         on_event({"event": "message", "stage": name, "text": text})
 
     stage("load", f"loading {input_path.name}")
-    asset = load_mesh(input_path, texture_size, texture)
+    asset = load_mesh(input_path, texture_size, texture, keep_uv_layouts)
     groups = match_style_map(list(style_map), [s.aliases for s in asset.slots]) if style_map else None
     objective = _objective(opts, style_map, vgg, _palette([s.texture for s in asset.slots]))
     stage("setup", f"rasterizing {pool_size} training views of {asset.face_count} triangles, "

@@ -384,13 +384,15 @@ def check_input(path: Path) -> None:
                         " (convert other formats to GLB first)")
 
 
-def load_mesh(path: str | Path, texture_size: int | None = None, texture: str | Path | None = None
-              ) -> MeshAsset:
+def load_mesh(path: str | Path, texture_size: int | None = None, texture: str | Path | None = None,
+              keep_uv_layouts: bool = False) -> MeshAsset:
     """Read a mesh file into texture slots.
 
     texture_size: resample every texture to this longer side (default: keep the file's; new textures get
     DEFAULT_TEXTURE_SIZE). texture: an image to use for triangles that have UVs but no texture (an OBJ
-    without its .mtl, like Keenan Crane's Spot). Raises UserError for files that cannot be stylized.
+    without its .mtl, like Keenan Crane's Spot). keep_uv_layouts: never give triangles that have UVs a new
+    atlas (for callers that apply the textures to their own copy of the UVs: the Blender add-on); palettes
+    then only change colour, overlapping UVs share texels. Raises UserError for files that cannot be stylized.
     """
     path = Path(path)
     check_input(path)
@@ -399,7 +401,7 @@ def load_mesh(path: str | Path, texture_size: int | None = None, texture: str | 
         from nst3d.files import load_image
 
         extra = load_image(texture, "texture")
-    builder = _Builder(path, texture_size, extra)
+    builder = _Builder(path, texture_size, extra, keep_uv_layouts)
     if path.suffix.lower() in (".glb", ".gltf"):
         asset = builder.from_gltf(G.read_gltf(path))
     else:
@@ -426,8 +428,9 @@ def check_finite(path: Path, name: str, positions: np.ndarray) -> None:
 class _Builder:
     """Collects primitives, instances and slots while reading one file."""
 
-    def __init__(self, path: Path, texture_size: int | None, extra: tuple | None):
+    def __init__(self, path: Path, texture_size: int | None, extra: tuple | None, keep_uv_layouts: bool = False):
         self.path = path
+        self.keep_uv_layouts = keep_uv_layouts
         self.texture_size = texture_size
         self.extra = extra  # (rgb, alpha) for UV'd triangles without a texture
         self.primitives: list[Primitive] = []
@@ -477,7 +480,7 @@ class _Builder:
             self.slots[slot].generated = True
             self.primitives.append(Primitive(name, positions, faces, uv, normals, slot, source))
             return len(self.primitives) - 1
-        if not uv_layout_ok(uv, faces):
+        if not uv_layout_ok(uv, faces) and not (self.keep_uv_layouts and uv is not None and np.isfinite(uv).all()):
             vertex_map, faces, uv = make_atlas(positions, faces, size, self.notes, name)
             positions, normals = positions[vertex_map], normals[vertex_map]
             colours = None if colours is None else colours[vertex_map]
@@ -488,6 +491,13 @@ class _Builder:
             texture = torch.tensor(base, dtype=torch.float32).view(3, 1, 1).expand(3, size, size).contiguous()
         return self._new_slot(name, aliases, positions, faces, uv, normals, texture, factor, material, material_name,
                               source, vertex_map)
+
+    def keep_palette(self, name: str, material_name: str) -> bool:
+        """With keep_uv_layouts, a palette stays (and says what that costs); else False."""
+        if self.keep_uv_layouts:
+            self.note(f"{name}: '{material_name or name}' is a colour-palette texture (whole triangles on single "
+                      "swatches): only its colours can change; unwrap the object into a new UV map for strokes")
+        return self.keep_uv_layouts
 
     def add_palette(self, name: str, aliases: set[str], positions, faces, uv, normals, palette: torch.Tensor, factor,
                     material: int | None, material_name: str, source: tuple) -> int:
@@ -566,7 +576,7 @@ class _Builder:
             image = self.gltf_texture(gltf, info, m_name)
             if image is not None and coord in attrs:
                 uv = G.read_accessor(gltf, attrs[coord]).astype(np.float64)
-                if is_palette(uv, faces, image[0]):
+                if is_palette(uv, faces, image[0]) and not self.keep_palette(mesh_name, m_name):
                     return self.add_palette(mesh_name, aliases, positions, faces, uv, normals, image[0], factor,
                                             m_index, m_name, key)
                 slot = self.textured_slot(("gltf", m_index), m_name, aliases, image[0], image[1], factor, m_index)
@@ -680,7 +690,7 @@ class _Builder:
             array = _to_float_array(image)
             tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
             rgb, alpha = (tensor[:3], tensor[3:]) if tensor.shape[0] == 4 else (tensor, None)
-            if is_palette(uv, faces, rgb):
+            if is_palette(uv, faces, rgb) and not self.keep_palette(name, m_name):
                 return self.add_palette(name, aliases, positions, faces, uv, normals, rgb, factor, None, m_name,
                                         ("trimesh", name))
             slot = self.textured_slot(("trimesh", id(material)), m_name or name, aliases, rgb, alpha, factor,
