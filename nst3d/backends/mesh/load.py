@@ -327,15 +327,22 @@ def vertex_normals(positions: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return normals
 
 
-def paint_vertex_colours(uv: np.ndarray, faces: np.ndarray, colours: np.ndarray, size: int) -> torch.Tensor:
-    """A texture [3, size, size] with per-vertex colours [n, 3] interpolated over the UV layout."""
+def interpolate_over_layout(uv: np.ndarray, faces: np.ndarray, values: np.ndarray, size: int
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-vertex values [n, C] interpolated at the texel centres of a size x size texture laid out by
+    (uv [n, 2], faces [f, 3]): (values [size, size, C], covered [size, size] bool; uncovered texels are 0)."""
     face, bary = rasterize_uv(uv, faces, size, size)
     hit = face >= 0
     f = faces[np.where(hit, face, 0)]
     u, v = bary[..., 0:1], bary[..., 1:2]
-    colour = (1 - u - v) * colours[f[..., 0]] + u * colours[f[..., 1]] + v * colours[f[..., 2]]
-    mean = colours.mean(0)
-    colour = np.where(hit[..., None], colour, mean)
+    out = (1 - u - v) * values[f[..., 0]] + u * values[f[..., 1]] + v * values[f[..., 2]]
+    return np.where(hit[..., None], out, 0.0), hit
+
+
+def paint_vertex_colours(uv: np.ndarray, faces: np.ndarray, colours: np.ndarray, size: int) -> torch.Tensor:
+    """A texture [3, size, size] with per-vertex colours [n, 3] interpolated over the UV layout."""
+    colour, hit = interpolate_over_layout(uv, faces, colours, size)
+    colour = np.where(hit[..., None], colour, colours.mean(0))
     return torch.from_numpy(colour.transpose(2, 0, 1).astype(np.float32)).clamp(0, 1)
 
 
@@ -344,11 +351,7 @@ def bake_texture(uv: np.ndarray, faces: np.ndarray, source_uv: np.ndarray, sourc
     """A texture [C, size, size] for the layout (uv [n, 2], faces [f, 3]) showing `source` [C, h, w] as
     the per-vertex source_uv [n, 2] mapped it (nearest texel: palettes are not blended across swatches).
     Texels no triangle covers get the mean of the covered ones."""
-    face, bary = rasterize_uv(uv, faces, size, size)
-    hit = face >= 0
-    f = faces[np.where(hit, face, 0)]
-    u, v = bary[..., 0:1], bary[..., 1:2]
-    where = (1 - u - v) * source_uv[f[..., 0]] + u * source_uv[f[..., 1]] + v * source_uv[f[..., 2]]
+    where, hit = interpolate_over_layout(uv, faces, source_uv, size)
     h, w = source.shape[-2:]
     where = where - np.floor(where)  # the source repeats
     rows = np.clip((where[..., 1] * h).astype(np.int64), 0, h - 1)
