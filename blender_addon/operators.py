@@ -82,7 +82,7 @@ def finish(context, job: jobs.StylizeJob) -> tuple[bool, str]:
             _undo_push("Stylize Selected")
             ok = True
             materials = sorted({m for names in assigned.values() for m in names})
-            message = f"stylized {len(assigned)} object(s): {', '.join(materials)}"
+            message = f"stylized {len(assigned)} object(s): {', '.join(materials)}" + warning_suffix(job.result)
     except jobs.JobError as exc:
         message = str(exc)
     finally:
@@ -97,6 +97,16 @@ def finish(context, job: jobs.StylizeJob) -> tuple[bool, str]:
         status.error = message
     _redraw(context)
     return ok, message
+
+
+def warning_suffix(result: dict) -> str:
+    """"; warning: <the first of the worker's warnings> (+N more)" or "" (the full list is in report.json)."""
+    report = result.get("report")
+    warnings = report.get("warnings") if isinstance(report, dict) else None
+    if not warnings:
+        return ""
+    more = f" (+{len(warnings) - 1} more)" if len(warnings) > 1 else ""
+    return f"; warning: {warnings[0]}{more}"
 
 
 def _undo_push(message: str) -> None:

@@ -386,6 +386,13 @@ def test_jobs_ask_the_worker_to_keep_the_uv_layouts(addon, tmp_path):
     assert job.keep_uv_layouts
 
 
+def test_worker_warnings_reach_the_panel_message(addon):
+    from blender_addon.operators import warning_suffix
+
+    assert warning_suffix({"report": {"warnings": []}}) == ""
+    assert warning_suffix({"report": {"warnings": ["a palette", "b"]}}) == "; warning: a palette (+1 more)"
+
+
 def test_stylize_selected_end_to_end_and_undo(empty_file, prefs, style_image, real_weights):
     cube, ball = build_scene()
     set_style(bpy.context.scene.nst3d, style_image, steps=4)
