@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from nst3d.backends.mesh.load import load_mesh, make_atlas, rasterize_uv, uv_layout_ok
+from nst3d.backends.mesh.load import bake_texture, load_mesh, make_atlas, rasterize_uv, uv_layout_ok
 from nst3d.backends.mesh.regions import match_style_map
 from nst3d.errors import UserError
 from tests.mesh_data import (
@@ -96,6 +96,14 @@ def test_a_palette_texture_is_baked_into_a_new_atlas_that_can_carry_strokes(tmp_
     assert covered.mean() > 0.3
     expected = torch.from_numpy(PALETTE[0][face[covered] % 4]).float().T / 255
     assert torch.allclose(slot.texture[:, torch.from_numpy(covered)], expected, atol=1e-6)
+
+
+def test_bake_samples_the_edge_swatch_at_uv_one_and_wraps_outside():
+    palette = torch.from_numpy(PALETTE).permute(2, 0, 1).float() / 255  # [3, 1, 4]
+    uv = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    for u, swatch in ((1.0, 3), (1.3, 1), (-0.1, 3)):
+        baked = bake_texture(uv, np.array([[0, 1, 2]]), np.full((3, 2), [u, 0.5]), palette, 8)
+        assert torch.allclose(baked[:, 0, 0], palette[:, 0, swatch])
 
 
 def test_keep_uv_layouts_leaves_palettes_and_overlapping_uvs_in_place(tmp_path):

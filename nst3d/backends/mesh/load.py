@@ -353,7 +353,7 @@ def bake_texture(uv: np.ndarray, faces: np.ndarray, source_uv: np.ndarray, sourc
     Texels no triangle covers get the mean of the covered ones."""
     where, hit = interpolate_over_layout(uv, faces, source_uv, size)
     h, w = source.shape[-2:]
-    where = where - np.floor(where)  # the source repeats
+    where = np.where((where < 0) | (where > 1), where - np.floor(where), where)  # the source repeats
     rows = np.clip((where[..., 1] * h).astype(np.int64), 0, h - 1)
     cols = np.clip((where[..., 0] * w).astype(np.int64), 0, w - 1)
     out = source[:, torch.from_numpy(rows), torch.from_numpy(cols)]
