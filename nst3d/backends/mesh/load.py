@@ -464,19 +464,10 @@ class _Builder:
         return len(self.slots) - 1
 
     def add_untextured(self, name: str, aliases: set[str], positions, faces, uv, normals, colours, factor,
-                       material: int | None, material_name: str, source: tuple,
-                       palette: torch.Tensor | None = None) -> int:
-        """A primitive without a texture that can carry strokes: its own new slot (kept UVs if valid, else an
-        atlas). palette: [3, h, w] a colour-palette texture its UVs index (baked into a new atlas)."""
+                       material: int | None, material_name: str, source: tuple) -> int:
+        """A primitive without a texture: its own new slot (kept UVs if valid, else an atlas)."""
         size = self.new_size()
         vertex_map = None
-        if palette is not None:
-            source_uv = uv
-            vertex_map, faces, uv = make_atlas(positions, faces, size, self.notes, name)
-            positions, normals = positions[vertex_map], normals[vertex_map]
-            texture = bake_texture(uv, faces, source_uv[vertex_map], palette, size)
-            return self._new_slot(name, aliases, positions, faces, uv, normals, texture, factor, material,
-                                  material_name, source, vertex_map)
         if self.extra is not None and uv is not None:
             rgb, alpha = self.extra
             slot = self.textured_slot(("extra",), material_name or name, aliases, rgb, alpha, factor, material)
@@ -509,8 +500,11 @@ class _Builder:
         self.note(f"{name}: its UVs map the surface onto {texels:.0f} texels of the texture of "
                   f"'{material_name or name}' (a colour palette), too few for brush strokes; stylizing a new UV "
                   "atlas with the palette's colours baked in (the original UVs stay in the file)")
-        return self.add_untextured(name, aliases, positions, faces, uv, normals, None, factor, material,
-                                   material_name, source, palette=tint(palette.float(), factor))
+        size = self.new_size()
+        vertex_map, faces, atlas_uv = make_atlas(positions, faces, size, self.notes, name)
+        texture = bake_texture(atlas_uv, faces, uv[vertex_map], tint(palette.float(), factor), size)
+        return self._new_slot(name, aliases, positions[vertex_map], faces, atlas_uv, normals[vertex_map], texture,
+                              factor, material, material_name, source, vertex_map)
 
     def _new_slot(self, name: str, aliases: set[str], positions, faces, uv, normals, texture: torch.Tensor, factor,
                   material: int | None, material_name: str, source: tuple, vertex_map) -> int:
