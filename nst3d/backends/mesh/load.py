@@ -3,7 +3,7 @@ the original file and keep skins, animations and hierarchy), OBJ(+MTL)/PLY/STL/O
 
 Each material's base-colour texture becomes a slot (its UV layout and resolution are kept, or resampled to
 `texture_size`). Triangles without a texture get a slot of their own, per primitive/object: their UVs are
-kept when they form a valid layout, else a UV atlas is made (open3d `compute_uvatlas`), and the texture
+kept when they form a valid layout, else a UV atlas is made (xatlas), and the texture
 starts from the vertex colours or the base colour. Geometry is never changed (an atlas only splits vertices
 along its seams; every vertex keeps its position and attributes).
 
@@ -251,59 +251,40 @@ def grid_atlas(face_count: int, box: tuple[float, float, float, float] = (0.0, 0
     return corners.transpose(2, 0, 1)
 
 
-def isochart(positions: np.ndarray, faces: np.ndarray, size: int) -> np.ndarray | None:
-    """open3d's UVAtlas on a (welded, manifold) mesh: corner UVs [f, 3, 2], or None if it fails."""
-    import open3d as o3d
+def chart_with_xatlas(positions: np.ndarray, faces: np.ndarray, size: int) -> np.ndarray | None:
+    """xatlas charts packed for a size x size texture (2 texels of padding): corner UVs [f, 3, 2] in [0, 1],
+    or None if it fails. Deterministic (the same mesh gets the same atlas on every run, so --seed reproduces
+    a stylization), and non-manifold meshes are charted too."""
+    import xatlas
 
-    mesh = o3d.t.geometry.TriangleMesh()
-    mesh.vertex.positions = o3d.core.Tensor(positions.astype(np.float32))
-    mesh.triangle.indices = o3d.core.Tensor(faces.astype(np.int64))
-    verbosity = o3d.utility.get_verbosity_level()
-    o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
+    atlas = xatlas.Atlas()
+    pack = xatlas.PackOptions()
+    pack.padding = 2
+    pack.resolution = int(min(max(size, 256), 4096))
+    pack.bilinear = True
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            partitions = max(1, len(faces) // 60_000)
-            _, charts, _ = mesh.compute_uvatlas(size=int(min(max(size, 256), 2048)), gutter=2.0,
-                                                parallel_partitions=partitions)
-    except (RuntimeError, ValueError):
+        atlas.add_mesh(positions.astype(np.float32), faces.astype(np.uint32))
+        atlas.generate(xatlas.ChartOptions(), pack)
+        _, indices, uvs = atlas[0]
+    except (RuntimeError, ValueError, IndexError):
         return None
-    finally:
-        o3d.utility.set_verbosity_level(verbosity)
-    corners = mesh.triangle.texture_uvs.numpy().astype(np.float64)
-    if charts < 1 or not np.isfinite(corners).all() or corners.shape != (len(faces), 3, 2):
+    if atlas.atlas_count != 1:  # charts spread over several pages would overlap in one texture
+        return None
+    corners = uvs[indices].astype(np.float64)
+    if indices.shape != faces.shape or not np.isfinite(corners).all():
         return None
     return corners
 
 
-def non_manifold_faces(faces: np.ndarray) -> np.ndarray:
-    """[f] bool: triangles on an edge shared by more than two triangles (what UVAtlas refuses)."""
-    edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
-    _, inverse, counts = np.unique(edges, axis=0, return_inverse=True, return_counts=True)
-    bad_edge = counts[inverse.reshape(-1)] > 2
-    return bad_edge.reshape(3, -1).any(axis=0)
-
-
 def make_atlas(positions: np.ndarray, faces: np.ndarray, size: int, notes: list[str], name: str
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A UV atlas with open3d's isochart. Triangles on non-manifold edges (which UVAtlas refuses, or takes
-    minutes over: a voxel model) are charted separately in a grid strip at the bottom; if isochart fails
-    anyway, every triangle pair gets its own grid cell.
+    """A UV atlas made with xatlas on the welded mesh (so charts run across vertices that were only split
+    for normals or UVs); if xatlas fails, every triangle pair gets its own grid cell.
 
     Returns (vertex_map [n'] into the original vertices, faces [f, 3] into the new vertices, uv [n', 2]).
     """
     welded, welded_faces = weld(positions, faces)
-    bad = non_manifold_faces(welded_faces)
-    corners = isochart(welded, welded_faces, size) if not bad.any() else None
-    if corners is None:
-        good = ~bad
-        main = isochart(welded, welded_faces[good], size) if good.any() and bad.any() else None
-        if main is not None:
-            strip = min(0.25, max(0.03, 2.0 * bad.mean()))
-            corners = np.zeros((len(faces), 3, 2))
-            corners[good] = main * [1.0, 1.0 - strip]
-            corners[bad] = grid_atlas(int(bad.sum()), (0.0, 1.0 - strip, 1.0, strip))
-            notes.append(f"{name}: {int(bad.sum())} triangles on non-manifold edges got their own UV cells")
+    corners = chart_with_xatlas(welded, welded_faces, size)
     if corners is None:
         notes.append(f"{name}: the UV atlas failed; using one UV cell per triangle pair (strokes will not cross "
                      "triangle edges)")
