@@ -67,14 +67,17 @@ def generated_asset(triangles: int, texture_size: int):
 
 
 def objective_for(weights: str | None, size: int):
+    from nst3d.commands.mesh import DEFAULTS
     from nst3d.features import load_vgg, random_vgg
     from nst3d.losses import Objective, StyleTarget
 
     vgg = load_vgg(weights) if weights else random_vgg(0, "relu3_4")
     style = procedural_texture(size).flip(0)
-    scales = (1.0, 0.5)
+    scales = DEFAULTS.style_scales
     target = StyleTarget.from_images(vgg, [style], ["relu1_1", "relu2_1", "relu3_1"], scales=scales)
-    return Objective(vgg, target, "relu3_2", content_weight=0.05, style_scales=scales), vgg.source
+    objective = Objective(vgg, target, "relu3_2", content_weight=DEFAULTS.content_weight,
+                          tv_weight=DEFAULTS.tv_weight, style_scales=scales)
+    return objective, vgg.source
 
 
 def bench_gbuffer(triangles: int, views: int, size: int) -> dict:
