@@ -252,9 +252,9 @@ def grid_atlas(face_count: int, box: tuple[float, float, float, float] = (0.0, 0
 
 
 def chart_with_xatlas(positions: np.ndarray, faces: np.ndarray, size: int) -> np.ndarray | None:
-    """xatlas charts packed for a size x size texture (2 texels of padding): corner UVs [f, 3, 2] in [0, 1],
-    or None if it fails. Deterministic (the same mesh gets the same atlas on every run, so --seed reproduces
-    a stylization), and non-manifold meshes are charted too."""
+    """xatlas charts packed for about a size x size texture (2 texels apart at that size): corner UVs
+    [f, 3, 2] in [0, 1], or None if it fails. Deterministic (the same mesh gets the same atlas on every run,
+    so --seed reproduces a stylization), and non-manifold meshes are charted too."""
     import xatlas
 
     atlas = xatlas.Atlas()
