@@ -233,18 +233,17 @@ def weld(positions: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return welded, inverse.reshape(-1)[faces]
 
 
-def grid_atlas(face_count: int, box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)) -> np.ndarray:
-    """A fallback atlas: two triangles per cell of a grid filling box (x0, y0, width, height),
-    [f, 3, 2] corner UVs (image convention)."""
-    bx, by, bw, bh = box
+def grid_atlas(face_count: int) -> np.ndarray:
+    """A fallback atlas: two triangles per cell of a grid filling the unit square, [f, 3, 2] corner UVs
+    (image convention)."""
     cells = max(1, (face_count + 1) // 2)
-    cols = max(1, int(np.ceil(np.sqrt(cells * bw / bh))))
+    cols = max(1, int(np.ceil(np.sqrt(cells))))
     rows = int(np.ceil(cells / cols))
-    sx, sy = bw / cols, bh / rows
+    sx, sy = 1.0 / cols, 1.0 / rows
     px, py = 0.08 * sx, 0.08 * sy
     k = np.arange(face_count)
     cell = k // 2
-    x0, y0 = bx + (cell % cols) * sx, by + (cell // cols) * sy
+    x0, y0 = (cell % cols) * sx, (cell // cols) * sy
     lower = np.stack([[x0 + px, y0 + py], [x0 + sx - 2 * px, y0 + py], [x0 + px, y0 + sy - 2 * py]])
     upper = np.stack([[x0 + sx - px, y0 + sy - py], [x0 + 2 * px, y0 + sy - py], [x0 + sx - px, y0 + 2 * py]])
     corners = np.where((k % 2 == 0)[None, None], lower, upper)  # [3, 2, f]
