@@ -32,6 +32,10 @@ Public API (stable; other backends code against it):
 - `baseline_config(steps, seed, stage="per-view baseline")` -> LoopConfig for the baseline (the image backend's
   learning rate, whatever the asset's own).
 - `above_floor(figures, floor)` -> {"short_range", "long_range"}: consistency minus the floor (>= 0).
+- `half_pixel_resample(rgb, mask)` -> rgb: the asset's pixels resampled half a pixel diagonally (a 2x2 box),
+  the background kept; with a baseline the report adds `half_pixel_style_distance` {"after", "baseline"}:
+  both styles seen through the resampling any other camera or renderer applies, which a per-view image's
+  pixel-grid patterns do not survive (the figure that separates style from pixel-aligned energy).
 
 The consistency metric (issue 3, item 6): for each pair (i, j), every pixel of view i with a known depth is
 lifted to 3D with view i's camera, projected into view j, and view j's colour and depth are sampled
@@ -228,6 +232,12 @@ def _batched(fn: Callable[[slice], float], rgb: torch.Tensor, batch: int = 4) ->
     return total / len(rgb)
 
 
+def _views_style_distance(objective: Any, rgb: torch.Tensor, mask: torch.Tensor | None) -> float:
+    """Mean style distance of views rgb [V, 3, H, W] (mask [V, G, H, W] or None), a few views at a time."""
+    device = objective.vgg.mean.device
+    return _batched(lambda s: _style_distance(objective, rgb[s].to(device), None if mask is None else mask[s]), rgb)
+
+
 @torch.no_grad()
 def evaluate_renders(stylized: Render, content: Render, held: HeldOutViews, objective: Any,
                      depth_tolerance: float = 0.01) -> dict[str, Any]:
@@ -236,10 +246,9 @@ def evaluate_renders(stylized: Render, content: Render, held: HeldOutViews, obje
     mask = content.mask
     pick = (lambda m, s: None if m is None else m[s])
     device = objective.vgg.mean.device
-    distance = (lambda rgb: _batched(lambda s: _style_distance(objective, rgb[s].to(device), pick(mask, s)),
-                                     rgb))
     return {
-        "style_distance": {"before": distance(before), "after": distance(after)},
+        "style_distance": {"before": _views_style_distance(objective, before, mask),
+                           "after": _views_style_distance(objective, after, mask)},
         "content_distance": _batched(
             lambda s: content_distance(objective.vgg, after[s].to(device), before[s].to(device),
                                        objective.content_layer, pick(_union(mask), s)), after),
@@ -318,6 +327,14 @@ def per_view_baseline(content: Render, objective: Any, config: LoopConfig, on_ev
     return Render(torch.stack(out), content.mask, content.depth)
 
 
+def half_pixel_resample(rgb: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """rgb [V, 3, H, W] sampled bilinearly half a pixel right and down (each pixel the mean of a 2x2 block,
+    the last row and column repeated) where mask [V, 1, H, W] covers the asset; elsewhere rgb as it was."""
+    padded = F.pad(rgb, (0, 1, 0, 1), mode="replicate")
+    shifted = F.avg_pool2d(padded, 2, stride=1)
+    return shifted if mask is None else mask * shifted + (1 - mask) * rgb
+
+
 def above_floor(figures: dict[str, Any], floor: dict[str, Any]) -> dict[str, float]:
     """Consistency minus the unstylized floor, for short and long range (never below 0)."""
     return {key: max(0.0, figures[key] - floor[key]) for key in ("short_range", "long_range")}
@@ -348,6 +365,10 @@ def evaluate_with_renders(render: Callable[[Cameras], Render], render_content: C
     report["consistency_above_floor"] = above_floor(report["consistency"], floor)
     report["baseline"]["consistency_above_floor"] = above_floor(baseline["consistency"], floor)
     report["baseline"]["steps"] = baseline_config.steps
+    coverage = _union(content.mask)
+    report["half_pixel_style_distance"] = {
+        key: _views_style_distance(objective, half_pixel_resample(r.rgb.clamp(0, 1), coverage), content.mask)
+        for key, r in (("after", stylized), ("baseline", baseline_render))}
     return report, renders
 
 

@@ -13,6 +13,7 @@ from nst3d.eval import (
     backward_warp,
     consistency,
     evaluate,
+    half_pixel_resample,
     held_out_directions,
     held_out_views,
     per_view_baseline,
@@ -104,6 +105,21 @@ def test_evaluate_reports_before_after_and_baseline(vgg):
         assert math.isfinite(report["floor"]["consistency"][key])
         assert report["baseline"]["consistency_above_floor"][key] >= 0
     assert report["held_out"]["count"] == 2
+    half = report["half_pixel_style_distance"]
+    assert set(half) == {"after", "baseline"} and all(math.isfinite(v) and v > 0 for v in half.values())
+
+
+def test_half_pixel_resample_removes_pixel_grid_patterns_only():
+    ys, xs = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
+    checker = ((xs + ys) % 2).float().expand(1, 3, 16, 16)
+    ramp = (xs / 15.0).float().expand(1, 3, 16, 16)
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., 2:14, 2:14] = 1
+    flat = half_pixel_resample(checker, mask)
+    assert torch.allclose(flat[..., 2:13, 2:13], torch.full_like(flat[..., 2:13, 2:13], 0.5))  # the grid is gone
+    assert torch.equal(flat[..., :2, :], checker[..., :2, :])  # the background is kept
+    smooth = half_pixel_resample(ramp, None)
+    assert torch.allclose(smooth[..., :15], ramp[..., :15] + 0.5 / 15)  # a ramp only moves half a pixel
 
 
 def test_per_view_baseline_changes_only_by_stylizing(vgg):
