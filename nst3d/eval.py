@@ -34,8 +34,8 @@ Public API (stable; other backends code against it):
 - `above_floor(figures, floor)` -> {"short_range", "long_range"}: consistency minus the floor (>= 0).
 - `half_pixel_resample(rgb, mask)` -> rgb: the asset's pixels resampled half a pixel diagonally (a 2x2 box),
   the background kept; with a baseline the report adds `half_pixel_style_distance` {"after", "baseline"}:
-  both styles seen through the resampling any other camera or renderer applies, which a per-view image's
-  pixel-grid patterns do not survive (the figure that separates style from pixel-aligned energy).
+  both sides seen through the same resampling another camera or renderer would apply, which a per-view
+  image's pixel-grid patterns do not survive (how much of the baseline's lead is pixel-aligned energy).
 
 The consistency metric (issue 3, item 6): for each pair (i, j), every pixel of view i with a known depth is
 lifted to 3D with view i's camera, projected into view j, and view j's colour and depth are sampled
