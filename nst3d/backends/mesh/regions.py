@@ -32,10 +32,19 @@ def match_style_map(names: list[str], slot_aliases: list[set[str]]) -> list[int]
     return groups
 
 
+def _showing(group_mask: torch.Tensor) -> torch.Tensor | slice:
+    """The views [V] of a group's mask [V, H, W] that show any of it (every view: a plain slice, no copy).
+    A view without the group says nothing about its style: counted, it would add a distance of 1 (an empty
+    Gram matrix against the target) to the report and dilute the group's gradient in the loss."""
+    shown = group_mask.flatten(1).sum(1) > 0
+    return slice(None) if bool(shown.all()) else shown
+
+
 @dataclass
 class RegionObjective:
-    """objectives[g] styles the pixels of mask channel g; content and TV terms use the union of the masks.
-    Groups absent from a batch are skipped; present ones weigh by their share of the object's pixels."""
+    """objectives[g] styles the pixels of mask channel g, in the views that show it; content and TV terms use
+    the union of the masks. Groups absent from a batch are skipped; present ones weigh by their share of the
+    object's pixels."""
 
     objectives: list[Objective]
 
@@ -77,12 +86,13 @@ class RegionObjective:
         for g, (objective, weight) in enumerate(zip(self.objectives, self._weights(mask), strict=True)):
             if weight <= 0:
                 continue
-            m = mask[:, g:g + 1]
-            term = sum(style_term(objective.loss, feats[t], objective.target, t, m) for t in layers)
+            views = _showing(mask[:, g])
+            m = mask[views, g:g + 1]
+            term = sum(style_term(objective.loss, feats[t][views], objective.target, t, m) for t in layers)
             for s in scales:
                 sm = downsample(m, s)
-                term = term + sum(style_term(objective.loss, small[s][t], objective.target, f"{t}@{s:g}", sm)
-                                  for t in layers)
+                term = term + sum(style_term(objective.loss, small[s][t][views], objective.target, f"{t}@{s:g}",
+                                             sm) for t in layers)
             style = style + weight * objective.style_weight * term / (len(layers) * len(first.style_scales))
         union = mask.sum(1, keepdim=True).clamp(max=1)
         terms = {"style": style}
@@ -107,6 +117,7 @@ class RegionObjective:
             if weight <= 0:
                 continue
             layers = objective.target.layers
-            total += weight * float(sum(gram_loss(feats[t], objective.target.grams[t], mask[:, g:g + 1])
+            views = _showing(mask[:, g])
+            total += weight * float(sum(gram_loss(feats[t][views], objective.target.grams[t], mask[views, g:g + 1])
                                         for t in layers) / len(layers))
         return total
