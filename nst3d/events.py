@@ -61,7 +61,8 @@ class ProgressBar:
                 self.bar = tqdm(total=event["total"], desc=event.get("stage", self.desc), unit="step",
                                 dynamic_ncols=True, file=sys.stderr)
             self.bar.n = event["step"]
-            self.bar.set_postfix(loss=f"{event['loss']:.4g}", refresh=False)
+            if "loss" in event:  # optimisation stages; rendering and view preparation have none
+                self.bar.set_postfix(loss=f"{event['loss']:.4g}", refresh=False)
             self.bar.refresh()
         elif kind in ("done", "stage_done"):
             self.close()

@@ -8,7 +8,7 @@ Blender never imports torch. The job file (paths relative to the job file's fold
      "texture_size": 512, "style_map": null, "export_format": "glb"}
 
 Events, one JSON object per line on stdout (everything else the process prints goes to stderr):
-    {"event": "start", ...}   {"event": "progress", "step", "total", "loss", ...}
+    {"event": "start", ...}   {"event": "progress", "stage", "step", "total", "loss" (optimising only), ...}
     {"event": "done", "outputs": [...], "textures": [{"material", "path", "factor"}], "report": {...}}
     {"event": "error", "message": "one line"}   {"event": "cancelled"}
 Exit status: 0 done, 2 bad job/input, 1 crash, 3 out of memory, 130 cancelled (SIGTERM/SIGINT). On any

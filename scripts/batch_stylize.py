@@ -172,9 +172,9 @@ class TextBar:
                 return
             self.last = now
             done = int(30 * event["step"] / max(1, event["total"]))
+            loss = f" loss {event['loss']:.4g}" if "loss" in event else ""  # rendering stages have none
             print(f"\r{event.get('stage', 'stylizing')} [{'#' * done}{'.' * (30 - done)}] "
-                  f"{event['step']}/{event['total']} loss {event['loss']:.4g}", end="", file=sys.stderr,
-                  flush=True)
+                  f"{event['step']}/{event['total']}{loss}", end="", file=sys.stderr, flush=True)
             if event["step"] >= event["total"]:
                 print(file=sys.stderr)
         elif event.get("event") == "message":

@@ -111,3 +111,17 @@ def test_progress_bar_starts_a_new_bar_when_the_stage_changes(capsys):
     err = capsys.readouterr().err
     assert "baseline view 1" in err and "baseline view 2" in err and err.count("stylizing:") >= 1
     assert bar.bar is None
+
+
+def test_progress_bar_shows_a_loss_only_for_stages_that_have_one(capsys):
+    from nst3d.events import ProgressBar
+
+    bar = ProgressBar()
+    bar({"event": "progress", "stage": "rendering", "step": 1, "total": 2})
+    bar({"event": "stage_done", "stage": "rendering"})
+    bar({"event": "progress", "stage": "stylizing", "step": 1, "total": 2, "loss": 0.25})
+    bar.close()
+    err = capsys.readouterr().err
+    rendering = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("rendering")]
+    assert rendering and not any("loss" in line for line in rendering)
+    assert "loss=0.25" in err
