@@ -18,11 +18,20 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 MAX_IMAGE_PIXELS = 100_000_000  # 100 MP: a 10k x 10k image decodes to 300 MB of RGB bytes
 
 
+def _umask() -> int:
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
-    A crash, Ctrl-C or error inside the block leaves no half-written file behind.
+    A crash, Ctrl-C or error inside the block leaves no half-written file behind. The file gets the
+    permissions a plain open() would give it (0666 less the umask), not mkstemp's owner-only 0600, so
+    outputs are readable wherever the user's other files are (shared folders, render farms, web servers).
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{path.suffix}", dir=path.parent)
@@ -30,6 +39,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
