@@ -39,7 +39,8 @@ class JsonLines:
 
 class ProgressBar:
     """Show "progress" events as a tqdm bar with the current loss, a new bar whenever the stage changes (the
-    per-view baseline runs one stage per view); other events as short lines."""
+    per-view baseline runs one stage per view); "message" events as short lines; "warning" events as
+    `nst3d: warning: ...` lines, also when quiet."""
 
     def __init__(self, desc: str = "stylizing", quiet: bool = False):
         self.desc = desc
@@ -48,9 +49,13 @@ class ProgressBar:
         self.stage: str | None = None
 
     def __call__(self, event: Event) -> None:
+        kind = event.get("event")
+        if kind == "warning":  # shown even with --quiet, as soon as it happens (not after a long run)
+            self.close()
+            print(f"nst3d: warning: {event['text']}", file=sys.stderr)
+            return
         if self.quiet:
             return
-        kind = event.get("event")
         if kind == "progress":
             if self.bar is not None and event.get("stage") != self.stage:
                 self.close()

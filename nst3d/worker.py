@@ -9,6 +9,7 @@ Blender never imports torch. The job file (paths relative to the job file's fold
 
 Events, one JSON object per line on stdout (everything else the process prints goes to stderr):
     {"event": "start", ...}   {"event": "progress", "stage", "step", "total", "loss" (optimising only), ...}
+    {"event": "message", "text"}   {"event": "warning", "text"} (bad but usable input, e.g. a missing texture)
     {"event": "done", "outputs": [...], "textures": [{"material", "path", "factor"}], "report": {...}}
     {"event": "error", "message": "one line"}   {"event": "cancelled"}
 Exit status: 0 done, 2 bad job/input, 1 crash, 3 out of memory, 130 cancelled (SIGTERM/SIGINT). On any

@@ -164,6 +164,9 @@ class TextBar:
         self.last = 0.0
 
     def __call__(self, event: dict) -> None:
+        if event.get("event") == "warning":
+            print(f"nst3d: warning: {event.get('text', '')}", file=sys.stderr)
+            return
         if self.quiet:
             return
         if event.get("event") == "progress":

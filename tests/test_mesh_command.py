@@ -73,6 +73,17 @@ def test_cancel_writes_nothing(tmp_path, style, weights):
     assert not any((tmp_path / "out").glob("*.glb")) and not (tmp_path / "out" / "report.json").exists()
 
 
+def test_input_warnings_are_sent_before_the_run_starts(tmp_path, style, weights):
+    source = tmp_path / "tri.obj"
+    source.write_text("mtllib missing.mtl\nv 0 0 0\nv 1 0 0\nv 0 1 0\nv 1 1 0.2\nf 1 2 3\nf 2 4 3\n")
+    events = []
+    with pytest.raises(Cancelled):
+        stylize_mesh_file(source, tmp_path / "out", tiny_opts(style, weights), pool_size=2, held_out=1,
+                          on_event=events.append, should_stop=lambda: True)
+    warnings = [e["text"] for e in events if e["event"] == "warning"]
+    assert any("missing.mtl" in w and "not found" in w for w in warnings), events
+
+
 def test_bad_style_map_name_fails_before_work(tmp_path, style, weights):
     source = textured_quad_glb(tmp_path / "quad.glb")
     with pytest.raises(UserError, match="no material or object"):

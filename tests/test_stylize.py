@@ -125,3 +125,15 @@ def test_progress_bar_shows_a_loss_only_for_stages_that_have_one(capsys):
     rendering = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("rendering")]
     assert rendering and not any("loss" in line for line in rendering)
     assert "loss=0.25" in err
+
+
+def test_progress_bar_shows_warnings_at_once_even_when_quiet(capsys):
+    from nst3d.events import ProgressBar
+
+    for quiet in (False, True):
+        bar = ProgressBar(quiet=quiet)
+        bar({"event": "progress", "stage": "stylizing", "step": 1, "total": 2, "loss": 0.25})
+        bar({"event": "warning", "text": "texture a.png not found: using the base colour"})
+        assert bar.bar is None  # the bar is closed first, so the line is not overdrawn
+        err = capsys.readouterr().err
+        assert "nst3d: warning: texture a.png not found: using the base colour\n" in err

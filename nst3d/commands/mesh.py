@@ -93,8 +93,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {report['outputs']['asset']} (style distance {sd['before']:.3g} -> {sd['after']:.3g}, "
           f"consistency {report['consistency']['short_range']:.3f} / {report['consistency']['long_range']:.3f}, "
           f"{report['seconds']:.0f} s)")
-    for warning in report["warnings"]:
-        print(f"nst3d: warning: {warning}")
     return 0
 
 
@@ -157,6 +155,8 @@ def stylize_mesh_file(input_path: str | Path, out_dir: str | Path, opts: StyleOp
 
     stage("load", f"loading {input_path.name}")
     asset = load_mesh(input_path, texture_size, texture, keep_uv_layouts)
+    for warning in asset.warnings:  # now, so a user can stop and fix the input before a long run
+        on_event({"event": "warning", "text": warning})
     groups = match_style_map(list(style_map), [s.aliases for s in asset.slots]) if style_map else None
     objective = _objective(opts, style_map, vgg, _palette([s.texture for s in asset.slots]))
     stage("setup", f"rasterizing {pool_size} training views of {asset.face_count} triangles, "
