@@ -63,8 +63,9 @@ class ProgressBar:
                 self.stage = event.get("stage")
                 from tqdm import tqdm
 
+                # initial: the work before this first event was not timed, so it must not count in the rate
                 self.bar = tqdm(total=event["total"], desc=event.get("stage", self.desc), unit="step",
-                                dynamic_ncols=True, file=sys.stderr)
+                                dynamic_ncols=True, file=sys.stderr, initial=event["step"])
             self.bar.n = event["step"]
             if "loss" in event:  # optimisation stages; rendering and view preparation have none
                 self.bar.set_postfix(loss=f"{event['loss']:.4g}", refresh=False)
