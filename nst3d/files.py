@@ -65,7 +65,11 @@ def check_output(path: str | os.PathLike, inputs: Sequence[str | os.PathLike] = 
         raise UserError(f"cannot write to {parent}: the folder is not writable; choose another output path")
     if path.exists() and not is_dir and path.is_dir():
         raise UserError(f"output {path} is a folder; give a file name")
-    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the folder {parent} ({exc.strerror or exc.__class__.__name__}); "
+                        "choose another output path") from None
     return path
 
 

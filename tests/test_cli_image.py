@@ -114,6 +114,7 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(images, random_weight
         (("image", content, "--style", style_a, "--style-weights", "1,2", *w, "-o", out), "2 values for 1"),
         (("image", content, "--style", style_a, *w, "--weights", tmp_path / "none.pth", "-o", out),
          "weights file not found"),
+        (("image", content, "--style", style_a, *w, "--style-size", 3, "-o", out), "too small for VGG.*--style-size"),
     ]
     if os.geteuid() != 0:  # root can write anywhere
         cases.append((("image", content, "--style", style_a, *w, "-o", locked / "out.png"), "not writable"))
@@ -128,6 +129,10 @@ def test_unwritable_output_folder(images, random_weights_file, tmp_path):
     blocker.write_text("a file, not a folder")
     r = nst3d("image", content, "--style", style_a, "--weights", random_weights_file, "-o", blocker / "out.png")
     assert_clean_error(r, "not writable|cannot write")
+    if os.path.isdir("/proc"):  # a folder that exists but takes no new entries, even for root
+        r = nst3d("image", content, "--style", style_a, "--weights", random_weights_file, "-o",
+                  "/proc/nst3d-test/out.png")
+        assert_clean_error(r, "cannot create the folder /proc/nst3d-test")
 
 
 def test_ctrl_c_stops_cleanly_and_leaves_no_output(images, random_weights_file, tmp_path):

@@ -31,6 +31,13 @@ def test_taps_have_expected_shapes(vgg):
     assert out["relu3_1"].shape == (2, 256, 8, 8)
 
 
+def test_an_image_too_small_for_the_deepest_tap_is_a_user_error(vgg):
+    assert vgg(torch.rand(1, 3, 4, 4), ["relu3_1"])["relu3_1"].shape == (1, 256, 1, 1)  # two pools: 4 px is enough
+    with pytest.raises(UserError, match="3x4 px image is too small for VGG layer relu3_1.*needs 4 px"):
+        vgg(torch.rand(1, 3, 4, 3), ["relu1_1", "relu3_1"])
+    assert vgg(torch.rand(1, 3, 2, 2), ["relu2_1"])["relu2_1"].shape == (1, 128, 1, 1)
+
+
 def test_only_layers_up_to_the_deepest_tap_run(vgg):
     calls = []
     hooks = [m.register_forward_hook(lambda *a, i=i: calls.append(i)) for i, m in enumerate(vgg.net)]

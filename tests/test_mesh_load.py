@@ -184,6 +184,14 @@ def test_unsupported_and_missing_files(tmp_path):
         load_mesh(tmp_path / "junk.glb")
 
 
+def test_truncated_glb_files_are_one_line_user_errors(tmp_path):
+    raw = two_object_glb(tmp_path / "two.glb").read_bytes()
+    for name, cut in (("json_cut.glb", 40), ("bin_cut.glb", len(raw) - 16)):
+        (tmp_path / name).write_bytes(raw[:cut])
+        with pytest.raises(UserError, match=f"{name} is a truncated GLB file"):
+            load_mesh(tmp_path / name)
+
+
 def test_style_map_names_must_exist(tmp_path):
     asset = load_mesh(two_object_glb(tmp_path / "two.glb"))
     aliases = [s.aliases for s in asset.slots]

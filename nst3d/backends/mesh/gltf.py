@@ -70,8 +70,15 @@ def read_gltf(path: Path) -> Gltf:
         while offset + 8 <= len(raw):
             length, kind = struct.unpack_from("<II", raw, offset)
             chunk = raw[offset + 8: offset + 8 + length]
+            if len(chunk) < length:
+                raise UserError(f"{path} is a truncated GLB file ({len(raw)} bytes, a chunk needs "
+                                f"{offset + 8 + length}); copy or re-export it again")
             if kind == CHUNK_JSON:
-                doc = json.loads(chunk.decode("utf-8"))
+                try:
+                    doc = json.loads(chunk.decode("utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    raise UserError(f"{path} is not a valid GLB file (its JSON chunk does not parse); "
+                                    "re-export it") from None
             elif kind == CHUNK_BIN and binary is None:
                 binary = chunk
             offset += 8 + length
