@@ -115,6 +115,7 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(images, random_weight
         (("image", content, "--style", style_a, *w, "--weights", tmp_path / "none.pth", "-o", out),
          "weights file not found"),
         (("image", content, "--style", style_a, *w, "--style-size", 3, "-o", out), "too small for VGG.*--style-size"),
+        (("image", content, "--style", style_a, *w, "--multiscale", 3, "-o", out), "too many levels.*use at most 1"),
     ]
     if os.geteuid() != 0:  # root can write anywhere
         cases.append((("image", content, "--style", style_a, *w, "-o", locked / "out.png"), "not writable"))

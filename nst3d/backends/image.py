@@ -8,6 +8,8 @@ import torch
 
 from nst3d.backends.base import Render
 
+MIN_LEVEL_PX = 16  # stylize_image's coarsest level: smaller images carry too few VGG features
+
 
 class _WholeImage:
     """The image backend's only view; its key lets the loop cache the content features."""
@@ -68,7 +70,7 @@ def stylize_image(content: torch.Tensor, objective, config, init: str = "content
     size = max(content.shape[-2:])
     previous = None
     for level in range(levels):
-        level_size = max(16, size // 2 ** (levels - 1 - level))
+        level_size = max(MIN_LEVEL_PX, size // 2 ** (levels - 1 - level))
         level_content = resize_to(content, level_size) if level < levels - 1 else content
         backend = ImageBackend(level_content, init=init, seed=config.seed)
         if previous is not None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from nst3d.backends.image import stylize_image
+from nst3d.backends.image import MIN_LEVEL_PX, stylize_image
 from nst3d.color import gray, keep_content_chroma
 from nst3d.errors import UserError
 from nst3d.events import ProgressBar
@@ -44,6 +44,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def max_multiscale_levels(size: int, steps: int) -> int:
+    """How many coarse-to-fine levels fit: each at least MIN_LEVEL_PX (half the next) and one step."""
+    levels = 1
+    while size // 2 ** levels >= MIN_LEVEL_PX and levels < steps:
+        levels += 1
+    return levels
+
+
 def output_paths(output: Path, count: int) -> list[Path]:
     """OUT itself for one output, else OUT_1 ... OUT_K beside it."""
     if count == 1:
@@ -55,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
     opts = with_defaults(options_from_args(args), DEFAULTS)
     if args.num_outputs < 1 or args.multiscale < 1:
         raise UserError("--num-outputs and --multiscale must be at least 1")
+    most = max_multiscale_levels(opts.size, opts.steps)
+    if args.multiscale > most:
+        raise UserError(f"--multiscale {args.multiscale} is too many levels for --size {opts.size} and --steps "
+                        f"{opts.steps} (each level needs a step and {MIN_LEVEL_PX} px or more); use at most {most}")
     outputs = output_paths(args.output, args.num_outputs)
     for out in outputs:
         check_output(out, [args.content, *opts.styles], IMAGE_SUFFIXES)
