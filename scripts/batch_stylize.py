@@ -138,7 +138,11 @@ def open_scene(args: argparse.Namespace) -> Path:
         if not args.scene.is_file():
             raise BatchError(f"scene not found: {args.scene}")
         if not inside_blender() or Path(bpy.data.filepath).resolve() != args.scene.resolve():
-            bpy.ops.wm.open_mainfile(filepath=str(args.scene), load_ui=False)
+            try:
+                bpy.ops.wm.open_mainfile(filepath=str(args.scene), load_ui=False)
+            except RuntimeError as exc:  # not a .blend, or a damaged one
+                reason = str(exc).strip().removeprefix("Error: ").splitlines()[0]
+                raise BatchError(f"cannot open {args.scene}: {reason}; give a .blend saved by Blender") from None
     if not bpy.data.filepath:
         raise BatchError("no .blend given: blender -b scene.blend -P batch_stylize.py -- ... "
                          "or python batch_stylize.py scene.blend ...")

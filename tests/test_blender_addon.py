@@ -572,6 +572,12 @@ def test_batch_script_errors(style_image, tmp_path, addon):
     same = subprocess.run([sys.executable, script, str(scene), "--style", str(style_image), "-o", str(scene)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert same.returncode == 2 and "never overwritten" in same.stderr
+    damaged = tmp_path / "damaged.blend"
+    damaged.write_bytes(b"not a blend file")
+    unreadable = subprocess.run([sys.executable, script, str(damaged), "--style", str(style_image), "-o", str(out)],
+                                capture_output=True, text=True, env=env, timeout=300)
+    assert unreadable.returncode == 2 and "Traceback" not in unreadable.stderr
+    assert unreadable.stderr.strip().splitlines()[-1].startswith(f"batch_stylize: error: cannot open {damaged}")
     assert not out.exists()
 
 
