@@ -42,6 +42,7 @@ def min_input_side(tap: str) -> int:
     """The smallest image side (px) that still reaches `tap`: each pool before it halves the image."""
     return 2 ** sum(name.startswith("pool") for name in LAYER_NAMES[:LAYER_INDEX[tap]])
 
+
 TORCHVISION_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
 TORCHVISION_FILE = "vgg19-dcbb9e9d.pth"
 TORCHVISION_SHA256_PREFIX = "dcbb9e9d"  # torchvision names files by the first 8 hex digits of the sha256

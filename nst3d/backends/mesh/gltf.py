@@ -72,7 +72,7 @@ def read_gltf(path: Path) -> Gltf:
             chunk = raw[offset + 8: offset + 8 + length]
             if len(chunk) < length:
                 raise UserError(f"{path} is a truncated GLB file ({len(raw)} bytes, a chunk needs "
-                                f"{offset + 8 + length}); copy or re-export it again")
+                                f"{offset + 8 + length}); copy it again or re-export it")
             if kind == CHUNK_JSON:
                 try:
                     doc = json.loads(chunk.decode("utf-8"))
