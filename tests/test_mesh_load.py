@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pytest
 import torch
@@ -190,6 +192,11 @@ def test_truncated_glb_files_are_one_line_user_errors(tmp_path):
         (tmp_path / name).write_bytes(raw[:cut])
         with pytest.raises(UserError, match=f"{name} is a truncated GLB file"):
             load_mesh(tmp_path / name)
+    text = b'{"asset": {"version": "2.0"'  # a whole chunk, but its JSON is cut short
+    (tmp_path / "bad_json.glb").write_bytes(struct.pack("<4sII", b"glTF", 2, 12 + 8 + len(text))
+                                            + struct.pack("<II", len(text), 0x4E4F534A) + text)
+    with pytest.raises(UserError, match="JSON chunk does not parse"):
+        load_mesh(tmp_path / "bad_json.glb")
 
 
 def test_style_map_names_must_exist(tmp_path):
