@@ -36,12 +36,9 @@ def _layer_names() -> list[str]:
 
 LAYER_NAMES: list[str] = _layer_names()  # LAYER_NAMES[N] is the name of features.N
 LAYER_INDEX: dict[str, int] = {name: i for i, name in enumerate(LAYER_NAMES)}
-
-
-def min_input_side(tap: str) -> int:
-    """The smallest image side (px) that still reaches `tap`: each pool before it halves the image."""
-    return 2 ** sum(name.startswith("pool") for name in LAYER_NAMES[:LAYER_INDEX[tap]])
-
+# The smallest image side (px) that still reaches each layer: every pool up to it halves the image.
+MIN_INPUT_SIDE: dict[str, int] = {name: 2 ** sum(n.startswith("pool") for n in LAYER_NAMES[: i + 1])
+                                  for i, name in enumerate(LAYER_NAMES)}
 
 TORCHVISION_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
 TORCHVISION_FILE = "vgg19-dcbb9e9d.pth"
@@ -131,10 +128,10 @@ class VGGFeatures(nn.Module):
     def forward(self, rgb: torch.Tensor, taps: Sequence[str]) -> dict[str, torch.Tensor]:
         wanted = {LAYER_INDEX[t]: t for t in taps}
         last = max(wanted)
-        if min(rgb.shape[-2:]) < min_input_side(wanted[last]):
+        if min(rgb.shape[-2:]) < MIN_INPUT_SIDE[wanted[last]]:
             h, w = rgb.shape[-2:]
             raise UserError(f"a {w}x{h} px image is too small for VGG layer {wanted[last]} (it needs "
-                            f"{min_input_side(wanted[last])} px or more on each side); raise --size or --style-size")
+                            f"{MIN_INPUT_SIDE[wanted[last]]} px or more on each side); raise --size or --style-size")
         out: dict[str, torch.Tensor] = {}
         x = self.normalize(rgb)
         for index, layer in enumerate(self.net):
