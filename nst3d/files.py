@@ -34,6 +34,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     outputs are readable wherever the user's other files are (shared folders, render farms, web servers).
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)  # check_output only proved it can be made
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -48,7 +49,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 def check_output(path: str | os.PathLike, inputs: Sequence[str | os.PathLike] = (),
                  suffixes: Sequence[str] | None = None, is_dir: bool = False) -> Path:
-    """Fail early (before any compute) if `path` cannot be written or would overwrite an input."""
+    """Fail early (before any compute) if `path` cannot be written or would overwrite an input.
+
+    A missing folder is created to prove it can be, then removed again: a run that fails later leaves no
+    empty folder behind (atomic_path creates it when the first output is written)."""
     path = Path(path)
     resolved = path.resolve()
     for item in inputs:
@@ -65,12 +69,26 @@ def check_output(path: str | os.PathLike, inputs: Sequence[str | os.PathLike] = 
         raise UserError(f"cannot write to {parent}: the folder is not writable; choose another output path")
     if path.exists() and not is_dir and path.is_dir():
         raise UserError(f"output {path} is a folder; give a file name")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create the folder {parent} ({exc.strerror or exc.__class__.__name__}); "
-                        "choose another output path") from None
+    _probe_folder(parent)
     return path
+
+
+def _probe_folder(folder: Path) -> None:
+    """Create `folder` and its missing parents, then remove the ones this made (deepest first)."""
+    missing = []
+    probe = folder
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the folder {folder} ({exc.strerror or exc.__class__.__name__}); "
+                        "choose another output path") from None
+    finally:
+        for created in missing:
+            with contextlib.suppress(OSError):
+                created.rmdir()
 
 
 def load_image(path: str | os.PathLike, what: str = "image") -> tuple[torch.Tensor, torch.Tensor | None]:

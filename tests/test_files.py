@@ -1,11 +1,13 @@
-"""nst3d.files.atomic_path: outputs appear whole or not at all, with the permissions of a plain open()."""
+"""nst3d.files: outputs appear whole or not at all, with the permissions of a plain open(); output checks leave
+nothing behind."""
 
 import os
 import stat
 
 import pytest
 
-from nst3d.files import atomic_path
+from nst3d.errors import UserError
+from nst3d.files import atomic_path, check_output
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
@@ -30,3 +32,22 @@ def test_a_failed_atomic_write_leaves_nothing_and_keeps_an_existing_file(tmp_pat
         raise RuntimeError("crash mid-write")
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+
+
+def test_check_output_proves_a_new_folder_can_be_made_and_leaves_none(tmp_path):
+    out = tmp_path / "new" / "deeper" / "out.png"
+    assert check_output(out) == out
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # a run that fails later leaves no empty folders
+    with atomic_path(out) as tmp:  # the first write makes them
+        tmp.write_bytes(b"data")
+    assert out.read_bytes() == b"data"
+    check_output(tmp_path / "existing", is_dir=True)
+    (tmp_path / "existing").mkdir()
+    check_output(tmp_path / "existing", is_dir=True)
+    assert (tmp_path / "existing").is_dir()  # a folder that was there stays
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc: a folder that takes no new entries")
+def test_check_output_names_a_folder_it_cannot_make():
+    with pytest.raises(UserError, match="cannot create the folder /proc/nst3d-test/a"):
+        check_output("/proc/nst3d-test/a/out.png")
