@@ -15,6 +15,7 @@ Smart UV Project into a new UV map. Exit status: 0 done, 2 bad input or failed j
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import importlib.util
 import os
@@ -155,8 +156,18 @@ def check_output(output: Path, scene: Path) -> None:
     if output.resolve() == scene.resolve():
         raise BatchError("the output is the input scene; choose another file (inputs are never overwritten)")
     parent = output.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(parent, os.W_OK):
+    missing = [p for p in (parent, *parent.parents) if not p.exists()]  # deepest first
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        writable = os.access(parent, os.W_OK)
+    except OSError as exc:
+        raise BatchError(f"cannot create the folder {parent} ({exc.strerror or exc.__class__.__name__}); "
+                         "choose another output path") from None
+    finally:
+        for created in missing:  # only proved it can be made: a run that fails later leaves no empty folder
+            with contextlib.suppress(OSError):
+                created.rmdir()
+    if not writable:
         raise BatchError(f"cannot write to {parent}")
 
 
@@ -257,6 +268,7 @@ def _styled_image(material):
 def save_blend(output: Path) -> None:
     """Save a copy of the current file to `output` (temporary name, then rename)."""
     tmp = output.with_name(f".{output.stem}.part.blend")
+    output.parent.mkdir(parents=True, exist_ok=True)
     try:
         bpy.ops.wm.save_as_mainfile(filepath=str(tmp), copy=True, check_existing=False)
         os.replace(tmp, output)

@@ -567,8 +567,10 @@ def test_batch_script_errors(style_image, tmp_path, addon):
     out = tmp_path / "out.blend"
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     nothing = subprocess.run([sys.executable, script, str(scene), "--style", str(style_image), "--objects", "Nope*",
-                              "-o", str(out)], capture_output=True, text=True, env=env, timeout=300)
+                              "-o", str(tmp_path / "new" / "out.blend")], capture_output=True, text=True, env=env,
+                             timeout=300)
     assert nothing.returncode == 2 and "no mesh objects matching Nope*" in nothing.stderr
+    assert not (tmp_path / "new").exists()  # the output folder was only proved writable, not left behind
     same = subprocess.run([sys.executable, script, str(scene), "--style", str(style_image), "-o", str(scene)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert same.returncode == 2 and "never overwritten" in same.stderr
