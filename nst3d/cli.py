@@ -30,15 +30,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    # Only `nst3d batch` takes options it does not know itself: it passes them on to every job.
-    args, extra = parser.parse_known_args(argv)
-    if extra and not getattr(args, "pass_through", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    args.extra = extra
     CTRL_C.clear()
-    previous = _catch_ctrl_c()
+    # Start-up imports torch and the engines: a KeyboardInterrupt raised inside a C extension's import can abort
+    # the process or be swallowed, so until the command runs Ctrl-C is only noted, then acted on.
+    previous = _catch_ctrl_c(_note_ctrl_c)
     try:
+        parser = build_parser()
+        # Only `nst3d batch` takes options it does not know itself: it passes them on to every job.
+        args, extra = parser.parse_known_args(argv)
+        if extra and not getattr(args, "pass_through", False):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.extra = extra
+        _catch_ctrl_c(_on_ctrl_c)
+        if CTRL_C.is_set():
+            raise KeyboardInterrupt
         return args.run(args) or 0
     except UserError as exc:
         print(f"nst3d: error: {exc}", file=sys.stderr)
@@ -47,11 +52,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\nnst3d: cancelled; nothing was written", file=sys.stderr)
         return 130
     except MemoryError:
-        print("nst3d: error: out of memory; lower --size or --views", file=sys.stderr)
+        print(OUT_OF_MEMORY, file=sys.stderr)
         return 3
     except Exception as exc:
         if exc.__class__.__name__ == "OutOfMemoryError":
             print("nst3d: error: out of GPU memory; lower --size or --views, or use --device cpu", file=sys.stderr)
+            return 3
+        if isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc):  # torch's CPU allocator
+            print(OUT_OF_MEMORY, file=sys.stderr)
             return 3
         raise
     finally:
@@ -60,17 +68,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGINT, previous)
 
 
+OUT_OF_MEMORY = "nst3d: error: out of memory; lower --size, --style-size or --views"
+
+
+def _note_ctrl_c(signum: int, frame: object) -> None:
+    """Ctrl-C while starting up: only set CTRL_C (main acts on it once the imports are done)."""
+    CTRL_C.set()
+
+
 def _on_ctrl_c(signum: int, frame: object) -> None:
     """Ctrl-C: raise KeyboardInterrupt, as Python does, and set CTRL_C for the stylization loop."""
     CTRL_C.set()
     raise KeyboardInterrupt
 
 
-def _catch_ctrl_c():
-    """Install _on_ctrl_c (main thread only); returns the handler it replaced, or None."""
+def _catch_ctrl_c(handler):
+    """Install `handler` for SIGINT (main thread only); returns the handler it replaced, or None."""
     if threading.current_thread() is not threading.main_thread():
         return None
-    return signal.signal(signal.SIGINT, _on_ctrl_c)
+    return signal.signal(signal.SIGINT, handler)
 
 
 if __name__ == "__main__":
