@@ -4,6 +4,7 @@ spelled the same everywhere, and the set-up they imply (device, VGG, style targe
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,8 +76,8 @@ def _positive(kind):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        if not 0 < value < math.inf:  # also refuses nan and inf
+            raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
         return value
     return parse
 
@@ -86,8 +87,21 @@ def _non_negative(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    if not 0 <= value < math.inf:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"must be a number that is not negative, got {text}")
+    return value
+
+
+# Far above any useful strength, far below where Adam's squared gradients overflow float32 (about 1e20 here) and
+# the parameters silently stop moving.
+MAX_STRENGTH = 1e6
+
+
+def _strength(text: str) -> float:
+    value = _non_negative(text)
+    if value > MAX_STRENGTH:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_STRENGTH:g}, got {text} (the losses are relative: "
+                                         "1 is the default style, 10-100 a very strong one)")
     return value
 
 
@@ -99,7 +113,7 @@ def add_style_options(parser: argparse.ArgumentParser, defaults: BackendDefaults
     g.add_argument("--style-weights", type=_csv(float), metavar="W1,W2", help="blend weights of the styles")
     g.add_argument("--loss", choices=LOSS_KINDS, default="gram",
                    help="style loss: gram (Gatys), adain (mean/std), nnfm (nearest neighbour, ARF)")
-    g.add_argument("--strength", type=_non_negative, default=1.0, help="style weight multiplier (default 1)")
+    g.add_argument("--strength", type=_strength, default=1.0, help="style weight multiplier (default 1)")
     g.add_argument("--content-weight", type=_non_negative, help=f"content weight (default {defaults.content_weight})")
     g.add_argument("--tv-weight", type=_non_negative, help=f"total-variation weight (default {defaults.tv_weight})")
     g.add_argument("--steps", type=_positive(int), help=f"optimisation steps (default {defaults.steps})")
@@ -164,7 +178,9 @@ def load_styles(opts: StyleOptions) -> list[torch.Tensor]:
 
 
 def vgg_for(opts: StyleOptions, device: torch.device) -> VGGFeatures:
-    """The frozen VGG-19 for these options, checked against the taps they ask for (fails before any work)."""
+    """The frozen VGG-19 for these options, checked against the taps they ask for and against the memory the
+    device has free (fails before any work)."""
+    check_memory(opts, device)
     vgg = load_vgg(opts.weights, opts.preprocess, device)
     style_layers, content_layer = taps_for(opts, vgg)
     vgg.check_taps([*style_layers, content_layer])
@@ -194,6 +210,42 @@ def build_objective(opts: StyleOptions, vgg: VGGFeatures, styles: list[torch.Ten
 
 def loop_config(opts: StyleOptions, stage: str = "stylizing") -> LoopConfig:
     return LoopConfig(steps=opts.steps, optimizer=opts.optimizer, lr=opts.lr, seed=opts.seed, stage=stage)
+
+
+# VGG's working set per pixel of a view (forward + backward to relu3, float32): about 2 KB measured (BENCHMARKS,
+# 4 x 512² mesh views); half of it here, so that only runs which cannot fit are refused.
+VGG_BYTES_PER_PIXEL = 1024
+
+
+def free_memory_bytes(device: torch.device) -> int | None:
+    """What the device can still allocate: free GPU memory, or MemAvailable on Linux; None when unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(opts: StyleOptions, device: torch.device) -> None:
+    """Refuse sizes whose VGG working set alone is above the free memory: a one-line error now instead of an
+    allocation failure, or the system killing the process, later. opts: with the backend's defaults filled."""
+    free = free_memory_bytes(device)
+    if free is None or opts.size is None:
+        return
+    needs = {"--size": opts.size ** 2 * (opts.views or 1) * VGG_BYTES_PER_PIXEL,
+             "--style-size": (opts.style_size or opts.size) ** 2 * VGG_BYTES_PER_PIXEL}
+    if sum(needs.values()) > free:
+        biggest = max(needs, key=needs.get)
+        views = f" with {opts.views} views per step" if biggest == "--size" and (opts.views or 1) > 1 else ""
+        value = opts.size if biggest == "--size" else opts.style_size
+        raise UserError(f"{biggest} {value}{views} needs about {sum(needs.values()) / 2**30:.0f} GB of memory for "
+                        f"VGG, and {free / 2**30:.0f} GB is free on {device.type}; lower {biggest}"
+                        + (" or --views" if views else ""))
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -116,11 +116,20 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(images, random_weight
          "weights file not found"),
         (("image", content, "--style", style_a, *w, "--style-size", 3, "-o", out), "too small for VGG.*--style-size"),
         (("image", content, "--style", style_a, *w, "--multiscale", 3, "-o", out), "too many levels.*use at most 1"),
+        (("image", content, "--style", style_a, *w, "--size", 100000, "-o", out),
+         r"--size 100000 needs about \d+ GB of memory for VGG, and \d+ GB is free.*lower --size"),
+        (("image", content, "--style", style_a, *w, "--style-size", 60000, "-o", out), "lower --style-size"),
     ]
     if os.geteuid() != 0:  # root can write anywhere
         cases.append((("image", content, "--style", style_a, *w, "-o", locked / "out.png"), "not writable"))
     for args, pattern in cases:
         assert_clean_error(nst3d(*args), pattern)
+    # Values argparse refuses: its usage, then the one line that says what is wrong.
+    for option, value, pattern in (("--lr", "nan", "--lr: must be a positive number"),
+                                   ("--strength", "1e30", "--strength: must be at most"),
+                                   ("--tv-weight", "inf", "--tv-weight: must be a number that is not negative")):
+        r = nst3d("image", content, "--style", style_a, *w, option, value, "-o", out)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and pattern in r.stderr.strip().splitlines()[-1]
     assert not out.exists() and not any(p.name.startswith(".") for p in tmp_path.iterdir())
 
 
@@ -149,6 +158,22 @@ def test_ctrl_c_stops_cleanly_and_leaves_no_output(images, random_weights_file, 
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
+    assert "cancelled" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.9])
+def test_ctrl_c_while_starting_up_is_a_clean_cancel(images, random_weights_file, tmp_path, delay):
+    """Ctrl-C while torch and the engines import (about the first 1.5 s) used to print a KeyboardInterrupt
+    traceback, abort inside a C extension, or be swallowed so that the run finished anyway."""
+    folder, content, style_a, _ = images
+    proc = subprocess.Popen([sys.executable, "-m", "nst3d", "image", str(content), "--style", str(style_a),
+                             "--size", "40", "--steps", "100000", "--weights", str(random_weights_file), "-o",
+                             str(tmp_path / "out" / "out.png")], stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
     assert "cancelled" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
 

@@ -87,8 +87,8 @@ def stylize_image_files(content_path: Path, outputs: list[Path], opts: StyleOpti
     started = time.perf_counter()
     device = resolve_device(opts.device)
     content, alpha = load_image(content_path, "content image")
+    vgg = vgg_for(opts, device)  # checks the sizes against free memory before the resize allocates
     content = resize_to(content, opts.size).to(device)
-    vgg = vgg_for(opts, device)
     objective = build_objective(opts, vgg, load_styles(opts), content, DEFAULTS)
     # In luminance mode the style loss sees (and the result keeps) only luminance: measure it the same way.
     seen = gray if opts.preserve_color == "luminance" else (lambda rgb: rgb)
