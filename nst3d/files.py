@@ -47,18 +47,32 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+# Names that are surely meant as files: given where an output FOLDER is expected, they are refused rather than
+# made into a folder called e.g. out.glb.
+FILE_SUFFIXES = frozenset((*IMAGE_SUFFIXES, ".gif", ".mp4", ".glb", ".gltf", ".obj", ".ply", ".stl", ".json",
+                           ".blend", ".csv"))
+
+
 def check_output(path: str | os.PathLike, inputs: Sequence[str | os.PathLike] = (),
                  suffixes: Sequence[str] | None = None, is_dir: bool = False) -> Path:
     """Fail early (before any compute) if `path` cannot be written or would overwrite an input.
 
-    A missing folder is created to prove it can be, then removed again: a run that fails later leaves no
-    empty folder behind (atomic_path creates it when the first output is written)."""
+    The folder is really written to (a probe file, deleted at once) and a missing one is created to prove it
+    can be, then removed again: a run that fails later leaves no empty folder behind (atomic_path creates it
+    when the first output is written)."""
     path = Path(path)
     resolved = path.resolve()
     for item in inputs:
         if Path(item).resolve() == resolved:
             raise UserError(f"output {path} is also an input; choose another output path "
                             "(inputs are never overwritten)")
+    if is_dir and path.exists() and not path.is_dir():
+        raise UserError(f"output folder {path} is a file; give a folder (the outputs are written inside it)")
+    if is_dir and not path.exists() and path.suffix.lower() in FILE_SUFFIXES:
+        raise UserError(f"-o takes an output folder (the outputs are written inside it), and {path} looks like a "
+                        f"file name; give a folder, e.g. {path.with_suffix('')}")
+    if not is_dir and path.is_dir():
+        raise UserError(f"output {path} is a folder; give a file name")
     if suffixes is not None and path.suffix.lower() not in suffixes:
         raise UserError(f"unsupported output type '{path.suffix or path.name}'; use one of {', '.join(suffixes)}")
     parent = path if is_dir else path.parent
@@ -67,24 +81,30 @@ def check_output(path: str | os.PathLike, inputs: Sequence[str | os.PathLike] = 
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK):
         raise UserError(f"cannot write to {parent}: the folder is not writable; choose another output path")
-    if path.exists() and not is_dir and path.is_dir():
-        raise UserError(f"output {path} is a folder; give a file name")
-    _probe_folder(parent)
+    _probe_write(parent)
     return path
 
 
-def _probe_folder(folder: Path) -> None:
-    """Create `folder` and its missing parents, then remove the ones this made (deepest first)."""
+def _probe_write(folder: Path) -> None:
+    """Create `folder` and its missing parents and a file in it, then remove all this made (deepest first)."""
     missing = []
     probe = folder
     while not probe.exists():
         missing.append(probe)
         probe = probe.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create the folder {folder} ({exc.strerror or exc.__class__.__name__}); "
-                        "choose another output path") from None
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create the folder {folder} ({exc.strerror or exc.__class__.__name__}); "
+                            "choose another output path") from None
+        try:
+            fd, name = tempfile.mkstemp(prefix=".nst3d-probe.", dir=folder)
+        except OSError as exc:
+            raise UserError(f"cannot write to {folder} ({exc.strerror or exc.__class__.__name__}); "
+                            "choose another output path") from None
+        os.close(fd)
+        os.unlink(name)
     finally:
         for created in missing:
             with contextlib.suppress(OSError):

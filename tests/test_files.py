@@ -51,3 +51,24 @@ def test_check_output_proves_a_new_folder_can_be_made_and_leaves_none(tmp_path):
 def test_check_output_names_a_folder_it_cannot_make():
     with pytest.raises(UserError, match="cannot create the folder /proc/nst3d-test/a"):
         check_output("/proc/nst3d-test/a/out.png")
+
+
+def test_check_output_says_what_is_wrong_with_the_path(tmp_path):
+    a_file, a_folder = tmp_path / "b.png", tmp_path / "folder"
+    a_file.write_bytes(b"x")
+    a_folder.mkdir()
+    with pytest.raises(UserError, match="output folder .*b.png is a file; give a folder"):
+        check_output(a_file, is_dir=True)
+    with pytest.raises(UserError, match="out.glb looks like a file name; give a folder, e.g. .*out$"):
+        check_output(tmp_path / "out.glb", is_dir=True)  # used to become a folder called out.glb
+    with pytest.raises(UserError, match="is a folder; give a file name"):
+        check_output(a_folder, suffixes=(".png",))  # not "unsupported output type ''"
+    check_output(tmp_path / "v1.5", is_dir=True)  # a dotted folder name that is no file type is fine
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.png", "folder"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc: a folder that takes no new entries")
+def test_check_output_really_writes_to_the_folder():
+    # /proc passes a permission check (and root passes every one); writing there fails: found now, not after the run
+    with pytest.raises(UserError, match="cannot write to /proc"):
+        check_output("/proc/out.png")
