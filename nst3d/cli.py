@@ -38,8 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser()
         # Only `nst3d batch` takes options it does not know itself: it passes them on to every job.
         args, extra = parser.parse_known_args(argv)
-        if extra and not getattr(args, "pass_through", False):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if extra and not getattr(args, "pass_through", False):  # the sub-command's usage, not the top level's
+            _subparsers(parser).choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
         args.extra = extra
         _catch_ctrl_c(_on_ctrl_c)
         if CTRL_C.is_set():
@@ -66,6 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         CTRL_C.clear()
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
 
 
 OUT_OF_MEMORY = "nst3d: error: out of memory; lower --size, --style-size or --views"

@@ -83,7 +83,19 @@ def test_every_bad_row_is_reported_with_its_line_before_anything_runs(assets, tm
     with pytest.raises(UserError, match="jobs2.csv:2: unknown option column 'wobble'"):
         load_jobs(assets / "jobs2.csv", [], build_parser())
     r = nst3d("batch", jobs_csv, "-o", tmp_path / "results")
-    assert r.returncode == 2 and "Traceback" not in r.stderr and not (tmp_path / "results" / "summary.json").exists()
+    assert r.returncode == 2 and "Traceback" not in r.stderr and not (tmp_path / "results").exists()
+    no_style = write_csv(assets, ["a.png,nope.png,3,", "b.png,style.png;gone.png,3,"])
+    with pytest.raises(UserError, match=r"2 bad row\(s\).*jobs.csv:2: style image not found: .*nope.png; "
+                                        r"jobs.csv:3: style image not found: .*gone.png"):
+        load_jobs(no_style, [], build_parser())
+    with pytest.raises(UserError, match=r"^2 bad row\(s\), nothing was run: jobs.csv lines 2, 3: unrecognized "
+                                        r"arguments: --stepz 3$"):  # a bad common option, said once
+        load_jobs(no_style, ["--stepz", "3"], build_parser())
+    binary = assets / "binary.csv"
+    binary.write_bytes(b"input\n\xec\x9f\x00\xff\n")
+    for job_list, pattern in ((binary, "not a text job list"), (assets / "a.png", "unsupported job list type")):
+        r = nst3d("batch", job_list, "-o", tmp_path / "results")
+        assert r.returncode == 2 and "Traceback" not in r.stderr and pattern in r.stderr, r.stderr
 
 
 def test_local_batch_records_a_failure_and_resumes(assets, random_weights_file, tmp_path):
@@ -128,6 +140,24 @@ def test_a_killed_batch_loses_only_the_jobs_in_flight(assets, random_weights_fil
     assert summary["counts"].get("skipped", 0) == len(finished_before)
     assert summary["counts"].get("done", 0) == 3 - len(finished_before)
     assert not list(results.glob(".*.part"))
+
+
+def test_ctrl_c_keeps_the_finished_jobs_and_says_so(assets, random_weights_file, tmp_path):
+    jobs_csv = write_csv(assets, ["a.png,style.png,2,", "b.png,style.png,2000,", "c.png,style.png,2,"])
+    results = tmp_path / "results"
+    command = [sys.executable, "-m", "nst3d", "batch", str(jobs_csv), "-o", str(results), "--workers", "1",
+               "--size", "24", "--weights", str(random_weights_file), "--quiet"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(results.glob("*/job.json")):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the driver and its job alike
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert "finished jobs and summary.json are kept" in err and "nothing was written" not in err, err
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["counts"].get("done") == 1 and summary["counts"].get("interrupted")
 
 
 @pytest.mark.slow

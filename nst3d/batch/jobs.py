@@ -20,6 +20,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,13 @@ def read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, row) for each job in a .csv or .jsonl/.ndjson file."""
     if not path.is_file():
         raise UserError(f"job list not found: {path}")
-    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() not in (".csv", ".jsonl", ".ndjson", ".json"):
+        raise UserError(f"unsupported job list type '{path.suffix}'; use .csv or .jsonl")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not a text job list (byte {exc.start} is not UTF-8); give a .csv or .jsonl "
+                        "file") from None
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
         rows = []
         for number, line in enumerate(text.splitlines(), start=1):
@@ -91,8 +98,6 @@ def read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
                 raise UserError(f"{path}:{number}: each line must be a JSON object")
             rows.append((number, row))
         return rows
-    if path.suffix.lower() != ".csv":
-        raise UserError(f"unsupported job list type '{path.suffix}'; use .csv or .jsonl")
     reader = csv.DictReader(io.StringIO(text))
     if not reader.fieldnames or "input" not in [f.strip() for f in reader.fieldnames]:
         raise UserError(f"{path}: the CSV needs a header row with an 'input' column")
@@ -197,6 +202,7 @@ def row_to_job(number: int, row: dict[str, Any], base: Path, common: list[str],
     default_name = source.parent.name if backend == "nerf" else source.stem
     job = Job(number, _safe_name(str(row.get("name") or default_name)), backend, source, args)
     _check_with_parser(parser, job)
+    _check_files(args)
     job.inputs = [source, *[Path(a) for a in _option_values(args, "--style")]]
     job.key = job_key(job)
     return job
@@ -230,6 +236,14 @@ def _subparser(parser: argparse.ArgumentParser, backend: str) -> argparse.Argume
     raise UserError(f"the {backend} backend is not installed (its command is missing)")
 
 
+def _check_files(args: list[str]) -> None:
+    """Every style image (and style-map image) a job names exists: found now, not when the job runs."""
+    images = _option_values(args, "--style") + [v.partition("=")[2] for v in _option_values(args, "--style-map")]
+    for image in images:
+        if image and not Path(image).is_file():
+            raise UserError(f"style image not found: {image}")
+
+
 def _check_with_parser(parser: argparse.ArgumentParser, job: Job) -> None:
     """Parse the job's full command line with the real `nst3d` parser: argparse's own message on failure."""
     captured = io.StringIO()
@@ -238,7 +252,7 @@ def _check_with_parser(parser: argparse.ArgumentParser, job: Job) -> None:
             parser.parse_args(job.argv(Path("/nonexistent-output")))
     except SystemExit:
         message = captured.getvalue().strip().splitlines()[-1] if captured.getvalue().strip() else "bad options"
-        raise UserError(message.replace("nst3d ", "", 1)) from None
+        raise UserError(re.sub(r"^nst3d( \w+)?: error: ", "", message)) from None
 
 
 def file_digest(path: Path) -> str:
@@ -274,19 +288,24 @@ def _arg_digest(arg: str) -> str:
 def load_jobs(path: Path, common: list[str], parser: argparse.ArgumentParser) -> list[Job]:
     """Every row validated (errors name their line); duplicate result folders are an error too."""
     base = path.resolve().parent
-    jobs, errors = [], []
+    jobs: list[Job] = []
+    errors: dict[str, list[int]] = {}  # message -> the lines that have it (a bad common option: every line)
     for number, row in read_rows(path):
         try:
             jobs.append(row_to_job(number, row, base, common, parser))
         except UserError as exc:
-            errors.append(f"{path.name}:{number}: {exc}")
+            errors.setdefault(str(exc), []).append(number)
     if not jobs and not errors:
         raise UserError(f"{path} has no jobs")
     seen: dict[str, int] = {}
     for job in jobs:
         if job.folder in seen:
-            errors.append(f"{path.name}:{job.line}: the same job as line {seen[job.folder]}")
+            errors.setdefault(f"the same job as line {seen[job.folder]}", []).append(job.line)
         seen.setdefault(job.folder, job.line)
     if errors:
-        raise UserError(f"{len(errors)} bad row(s), nothing was run: " + "; ".join(errors))
+        count = sum(len(lines) for lines in errors.values())
+        where = (lambda lines: f"{path.name}:{lines[0]}" if len(lines) == 1
+                 else f"{path.name} lines {', '.join(map(str, lines))}")
+        raise UserError(f"{count} bad row(s), nothing was run: "
+                        + "; ".join(f"{where(lines)}: {message}" for message, lines in errors.items()))
     return jobs

@@ -71,7 +71,13 @@ def run(args: argparse.Namespace) -> int:
             bar.update(1)
             bar.set_postfix(last=f"{record['name']} {record['status']}", refresh=True)
 
-        summary = run_batch(jobs, root, executor, args.retries, args.force, on_job)
+        try:
+            summary = run_batch(jobs, root, executor, args.retries, args.force, on_job)
+        except KeyboardInterrupt:  # not the CLI's "nothing was written": finished jobs stay, for a resume
+            bar.close()
+            print(f"\nnst3d: cancelled; finished jobs and {SUMMARY_FILE} are kept in {root}: the same command "
+                  "resumes", file=sys.stderr)
+            return 130
     sheet = batch_contact_sheet(summary, root / SHEET_FILE)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary["counts"].items()))
     print(f"{counts} in {summary['seconds']:.0f} s ({executor.description}); wrote {root / SUMMARY_FILE}"
