@@ -103,6 +103,24 @@ def test_cli_errors_are_one_line(tmp_path, style, weights, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_still_frames_a_long_asset_whole(tmp_path):
+    """A still used the turntable's shared distance, looking at the bounding-box centre: a long asset seen
+    at an angle (the Fox at the default azimuth) lost its head. It is framed on its own silhouette now."""
+    import imageio.v2 as imageio
+    import trimesh
+
+    bar = trimesh.creation.box(extents=(6.0, 1.0, 1.0))
+    bar.apply_translation((2.5, 0.0, 0.0))  # off-centre as well
+    bar.export(tmp_path / "bar.obj")
+    assert main(["render", str(tmp_path / "bar.obj"), "-o", str(tmp_path / "still.png"), "--size", "64",
+                 "--quiet"]) == 0
+    drawn = np.asarray(imageio.imread(tmp_path / "still.png")).min(-1) < 250  # not the white background
+    border = np.concatenate([drawn[0], drawn[-1], drawn[:, 0], drawn[:, -1]])
+    assert not border.any()  # nothing cut off at the edges
+    columns, rows = drawn.any(0).nonzero()[0], drawn.any(1).nonzero()[0]
+    assert max(columns.ptp(), rows.ptp()) > 0.8 * 64  # and tight, not shrunk to fit
+
+
 def test_render_still_and_turntable(tmp_path):
     source = textured_quad_glb(tmp_path / "quad.glb")
     assert main(["render", str(source), "-o", str(tmp_path / "still.png"), "--size", "32", "--quiet"]) == 0

@@ -215,3 +215,11 @@ def test_cli_unsupported_input_is_one_clean_line(files, random_weights_file, tmp
     assert not (tmp_path / "out.ply").exists()
     r = nst3d("splat", files / "ball.ply", "--style", files / "style.png", "-o", files / "ball.ply")
     assert r.returncode == 2 and "also an input" in r.stderr
+
+
+def test_render_still_frames_the_splat_on_itself(files, tmp_path):
+    r = nst3d("render", files / "ball.ply", "-o", tmp_path / "still.png", "--size", 48, "--azimuth", 75)
+    assert r.returncode == 0, r.stderr
+    drawn = np.asarray(Image.open(tmp_path / "still.png").convert("RGB")).min(-1) < 245
+    border = np.concatenate([drawn[0], drawn[-1], drawn[:, 0], drawn[:, -1]])
+    assert not border.any() and drawn.any(0).sum() > 0.6 * 48  # whole, and filling the frame

@@ -2,7 +2,8 @@
 splat, e.g. a stylized result, as a turntable or a single view.
 
 Assets are dispatched by kind (`asset_kind`) to a loader in LOADERS that returns a Renderable: anything with
-`render(cameras) -> Render` and `turntable(frames, size, elevation_degrees, start_degrees) -> Cameras`.
+`render(cameras) -> Render`, `turntable(frames, size, elevation_degrees) -> Cameras` and
+`still(size, elevation_degrees, azimuth_degrees) -> Cameras`.
 Adding a kind is one function and one LOADERS entry.
 """
 
@@ -26,8 +27,9 @@ MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
 class Renderable(Protocol):
     def render(self, cameras: Cameras) -> Render: ...
 
-    def turntable(self, frames: int, size: int, elevation_degrees: float = 20.0,
-                  start_degrees: float = 0.0) -> Cameras: ...
+    def turntable(self, frames: int, size: int, elevation_degrees: float = 20.0) -> Cameras: ...
+
+    def still(self, size: int, elevation_degrees: float = 20.0, azimuth_degrees: float = 30.0) -> Cameras: ...
 
 
 def _is_splat_ply(path: Path) -> bool:
@@ -73,13 +75,15 @@ class _Splat:
         r = render_scene(self.scene, cameras)  # already blended over white by opacity: no second blend
         return Render(r.rgb, None, r.depth)
 
-    def turntable(self, frames: int, size: int, elevation_degrees: float = 20.0,
-                  start_degrees: float = 0.0) -> Cameras:
+    def turntable(self, frames: int, size: int, elevation_degrees: float = 20.0) -> Cameras:
         from nst3d.backends.splat.backend import turntable_cameras
 
-        cams = turntable_cameras(self.scene, frames if start_degrees == 0 else 360, size,
-                                 elevation_degrees=elevation_degrees)
-        return cams if start_degrees == 0 else cams[[round(start_degrees) % 360]]
+        return turntable_cameras(self.scene, frames, size, elevation_degrees=elevation_degrees)
+
+    def still(self, size: int, elevation_degrees: float = 20.0, azimuth_degrees: float = 30.0) -> Cameras:
+        from nst3d.backends.splat.backend import still_camera
+
+        return still_camera(self.scene, size, elevation_degrees, azimuth_degrees)
 
 
 LOADERS: dict[str, Callable[[Path, str], Renderable]] = {
@@ -137,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         render_turntable(asset, args.output, args.frames, args.size, args.elevation, args.fps,
                          ProgressBar("rendering", quiet=args.quiet))
     else:
-        cameras = asset.turntable(1, args.size, args.elevation, args.azimuth)
+        cameras = asset.still(args.size, args.elevation, args.azimuth)
         save_image(composite(asset.render(cameras))[0], args.output)
     print(f"wrote {args.output}")
     return 0

@@ -165,9 +165,13 @@ class MeshRenderer:
         self.supersample, self.shading, self.device = supersample, shading, torch.device(device)
         self.background = torch.tensor(background, dtype=torch.float32)
 
-    def turntable(self, frames: int, size: int, elevation_degrees: float = 20.0,
-                  start_degrees: float = 0.0) -> Cameras:
-        return turntable_cameras(self.points, frames, size, elevation_degrees, start_degrees)
+    def turntable(self, frames: int, size: int, elevation_degrees: float = 20.0) -> Cameras:
+        return turntable_cameras(self.points, frames, size, elevation_degrees)
+
+    def still(self, size: int, elevation_degrees: float = 20.0, azimuth_degrees: float = 30.0) -> Cameras:
+        """One view from the turntable's ring at `azimuth_degrees`, framed on the silhouette (a turntable's
+        shared distance, looking at the bounding-box centre, can crop a single view of a long asset)."""
+        return frame_on_silhouette(self.points, orbit_directions(1, elevation_degrees, azimuth_degrees), size, size)
 
     @torch.no_grad()
     def render(self, cameras: Cameras, batch: int = 4) -> Render:

@@ -553,6 +553,17 @@ def render_scene(scene: SplatScene, cameras: Cameras, background=(1.0, 1.0, 1.0)
     return Render(rgb, mask, depth)
 
 
+def still_camera(scene: SplatScene, size: int, elevation_degrees: float = 20.0, azimuth_degrees: float = 30.0,
+                 up: str = "auto") -> Cameras:
+    """One camera from the turntable's ring direction at `azimuth_degrees`, framed on the object itself (a
+    turntable's shared distance, made for the widest view of the ring, can crop a single one)."""
+    points = framing_points(scene)
+    center, _ = robust_bounds(points)
+    up_dir = up_vector(up, points)
+    direction = orbit_directions(1, elevation_degrees, azimuth_degrees) @ canonical_to_world(up_dir).T
+    return frame_views(points, center, direction, up_dir, size, size)
+
+
 def turntable_cameras(scene: SplatScene, frames: int, size: int, up: str = "auto",
                       elevation_degrees: float = 20.0) -> Cameras:
     """An orbit of `frames` cameras around the object at one distance (the widest robust framing of the
