@@ -217,9 +217,11 @@ def test_cli_unsupported_input_is_one_clean_line(files, random_weights_file, tmp
     assert r.returncode == 2 and "also an input" in r.stderr
 
 
-def test_render_still_frames_the_splat_on_itself(files, tmp_path):
-    r = nst3d("render", files / "ball.ply", "-o", tmp_path / "still.png", "--size", 48, "--azimuth", 75)
+def test_render_still_frames_the_splat_on_itself(tmp_path):
+    save_gaussians(tmp_path / "ball.ply", **{k: v[8:] for k, v in ball().items()})  # without the floaters
+    r = nst3d("render", tmp_path / "ball.ply", "-o", tmp_path / "still.png", "--size", 48, "--azimuth", 75)
     assert r.returncode == 0, r.stderr
-    drawn = np.asarray(Image.open(tmp_path / "still.png").convert("RGB")).min(-1) < 245
-    border = np.concatenate([drawn[0], drawn[-1], drawn[:, 0], drawn[:, -1]])
-    assert not border.any() and drawn.any(0).sum() > 0.6 * 48  # whole, and filling the frame
+    darkest = np.asarray(Image.open(tmp_path / "still.png").convert("RGB")).min(-1)
+    border = np.concatenate([darkest[0], darkest[-1], darkest[:, 0], darkest[:, -1]])
+    assert border.min() > 150  # at most the faint tails of the outermost Gaussians reach the edge
+    assert (darkest < 245).any(0).sum() > 0.6 * 48  # and the ball fills the frame

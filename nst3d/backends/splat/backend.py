@@ -53,6 +53,8 @@ from nst3d.eval import HeldOutViews, held_out_views
 FOV_DEGREES = 40.0
 FRAME_MARGIN = 1.08
 FRAMING_QUANTILE = 0.99  # fit 98% of the (opaque) Gaussians, not floaters
+# A still shows the whole object: fit 99% of the centres, and leave room for the outer Gaussians' own extent.
+STILL_QUANTILE, STILL_MARGIN = 0.995, 1.2
 MAX_FRAMING_POINTS = 50_000
 DEPTH_ALPHA = 0.5  # a pixel has a depth where the accumulated opacity reaches this
 UP_AXES = {"x": (1.0, 0.0, 0.0), "y": (0.0, 1.0, 0.0), "z": (0.0, 0.0, 1.0),
@@ -561,7 +563,7 @@ def still_camera(scene: SplatScene, size: int, elevation_degrees: float = 20.0, 
     center, _ = robust_bounds(points)
     up_dir = up_vector(up, points)
     direction = orbit_directions(1, elevation_degrees, azimuth_degrees) @ canonical_to_world(up_dir).T
-    return frame_views(points, center, direction, up_dir, size, size)
+    return frame_views(points, center, direction, up_dir, size, size, quantile=STILL_QUANTILE, margin=STILL_MARGIN)
 
 
 def turntable_cameras(scene: SplatScene, frames: int, size: int, up: str = "auto",
