@@ -121,7 +121,7 @@ def test_a_still_frames_a_long_asset_whole(tmp_path):
     assert max(columns.ptp(), rows.ptp()) > 0.8 * 64  # and tight, not shrunk to fit
 
 
-def test_render_still_and_turntable(tmp_path):
+def test_render_still_and_turntable(tmp_path, capsys):
     source = textured_quad_glb(tmp_path / "quad.glb")
     assert main(["render", str(source), "-o", str(tmp_path / "still.png"), "--size", "32", "--quiet"]) == 0
     assert main(["render", str(source), "--turntable", "-o", str(tmp_path / "spin.gif"), "--size", "24",
@@ -133,3 +133,6 @@ def test_render_still_and_turntable(tmp_path):
     still = np.asarray(imageio.imread(tmp_path / "still.png"))
     assert still.shape == (32, 32, 3) and still.std() > 5  # something was drawn
     assert main(["render", str(source), "--turntable", "-o", str(tmp_path / "x.png")]) == 2
+    for option, value in (("--elevation", "500"), ("--frames", "0"), ("--size", "8"), ("--elevation", "nan")):
+        assert main(["render", str(source), "-o", str(tmp_path / "x.png"), option, value]) == 2
+        assert f"{option} must be" in capsys.readouterr().err

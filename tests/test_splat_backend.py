@@ -215,6 +215,16 @@ def test_cli_unsupported_input_is_one_clean_line(files, random_weights_file, tmp
     assert not (tmp_path / "out.ply").exists()
     r = nst3d("splat", files / "ball.ply", "--style", files / "style.png", "-o", files / "ball.ply")
     assert r.returncode == 2 and "also an input" in r.stderr
+    glb = tmp_path / "mesh.glb"
+    glb.write_bytes(b"glTF" + b"\0" * 60)
+    r = nst3d("splat", glb, "--style", files / "style.png", "-o", tmp_path / "out.ply", "--weights",
+              random_weights_file)
+    assert r.returncode == 2 and "mesh.glb: not a PLY file; convert it to an INRIA 3DGS .ply" in r.stderr, r.stderr
+    for option, value in (("--color-field", -1), ("--consistency-weight", -1), ("--consistency-weight", "nan")):
+        r = nst3d("splat", files / "ball.ply", "--style", files / "style.png", "-o", tmp_path / "out.ply",
+                  "--weights", random_weights_file, option, value)
+        assert r.returncode == 2 and f"{option} must be" in r.stderr, r.stderr
+    assert not (tmp_path / "out.ply").exists()
 
 
 def test_render_still_frames_the_splat_on_itself(tmp_path):

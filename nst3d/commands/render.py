@@ -113,7 +113,9 @@ def render_turntable(asset: Renderable, path: Path, frames: int = 48, size: int 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("render", help="render a mesh or splat as a turntable (GIF/MP4) or a still",
-                       description=__doc__)
+                       description="`nst3d render ASSET -o out.gif|out.mp4|out.png`: render a mesh or a Gaussian "
+                                   "splat, e.g. a stylized result, as a turntable (an orbit at one distance) or a "
+                                   "single view framed on the asset.")
     p.add_argument("asset", type=Path, help="mesh (.glb, .gltf, .obj, .ply, .stl) or 3DGS .ply")
     p.add_argument("-o", "--output", type=Path, required=True, help="out.gif / out.mp4 (turntable) or out.png")
     p.add_argument("--turntable", action="store_true", help="an orbit of frames (implied by .gif/.mp4)")
@@ -134,8 +136,10 @@ def run(args: argparse.Namespace) -> int:
     if args.turntable and not animated:
         raise UserError(f"--turntable writes .gif or .mp4, not '{args.output.suffix}'")
     check_output(args.output, [args.asset], TURNTABLE_SUFFIXES + STILL_SUFFIXES)
-    if not 16 <= args.size <= 4096 or not 1 <= args.frames <= 1000 or not 1 <= args.fps <= 120:
-        raise UserError("--size must be 16..4096, --frames 1..1000 and --fps 1..120")
+    for option, value, low, high in (("--size", args.size, 16, 4096), ("--frames", args.frames, 1, 1000),
+                                     ("--fps", args.fps, 1, 120), ("--elevation", args.elevation, -90, 90)):
+        if not low <= value <= high:
+            raise UserError(f"{option} must be {low}..{high}, got {value:g}")
     asset = load_renderable(args.asset, args.shading)
     if animated:
         render_turntable(asset, args.output, args.frames, args.size, args.elevation, args.fps,

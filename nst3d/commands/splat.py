@@ -94,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
     check_output(report_path, inputs, (".json",))
     if args.pool < 1 or args.held_out < 1:
         raise UserError("--pool and --held-out must be at least 1")
+    if args.color_field < 0:
+        raise UserError(f"--color-field must be 0 (off) or a resolution, got {args.color_field}")
+    if not 0 <= args.consistency_weight < float("inf"):
+        raise UserError(f"--consistency-weight must be a number that is not negative, got {args.consistency_weight}")
     bar = ProgressBar(quiet=args.quiet)
     report = stylize_splat_file(args.scene, args.output, opts, cameras=args.cameras,
                                 dataparser_transforms=args.dataparser_transforms, view_dependent=args.view_dependent,

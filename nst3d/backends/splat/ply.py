@@ -176,7 +176,8 @@ def read_splat(path: str | os.PathLike) -> SplatPly:
         head = f.read(MAX_HEADER_BYTES)
     other = sniff_format(path, head)
     if other:
-        raise UserError(f"{path}: {other} is not supported; convert it to an INRIA 3DGS .ply (binary little "
+        problem = other if other.startswith("not ") else f"{other} is not supported"
+        raise UserError(f"{path}: {problem}; convert it to an INRIA 3DGS .ply (binary little "
                         "endian, f_dc_*/opacity/scale_*/rot_* per vertex), e.g. with SuperSplat's export")
     fmt, elements, _, header_len = parse_header(path, head)
     names = {e.name for e in elements}
