@@ -64,6 +64,9 @@ def test_num_outputs_writes_variations(images, random_weights_file, tmp_path):
     assert r.returncode == 0, r.stderr
     a, b = load_image(tmp_path / "v_1.png")[0], load_image(tmp_path / "v_2.png")[0]
     assert not np.allclose(a.numpy(), b.numpy())
+    same = nst3d("image", content, "--style", style_a, "--size", 24, "--steps", 3, "--num-outputs", 2, "--weights",
+                 random_weights_file, "-o", tmp_path / "w.png")  # from the content, every seed is the same image
+    assert_clean_error(same, "--num-outputs needs --init noise")
 
 
 @pytest.mark.parametrize("kind", ["grayscale", "rgba", "16bit", "palette"])

@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("content", type=Path, help="content image")
     p.add_argument("-o", "--output", type=Path, required=True, help="output image (.png, .jpg, ...)")
     p.add_argument("--num-outputs", type=int, default=1, metavar="K",
-                   help="write K variations with seeds seed..seed+K-1 (OUT_1.png, ...)")
+                   help="write K variations with seeds seed..seed+K-1 (OUT_1.png, ...); needs --init noise")
     p.add_argument("--multiscale", type=int, default=1, metavar="LEVELS",
                    help="coarse-to-fine levels, each twice the size of the one before (default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -63,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     opts = with_defaults(options_from_args(args), DEFAULTS)
     if args.num_outputs < 1 or args.multiscale < 1:
         raise UserError("--num-outputs and --multiscale must be at least 1")
+    if args.num_outputs > 1 and opts.init == "content":
+        raise UserError("--num-outputs needs --init noise: from the content image every seed gives the same result")
     most = max_multiscale_levels(opts.size, opts.steps)
     if args.multiscale > most:
         raise UserError(f"--multiscale {args.multiscale} is too many levels for --size {opts.size} and --steps "
