@@ -11,6 +11,7 @@ import torch
 from nst3d.backends.mesh.load import bake_texture, load_mesh, make_atlas, rasterize_uv, uv_layout_ok
 from nst3d.backends.mesh.regions import match_style_map
 from nst3d.errors import UserError
+from nst3d.files import save_image
 from tests.mesh_data import (
     PALETTE,
     checker,
@@ -150,6 +151,19 @@ def test_missing_texture_warns_and_uses_the_base_colour(tmp_path):
     asset = load_mesh(textured_obj(tmp_path / "obj", write_texture=False))
     assert any("not found" in w for w in asset.warnings)
     assert asset.slots[0].generated
+
+
+def test_an_obj_with_uvs_and_no_material_library_says_how_to_give_its_texture(tmp_path):
+    path = tmp_path / "quad.obj"  # like Spot's OBJ: its texture lives beside it, named nowhere
+    path.write_text("v 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\nvt 0 0\nvt 1 0\nvt 1 1\nvt 0 1\n"
+                    "f 1/1 2/2 3/3\nf 1/1 3/3 4/4\n")
+    assert any("names no material library" in w and "--texture IMAGE" in w for w in load_mesh(path).warnings)
+    image = tmp_path / "t.png"
+    save_image(torch.rand(3, 8, 8), image)
+    assert load_mesh(path, texture=image).warnings == []
+    plain = tmp_path / "plain.obj"
+    plain.write_text("v 0 0 0\nv 1 0 0\nv 1 1 0\nf 1 2 3\n")  # no UVs: nothing to say
+    assert load_mesh(plain).warnings == []
 
 
 def test_missing_gltf_image_file_warns(tmp_path):

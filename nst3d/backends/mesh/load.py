@@ -619,7 +619,11 @@ class _Builder:
         if self.path.suffix.lower() != ".obj":
             return
         text = self.path.read_text(errors="replace")
-        for lib in re.findall(r"^\s*mtllib\s+(.+?)\s*$", text, flags=re.M):
+        libraries = re.findall(r"^\s*mtllib\s+(.+?)\s*$", text, flags=re.M)
+        if not libraries and self.extra is None and re.search(r"^\s*vt\s", text, flags=re.M):
+            self.note(f"{self.path.name} has UVs but names no material library (mtllib), so no texture: starting "
+                      "from a plain colour; pass --texture IMAGE to start from its texture")
+        for lib in libraries:
             mtl = self.path.parent / lib
             if not mtl.is_file():
                 self.note(f"material library {lib} not found: using plain colours")
