@@ -89,9 +89,10 @@ def run(args: argparse.Namespace) -> int:
                                on_event=ProgressBar(quiet=args.quiet))
     if opts.report:
         write_json(report, opts.report)
-    sd = report["style_distance"]
+    sd, held = report["style_distance"], report["held_out"]
     print(f"wrote {report['outputs']['asset']} (style distance {sd['before']:.3g} -> {sd['after']:.3g}, "
-          f"consistency {report['consistency']['short_range']:.3f} / {report['consistency']['long_range']:.3f}, "
+          f"view-to-view RMSE {report['consistency']['short_range']:.3f} at {held['short_degrees']:g} deg / "
+          f"{report['consistency']['long_range']:.3f} at {held['long_degrees']:g} deg, "
           f"{report['seconds']:.0f} s)")
     return 0
 
