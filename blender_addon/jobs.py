@@ -354,6 +354,23 @@ def write_job_file(folder: Path, options: dict[str, Any], texture_size: int | No
     return path
 
 
+def exported_style_map(style_map: dict[str, list[str]], objects: list[str], targets: list[Target]
+                       ) -> dict[str, list[str]]:
+    """A style map by the scene's material or object names -> by the names they have in the exported GLB
+    (nst3d_m<i>, nst3d_o<i>), which the worker matches; raises JobError for a name that is neither."""
+    out: dict[str, list[str]] = {}
+    for name, paths in style_map.items():
+        keys = [t.key for t in targets if t.source == name]
+        keys += [f"{KEY_PREFIX}o{i}" for i, object_name in enumerate(objects) if object_name == name]
+        if not keys:
+            known = sorted({t.source for t in targets if t.source} | set(objects))
+            raise JobError(f"--style-map names '{name}', which is no material or object of the selection; "
+                           f"known names: {', '.join(known)}")
+        for key in keys:
+            out.setdefault(key, []).extend(paths)
+    return out
+
+
 def prepare_job(objects, options: dict[str, Any], texture_size: int | None = None, context=None,
                 folder: Path | None = None, extra: dict[str, Any] | None = None) -> Plan:
     """Export the selection and write the job file; the scene is unchanged. Raises JobError."""
@@ -362,6 +379,9 @@ def prepare_job(objects, options: dict[str, Any], texture_size: int | None = Non
     folder.mkdir(parents=True, exist_ok=True)
     try:
         targets, unwraps = export_job(objects, folder, context)
+        if extra and extra.get("style_map"):
+            extra = {**extra, "style_map": exported_style_map(extra["style_map"], [ob.name for ob in objects],
+                                                              targets)}
         job_file = write_job_file(folder, options, texture_size, extra)
     except Exception:
         shutil.rmtree(folder, ignore_errors=True)

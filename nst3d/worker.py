@@ -199,7 +199,8 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
 
 
 def job_fields_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The job fields ("options", "texture_size", "style_map", "shading") from add_job_options' arguments."""
+    """The job fields ("options", "texture_size", "style_map", "shading") from add_job_options' arguments, and
+    "report": where the batch script writes the run's report (--report), or None."""
     from nst3d.commands.mesh import parse_style_map
     from nst3d.options import options_from_args
 
@@ -208,7 +209,8 @@ def job_fields_from_args(args: argparse.Namespace) -> dict[str, Any]:
     style_map = {name: [str(Path(p).expanduser().resolve()) for p in paths]
                  for name, paths in parse_style_map(args.style_map).items()}
     return {"options": options_to_dict(options_from_args(args)), "texture_size": args.texture_size,
-            "style_map": style_map or None, "shading": args.shading}
+            "style_map": style_map or None, "shading": args.shading,
+            "report": str(Path(args.report).expanduser().resolve()) if args.report else None}
 
 
 def _path(value: Any, base: Path) -> Path:

@@ -18,9 +18,12 @@ import argparse
 import contextlib
 import fnmatch
 import importlib.util
+import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -82,7 +85,7 @@ def split_scene(argv: list[str]) -> tuple[Path | None, list[str]]:
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, dict]:
-    """(own arguments + .scene, job fields {"options", "texture_size", "style_map", "shading"})."""
+    """(own arguments + .scene, job fields {"options", "texture_size", "style_map", "shading", "report"})."""
     scene, argv = split_scene(argv)
     if nst3d_here():
         from nst3d.errors import UserError
@@ -103,6 +106,11 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, dict]:
         args, rest = own_parser(full=False).parse_known_args(argv)
         fields = _parse_in_worker(args.python, rest)
     args.scene = scene
+    styles = [*fields["options"].get("styles", []), *(p for paths in (fields.get("style_map") or {}).values()
+                                                       for p in paths)]
+    for style in styles:  # now, not after the scene has loaded
+        if not Path(style).is_file():
+            raise BatchError(f"style image not found: {style}")
     return args, fields
 
 
@@ -118,7 +126,7 @@ def _parse_in_worker(python_pref: str, rest: list[str]) -> dict:
     if result.returncode != 0 or fields is None:
         lines = result.stderr.strip().splitlines() or ["the worker could not parse the options"]
         raise BatchError(lines[-1])
-    return {key: fields.get(key) for key in ("options", "texture_size", "style_map", "shading")}
+    return {key: fields.get(key) for key in ("options", "texture_size", "style_map", "shading", "report")}
 
 
 def select_objects(patterns: list[str] | None) -> list[bpy.types.Object]:
@@ -155,20 +163,24 @@ def check_output(output: Path, scene: Path) -> None:
         raise BatchError(f"output must be a .blend file, got {output}")
     if output.resolve() == scene.resolve():
         raise BatchError("the output is the input scene; choose another file (inputs are never overwritten)")
-    parent = output.resolve().parent
-    missing = [p for p in (parent, *parent.parents) if not p.exists()]  # deepest first
+    probe_folder(output.resolve().parent)
+
+
+def probe_folder(folder: Path) -> None:
+    """Prove `folder` takes new files (a probe file, deleted at once; /proc and /sys pass a permission check
+    and fail at the save, after the whole run). A missing folder is made for the probe and removed again."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        writable = os.access(parent, os.W_OK)
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(prefix=".nst3d-probe.", dir=folder):
+            pass
     except OSError as exc:
-        raise BatchError(f"cannot create the folder {parent} ({exc.strerror or exc.__class__.__name__}); "
+        raise BatchError(f"cannot write to {folder} ({exc.strerror or exc.__class__.__name__}); "
                          "choose another output path") from None
     finally:
-        for created in missing:  # only proved it can be made: a run that fails later leaves no empty folder
+        for created in missing:  # a run that fails later leaves no empty folder
             with contextlib.suppress(OSError):
                 created.rmdir()
-    if not writable:
-        raise BatchError(f"cannot write to {parent}")
 
 
 class TextBar:
@@ -265,6 +277,18 @@ def _styled_image(material):
     return None
 
 
+def write_report(report: dict, path: Path) -> None:
+    """The run's report (the worker's report.json) as JSON at `path` (temporary name, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part")
+    try:
+        tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def save_blend(output: Path) -> None:
     """Save a copy of the current file to `output` (temporary name, then rename)."""
     tmp = output.with_name(f".{output.stem}.part.blend")
@@ -272,6 +296,9 @@ def save_blend(output: Path) -> None:
     try:
         bpy.ops.wm.save_as_mainfile(filepath=str(tmp), copy=True, check_existing=False)
         os.replace(tmp, output)
+    except (RuntimeError, OSError) as exc:  # e.g. the disk filled up during the run
+        reason = str(exc).strip().removeprefix("Error: ").splitlines()[0]
+        raise BatchError(f"cannot save {output}: {reason}") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -280,10 +307,23 @@ def save_blend(output: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = script_args(sys.argv if argv is None else argv)
     started = time.perf_counter()
+    # Parsing imports torch: a KeyboardInterrupt raised inside a C extension's import can abort the process, so
+    # until then Ctrl-C is only noted.
+    noted: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))
     try:
-        args, fields = parse(argv)
+        try:
+            args, fields = parse(argv)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if noted:
+            raise KeyboardInterrupt
         scene = open_scene(args)
         check_output(args.output, scene)
+        if fields.get("report"):
+            if Path(fields["report"]).suffix.lower() != ".json":
+                raise BatchError(f"--report must name a .json file, got {fields['report']}")
+            probe_folder(Path(fields["report"]).parent)
         objects = select_objects(args.objects)
         print(f"{PROG}: stylizing {len(objects)} object(s) of {scene.name}: "
               f"{', '.join(ob.name for ob in objects)}", file=sys.stderr)
@@ -296,12 +336,21 @@ def main(argv: list[str] | None = None) -> int:
                 raise BatchError(job.error)
             assigned = jobs.apply_result(job.plan, job.result)
             save_blend(args.output)
+            if fields.get("report"):
+                write_report(job.result.get("report") or {}, Path(fields["report"]))
             lines = summary(job.plan, assigned, job.result)
         finally:
-            job.cleanup(keep=args.keep_job or job.crashed)
+            keep = args.keep_job or job.crashed
+            job.cleanup(keep=keep)
+            if keep:
+                print(f"{PROG}: the job folder (exported GLB, results, worker.log) is kept in {job.plan.folder}",
+                      file=sys.stderr)
     except (BatchError, WorkerError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # while starting up (argument parsing imports torch); the job handles its own
+        print(f"\n{PROG}: cancelled; nothing was written", file=sys.stderr)
+        return 130
     print(f"{PROG}: wrote {args.output} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     print("\n".join(lines), file=sys.stderr)
     return 0

@@ -7,8 +7,10 @@ Undo does work in background mode with the bpy module, and is exercised for real
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -386,6 +388,24 @@ def test_jobs_ask_the_worker_to_keep_the_uv_layouts(addon, tmp_path):
     assert job.keep_uv_layouts
 
 
+def test_a_style_map_by_scene_names_reaches_the_worker_by_export_names(empty_file, style_image, tmp_path):
+    """The exported GLB calls materials nst3d_m<i> and objects nst3d_o<i>: a style map by the names the user
+    sees in Blender is translated, and a name that is in neither says which names there are."""
+    from blender_addon.jobs import JobError, prepare_job
+
+    build_scene()
+    objects = [bpy.data.objects["Textured"], bpy.data.objects["Plain"]]
+    style = str(style_image)
+    plan = prepare_job(objects, {"styles": [style]}, folder=tmp_path / "job",
+                       extra={"style_map": {"Painted": [style], "Plain": [style, style]}})
+    style_map = json.loads(plan.job_file.read_text())["style_map"]
+    painted = next(t.key for t in plan.targets if t.source == "Painted")
+    assert style_map == {painted: [style], "nst3d_o1": [style, style]}
+    with pytest.raises(JobError, match="'Wood', which is no material or object.*known names: Painted, Plain, Red"):
+        prepare_job(objects, {"styles": [style]}, folder=tmp_path / "bad", extra={"style_map": {"Wood": [style]}})
+    assert not (tmp_path / "bad").exists()
+
+
 def test_worker_warnings_reach_the_panel_message(addon):
     from blender_addon.operators import warning_suffix
 
@@ -544,9 +564,12 @@ def test_batch_script_on_a_saved_blend(empty_file, style_image, real_weights, tm
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     cmd = [sys.executable, str(REPO / "scripts" / "batch_stylize.py"), str(scene), "--style", str(style_image),
            "--weights", str(real_weights), "--steps", "2", "--size", "32", "--views", "1", "--texture-size", "32",
-           "--device", "cpu", "--objects", "Text*", "-o", str(out)]
+           "--device", "cpu", "--objects", "Text*", "--style-map", f"Painted={style_image}", "-o", str(out),
+           "--report", str(tmp_path / "reports" / "run.json")]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "reports" / "run.json").read_text())  # --report was accepted and ignored
+    assert set(report["style_distance"]) == {"before", "after"} and report["style_map"]
     assert "Textured: Painted -> Painted_styled 32x32; own UVs" in result.stderr
     assert scene.read_bytes() == scene_bytes  # the input is never touched
 
@@ -580,6 +603,21 @@ def test_batch_script_errors(style_image, tmp_path, addon):
                                 capture_output=True, text=True, env=env, timeout=300)
     assert unreadable.returncode == 2 and "Traceback" not in unreadable.stderr
     assert unreadable.stderr.strip().splitlines()[-1].startswith(f"batch_stylize: error: cannot open {damaged}")
+    assert not out.exists()
+    if os.path.isdir("/proc"):  # passes a permission check, takes no file: found before the run, not at the save
+        proc = subprocess.run([sys.executable, script, str(scene), "--style", str(style_image), "-o", "/proc/x.blend"],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 2 and "cannot write to /proc" in proc.stderr and "stylizing" not in proc.stderr
+    no_style = subprocess.run([sys.executable, script, str(scene), "--style", str(tmp_path / "nope.png"), "-o",
+                               str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert no_style.returncode == 2 and "style image not found" in no_style.stderr, no_style.stderr
+    assert "stylizing" not in no_style.stderr  # said before the scene loads
+    early = subprocess.Popen([sys.executable, script, str(scene), "--style", str(style_image), "-o", str(out)],
+                             stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(0.8)  # while the options are parsed (torch imports)
+    early.send_signal(signal.SIGINT)
+    _, err = early.communicate(timeout=300)
+    assert early.returncode == 130 and "Traceback" not in err and "cancelled" in err, err[-2000:]
     assert not out.exists()
 
 
