@@ -187,6 +187,9 @@ def test_image_demo_runs_on_the_built_in_picture(random_weights_file, tmp_path):
     assert r.returncode == 0, r.stderr
     names = {p.name for p in (tmp_path / "demo").iterdir()}
     assert {"stylized.png", "contact_sheet.png", "report.json", "inputs"} <= names
+    failed = nst3d("demo", "--image", "-o", tmp_path / "failed", "--weights", tmp_path / "nope.pth", "--quiet")
+    assert_clean_error(failed, "weights file not found")
+    assert not (tmp_path / "failed").exists()  # its sample inputs, written first, went with it
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ report. `--image` stylizes the built-in 2D picture instead.
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 import torch
@@ -33,7 +34,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = check_output(args.output, is_dir=True)
-    return run_image(args, out) if args.image else run_scene(args, out)
+    made_here = not out.exists()
+    try:
+        return run_image(args, out) if args.image else run_scene(args, out)
+    except BaseException:  # a failed or cancelled demo leaves no half-made folder (its samples come first)
+        if made_here:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def run_scene(args: argparse.Namespace, out: Path) -> int:
