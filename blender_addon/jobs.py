@@ -396,6 +396,7 @@ class StylizeJob:
     def __init__(self, plan: Plan, python: str):
         self.plan = plan
         self.python = python
+        self.skipped = 0  # selected objects that are not meshes (for the final message)
         self.step = 0
         self.total = 0
         self.loss = 0.0

@@ -3,6 +3,7 @@ list, Revert to Originals, and the preferences' Check."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import bpy
@@ -50,6 +51,7 @@ def begin(context) -> jobs.StylizeJob:
     options = jobs.job_options(settings, prefs.device, prefs.weights_path)
     job = jobs.start_job(objects, options, settings.texture_size or None, prefs.python_path, context)
     skipped = len(selected) - len(objects)
+    job.skipped = skipped
     ACTIVE["job"] = job
     status.running, status.stage, status.step, status.loss = True, "starting", 0, 0.0
     status.total = settings.steps
@@ -82,7 +84,9 @@ def finish(context, job: jobs.StylizeJob) -> tuple[bool, str]:
             _undo_push("Stylize Selected")
             ok = True
             materials = sorted({m for names in assigned.values() for m in names})
-            message = f"stylized {len(assigned)} object(s): {', '.join(materials)}" + warning_suffix(job.result)
+            message = (f"stylized {len(assigned)} object(s) into {', '.join(materials)}"
+                       + (f"; skipped {job.skipped} that are not meshes" if job.skipped else "")
+                       + warning_suffix(job.result))
     except jobs.JobError as exc:
         message = str(exc)
     finally:
@@ -235,10 +239,14 @@ class NST3D_OT_style_add(bpy.types.Operator):
         return {"RUNNING_MODAL"}
 
     def execute(self, context):
+        if not os.path.isfile(bpy.path.abspath(self.filepath)):  # found now, not when Stylize is pressed
+            self.report({"ERROR"}, f"not an image file: {self.filepath or '(nothing chosen)'}")
+            return {"CANCELLED"}
         settings = context.scene.nst3d
         item = settings.styles.add()
         item.path = self.filepath
         settings.style_index = len(settings.styles) - 1
+        _status(context).error = ""  # an earlier "no style image" no longer holds
         return {"FINISHED"}
 
 
@@ -269,7 +277,9 @@ class NST3D_OT_revert_styled(bpy.types.Operator):
 
     def execute(self, context):
         count = jobs.revert_styled(context.selected_objects)
-        self.report({"INFO"}, f"restored {count} material slot(s)")
+        status = _status(context)
+        status.message, status.error = f"restored {count} material slot(s)", ""  # not the stale "stylized ..."
+        self.report({"INFO"}, status.message)
         return {"FINISHED"} if count else {"CANCELLED"}
 
 

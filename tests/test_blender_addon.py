@@ -223,6 +223,10 @@ def test_style_list_operators(empty_file, style_image):
     assert [s.path for s in settings.styles] == [str(style_image)] * 2 and settings.style_index == 1
     bpy.ops.nst3d.style_remove()
     assert len(settings.styles) == 1 and settings.style_index == 0
+    for bad in (style_image.parent / "missing.png", style_image.parent):  # found when added, not at Stylize
+        with pytest.raises(RuntimeError, match="not an image file"):
+            bpy.ops.nst3d.style_add(filepath=str(bad))
+    assert len(settings.styles) == 1
 
 
 class LayoutRecorder:
@@ -419,11 +423,15 @@ def test_stylize_selected_end_to_end_and_undo(empty_file, prefs, style_image, re
     prefs.weights_path = str(real_weights)
     prefs.device = "cpu"
     checker = pixels(bpy.data.images["Checker"]).copy()
+    lamp = bpy.data.objects.new("Lamp", bpy.data.lights.new("Lamp", "POINT"))  # selected too, not a mesh
+    bpy.context.scene.collection.objects.link(lamp)
+    lamp.select_set(True)
 
     assert bpy.ops.nst3d.stylize_selected() == {"FINISHED"}
 
     status = bpy.context.window_manager.nst3d
     assert status.error == "" and "stylized 2 object(s)" in status.message
+    assert "skipped 1 that are not meshes" in status.message  # the note survives to the final message
     assert status.step == status.total == 4
     cube, ball = bpy.data.objects["Textured"], bpy.data.objects["Plain"]
     assert cube.material_slots[0].material.name == "Painted_styled"
