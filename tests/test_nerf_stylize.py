@@ -288,6 +288,13 @@ def test_bad_inputs_are_one_line_errors(scene, style_file, random_weights_file, 
                  str(tmp_path / "o"), "--data", str(tmp_path / "nowhere"), "--weights", str(random_weights_file)]) == 2
     assert "--data" in capsys.readouterr().err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+    (tmp_path / "empty").mkdir()
+    assert main(["nerf", "--load-config", str(tmp_path / "empty"), "--style", str(style_file), "-o",
+                 str(tmp_path / "o")]) == 2
+    assert "is a folder without a config.yml" in capsys.readouterr().err
+    assert main(["nerf", "--load-config", str(scene.config.parent), "--style", str(style_file), "-o",  # a run's folder
+                 str(tmp_path / "o"), "--data", str(tmp_path / "nowhere"), "--weights", str(random_weights_file)]) == 2
+    assert "--data" in capsys.readouterr().err  # got past the config: the folder's config.yml was taken
 
 
 def test_plugin_module_is_light_and_the_torchvision_hook_works():

@@ -72,6 +72,11 @@ def run(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"nerfstudio\.")
     warnings.filterwarnings("ignore", message="Using a non-tuple sequence", module=r"nerfstudio\.")
     opts = with_defaults(options_from_args(args), DEFAULTS)
+    if args.load_config.is_dir():  # a run's folder: its config.yml
+        if not (args.load_config / "config.yml").is_file():
+            raise UserError(f"{args.load_config} is a folder without a config.yml; pass a trained run's config.yml "
+                            "(outputs/<scene>/nerfacto/<timestamp>/config.yml)")
+        args.load_config = args.load_config / "config.yml"
     inputs = [args.load_config, *opts.styles]
     if not args.load_config.is_file():
         raise UserError(f"nerfstudio config not found: {args.load_config}")
