@@ -28,6 +28,7 @@ from .worker_process import Event, WorkerError, WorkerProcess, explain_exit, fin
 UV_MAP_NAME = "nst3d_UV"
 STYLED_SUFFIX = "_styled"
 SOURCE_KEY = "nst3d_source"  # custom property on styled materials/images: the original's name
+ADDED_SLOT_KEY = "nst3d_added_slot"  # custom property on a mesh: the material slot Stylize added to it
 KEY_PREFIX = "nst3d_"
 JOB_VERSION = 1
 
@@ -519,8 +520,9 @@ def apply_result(plan: Plan, result: Event) -> dict[str, list[str]]:
                 continue
             if index < len(ob.material_slots):
                 ob.material_slots[index].material = material
-            else:
+            else:  # it had no slot: Revert takes this one away again
                 ob.data.materials.append(material)
+                ob.data[ADDED_SLOT_KEY] = len(ob.data.materials) - 1
             assigned.setdefault(object_name, []).append(material.name)
     return assigned
 
@@ -584,4 +586,12 @@ def revert_styled(objects) -> int:
                 source = material[SOURCE_KEY]
                 slot.material = bpy.data.materials.get(source) if source else None
                 count += 1
+        added = ob.data.get(ADDED_SLOT_KEY) if ob.type == "MESH" else None
+        if added is not None and added < len(ob.material_slots) and ob.material_slots[added].material is None:
+            # The slot Stylize added to an object that had none. (Mesh.materials.pop leaves the object's slot
+            # count behind in Blender 4.5; the operator keeps both in step.)
+            ob.active_material_index = added
+            with bpy.context.temp_override(object=ob, active_object=ob):
+                bpy.ops.object.material_slot_remove()
+            del ob.data[ADDED_SLOT_KEY]
     return count

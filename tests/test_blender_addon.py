@@ -426,12 +426,18 @@ def test_stylize_selected_end_to_end_and_undo(empty_file, prefs, style_image, re
     lamp = bpy.data.objects.new("Lamp", bpy.data.lights.new("Lamp", "POINT"))  # selected too, not a mesh
     bpy.context.scene.collection.objects.link(lamp)
     lamp.select_set(True)
+    bare = bpy.data.objects.new("Bare", ball.data.copy())  # a mesh without any material slot
+    bare.data.materials.clear()
+    bare.location = (0.0, 2.5, 0.0)
+    bpy.context.scene.collection.objects.link(bare)
+    bare.select_set(True)
 
     assert bpy.ops.nst3d.stylize_selected() == {"FINISHED"}
 
     status = bpy.context.window_manager.nst3d
-    assert status.error == "" and "stylized 2 object(s)" in status.message
+    assert status.error == "" and "stylized 3 object(s)" in status.message
     assert "skipped 1 that are not meshes" in status.message  # the note survives to the final message
+    assert len(bpy.data.objects["Bare"].material_slots) == 1  # given a slot for its stylized texture
     assert status.step == status.total == 4
     cube, ball = bpy.data.objects["Textured"], bpy.data.objects["Plain"]
     assert cube.material_slots[0].material.name == "Painted_styled"
@@ -468,6 +474,7 @@ def test_stylize_selected_end_to_end_and_undo(empty_file, prefs, style_image, re
     assert bpy.ops.nst3d.revert_styled() == {"FINISHED"}
     assert bpy.data.objects["Textured"].material_slots[0].material.name == "Painted"
     assert bpy.data.objects["Plain"].material_slots[0].material.name == "Red"
+    assert len(bpy.data.objects["Bare"].material_slots) == 0  # the slot Stylize added is gone, not left empty
     assert "Painted_styled" in bpy.data.materials
 
 
