@@ -14,7 +14,7 @@ from .preferences import get_preferences
 from .worker_process import WorkerError, check_worker, describe_check, find_interpreter
 
 #: The one job that may run at a time (the Cancel button and the panel look here).
-ACTIVE: dict[str, jobs.StylizeJob] = {}
+ACTIVE: dict = {}  # "job": the running StylizeJob; "assignment_after_last": _assignment() after the last result
 TIMER_S = 0.2
 
 
@@ -79,9 +79,14 @@ def finish(context, job: jobs.StylizeJob) -> tuple[bool, str]:
         if job.result is None:
             message = job.error or "the worker ended without a result"
         else:
-            _undo_push("Before Stylize Selected")
+            if ACTIVE.get("assignment_after_last") != _assignment():
+                # The state before this result as a step of its own (a script's changes push none), unless our
+                # previous result is still what the last step holds: then the push would be an undo that does
+                # nothing, between this result and the last one.
+                _undo_push("Before Stylize Selected")
             assigned = jobs.apply_result(job.plan, job.result)
             _undo_push("Stylize Selected")
+            ACTIVE["assignment_after_last"] = _assignment()
             ok = True
             materials = sorted({m for names in assigned.values() for m in names})
             message = (f"stylized {len(assigned)} object(s) into {', '.join(materials)}"
@@ -111,6 +116,12 @@ def warning_suffix(result: dict) -> str:
         return ""
     more = f" (+{len(warnings) - 1} more)" if len(warnings) > 1 else ""
     return f"; warning: {warnings[0]}{more}"
+
+
+def _assignment() -> tuple:
+    """Every object's material slots, by name: what a stylization changes."""
+    return tuple((ob.name, tuple(slot.material.name if slot.material else "" for slot in ob.material_slots))
+                 for ob in bpy.data.objects)
 
 
 def _undo_push(message: str) -> None:

@@ -478,6 +478,22 @@ def test_stylize_selected_end_to_end_and_undo(empty_file, prefs, style_image, re
     assert "Painted_styled" in bpy.data.materials
 
 
+def test_each_of_two_stylizations_is_one_undo(empty_file, prefs, style_image, real_weights):
+    """A second Stylize pushed a 'before' step equal to the first result's: an undo that did nothing between them."""
+    build_scene()
+    set_style(bpy.context.scene.nst3d, style_image, steps=2)
+    prefs.weights_path, prefs.device = str(real_weights), "cpu"
+    painted = (lambda: bpy.data.objects["Textured"].material_slots[0].material.name)
+    assert bpy.ops.nst3d.stylize_selected() == {"FINISHED"}
+    first = painted()
+    assert bpy.ops.nst3d.stylize_selected() == {"FINISHED"}
+    assert painted() not in (first, "Painted")
+    bpy.ops.ed.undo()
+    assert painted() == first
+    bpy.ops.ed.undo()
+    assert painted() == "Painted"
+
+
 @pytest.mark.slow
 def test_cancel_leaves_scene_unchanged(empty_file, prefs, style_image, real_weights):
     """The Cancel button while the worker is optimising: it exits as cancelled and nothing changes."""
