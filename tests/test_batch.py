@@ -214,3 +214,16 @@ def test_a_lost_worker_is_retried_and_bad_input_is_not(assets, random_weights_fi
     assert by_name["a"]["status"] == "done" and by_name["a"]["attempts"] == 2
     assert by_name["corrupt"]["status"] == "failed" and by_name["corrupt"]["attempts"] == 2  # lost once, then bad
     assert executor.attempts == {"a": 2, "corrupt": 2}
+
+
+def test_the_scenes_folder_holds_what_the_generators_make_and_a_valid_job_list(tmp_path):
+    from nst3d.sample_scene import write_sample_scene
+    from nst3d.samples import write_samples
+
+    scenes = Path(__file__).resolve().parents[1] / "scenes"
+    write_samples(tmp_path)
+    write_sample_scene(tmp_path / "sample_scene.glb")
+    for name in ("content.png", "style_swirl.png", "sample_scene.glb"):
+        assert (scenes / name).read_bytes() == (tmp_path / name).read_bytes(), f"scenes/{name} is stale"
+    jobs = load_jobs(scenes / "jobs.csv", [], build_parser())
+    assert [(job.name, job.backend) for job in jobs] == [("scene", "mesh"), ("picture", "image")]
