@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -79,7 +80,9 @@ def check_output(path: str | os.PathLike, inputs: Sequence[str | os.PathLike] = 
     probe = parent
     while not probe.exists():
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
+    if not probe.is_dir():
+        raise UserError(f"cannot write to {parent}: {probe} is a file, not a folder; choose another output path")
+    if not os.access(probe, os.W_OK):
         raise UserError(f"cannot write to {parent}: the folder is not writable; choose another output path")
     _probe_write(parent)
     return path
@@ -191,6 +194,19 @@ def resize_to(rgb: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def write_json(data: dict, path: str | os.PathLike) -> None:
-    """Write a JSON document atomically."""
+    """Write a JSON document atomically; NaN and infinities (e.g. a consistency with no co-visible pixels)
+    become null, as JSON has no such numbers and strict readers reject Python's NaN."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=lambda v: v.item() if hasattr(v, "item") else str(v)) + "\n")
+        tmp.write_text(json.dumps(_finite(data), indent=2, allow_nan=False,
+                                  default=lambda v: _finite(v.item()) if hasattr(v, "item") else str(v)) + "\n")
+
+
+def _finite(value):
+    """`value` with every non-finite float (nested in dicts, lists, tuples) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value

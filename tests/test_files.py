@@ -72,3 +72,18 @@ def test_check_output_really_writes_to_the_folder():
     # /proc passes a permission check (and root passes every one); writing there fails: found now, not after the run
     with pytest.raises(UserError, match="cannot write to /proc"):
         check_output("/proc/out.png")
+
+
+def test_write_json_writes_nan_as_null_and_names_a_file_in_the_way(tmp_path):
+    import json
+
+    import numpy as np
+
+    from nst3d.files import write_json
+
+    write_json({"long_range": float("nan"), "nested": [np.float32("inf"), 1.5, {"x": -float("inf")}]},
+               tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text()) == {"long_range": None, "nested": [None, 1.5, {"x": None}]}
+    (tmp_path / "d.png").write_bytes(b"x")
+    with pytest.raises(UserError, match="d.png is a file, not a folder"):
+        check_output(tmp_path / "d.png" / "x.ply")
