@@ -127,6 +127,9 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(images, random_weight
         cases.append((("image", content, "--style", style_a, *w, "-o", locked / "out.png"), "not writable"))
     for args, pattern in cases:
         assert_clean_error(nst3d(*args), pattern)
+    for option in ("--steps", "--repeats"):  # were a ZeroDivisionError / StatisticsError traceback
+        r = nst3d("bench", "image", option, 0)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and f"{option}: must be at least 1" in r.stderr
     # Values argparse refuses: its usage, then the one line that says what is wrong.
     for option, value, pattern in (("--lr", "nan", "--lr: must be a positive number"),
                                    ("--strength", "1e30", "--strength: must be at most"),

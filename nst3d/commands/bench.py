@@ -22,10 +22,11 @@ from nst3d.stylize import stylize
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks (step overhead vs the bare VGG)", description=__doc__)
-    p.add_argument("what", choices=("image",), help="which backend to measure")
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--steps", type=int, default=10, help="steps per timed block")
-    p.add_argument("--repeats", type=int, default=5, help="interleaved blocks of each kind")
+    p.add_argument("what", choices=("image",), metavar="image",
+                   help="which backend to measure (image; the mesh, splat and NeRF benchmarks are scripts/bench_*.py)")
+    p.add_argument("--size", type=_at_least(16), default=256, help="image size in px (default 256)")
+    p.add_argument("--steps", type=_at_least(1), default=10, help="steps per timed block (default 10)")
+    p.add_argument("--repeats", type=_at_least(1), default=5, help="interleaved blocks of each kind (default 5)")
     p.add_argument("--loss", default="gram", choices=("gram", "adain", "nnfm"))
     p.add_argument("--weights", help="VGG-19 weights file")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -45,6 +46,18 @@ def run(args: argparse.Namespace) -> int:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        return value
+    return parse
 
 
 def bench_image(size: int = 256, steps: int = 10, repeats: int = 5, loss: str = "gram", weights=None,
