@@ -22,6 +22,7 @@ from nst3d.backends.splat.backend import (
     up_vector,
 )
 from nst3d.backends.splat.ply import read_splat, save_gaussians
+from nst3d.errors import UserError
 from nst3d.eval import evaluate
 from nst3d.losses import Objective, StyleTarget
 from nst3d.stylize import LoopConfig, stylize
@@ -178,6 +179,9 @@ def test_capture_cameras_from_transforms_json(tmp_path):
     assert len(held.anchors) == 2 and float(backend.batches[0].mask.mean()) > 0.01
     render = backend.render_cameras(held.all(), "original")
     assert render.rgb.shape == (6, 3, 48, 64) and float(render.mask.mean()) > 0.01
+    path.write_text(json.dumps({"fl_x": 500.0, "w": 0, "h": 0, "frames": frames}))  # was a ZeroDivisionError
+    with pytest.raises(UserError, match="image size w x h is 0 x 0"):
+        capture_cameras(path, 64)
 
 
 def nst3d(*args):

@@ -201,6 +201,7 @@ def stylize_mesh_file(input_path: str | Path, out_dir: str | Path, opts: StyleOp
         "peak_memory_mb": peak_memory_mb(device),
         "loss": opts.loss,
         "strength": opts.strength,
+        "preserve_color": opts.preserve_color,
         "content_weight": opts.content_weight,
         "lr": opts.lr,
         "style_layers": objective.target.layers,

@@ -62,7 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also stylize each held-out view on its own in 2D (the per-view baseline) and measure the "
                         "unstylized floor, for the report")
     p.add_argument("--up", default="auto", choices=("auto", "x", "y", "z", "-x", "-y", "-z"),
-                   help="the scene's up axis for orbits (auto: the capture's, else the thinnest axis)")
+                   help="the scene's up axis for orbits (auto: the capture's, else the thinnest axis); write a "
+                        "negative axis as --up=-x")
     p.add_argument("--pool", type=int, default=48, metavar="N", help="training views set up once (default 48)")
     p.add_argument("--held-out", type=int, default=4, metavar="N", help="held-out anchor views for the report")
     p.add_argument("--color-field", type=int, default=0, metavar="RES",
@@ -193,6 +194,7 @@ def stylize_splat_file(scene_path: Path, output: Path, opts: StyleOptions, *, ca
         "peak_memory_mb": peak_memory_mb(device),
         "loss": opts.loss,
         "strength": opts.strength,
+        "preserve_color": opts.preserve_color,  # luminance: the style distance is measured on luminance only
         "content_weight": opts.content_weight,
         "lr": opts.lr,
         "consistency_weight": consistency_weight,

@@ -221,7 +221,14 @@ def capture_cameras(path: Path, size: int, transform_path: Path | None = None) -
 
 def _frame_size(info: dict[str, Any], folder: Path) -> tuple[float, float]:
     if "w" in info and "h" in info:
-        return float(info["w"]), float(info["h"])
+        try:
+            w, h = float(info["w"]), float(info["h"])
+        except (TypeError, ValueError):
+            w = h = math.nan
+        if not (w >= 1 and h >= 1 and math.isfinite(w * h)):
+            raise UserError(f"the cameras' image size w x h is {info['w']} x {info['h']}; it must be at least 1 x 1 "
+                            "pixels (the size the intrinsics fl_x, cx, ... refer to)")
+        return w, h
     image = folder / str(info.get("file_path", ""))
     for candidate in (image, image.with_name(image.name + ".png")):
         if candidate.is_file():
