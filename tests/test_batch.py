@@ -113,6 +113,8 @@ def test_local_batch_records_a_failure_and_resumes(assets, random_weights_file, 
     assert all(j["style_distance"]["after"] < j["style_distance"]["before"] for j in done)
     assert (results / "contact_sheet.png").is_file()
     assert not list(results.glob(".*"))  # no temporary folders left
+    for record in results.glob("*/*.json"):  # job.json and each job's report name the final folder
+        assert ".part" not in record.read_text() and str(record.parent) in record.read_text(), record
     r = nst3d("batch", jobs_csv, "-o", results, *common)
     summary = json.loads((results / "summary.json").read_text())
     assert summary["counts"] == {"skipped": 2, "failed": 1}

@@ -80,11 +80,24 @@ def execute_job(job_data: dict[str, Any], out_root: str, env: dict[str, str] | N
                 "transient": proc.returncode not in USER_ERROR_CODES}
     record = {**job.to_dict(), **outcome, "status": "done", "command": command[3:],
               "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "stdout": stdout.strip()[-2000:]}
-    write_json(record, part / DONE_FILE)
+    for report in part.rglob("*.json"):  # the job wrote paths in the hidden folder, renamed below
+        write_json(_moved(json.loads(report.read_text()), part, final), report)
+    write_json(_moved(record, part, final), part / DONE_FILE)
     if final.exists():  # an older result for the same key without its job.json: replace it
         shutil.rmtree(final)
     os.rename(part, final)
     return {**outcome, "status": "done"}
+
+
+def _moved(value: Any, old: Path, new: Path) -> Any:
+    """`value` (JSON data) with every path under `old` in its strings pointing under `new` instead."""
+    if isinstance(value, str):
+        return value.replace(str(old), str(new))
+    if isinstance(value, dict):
+        return {key: _moved(item, old, new) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_moved(item, old, new) for item in value]
+    return value
 
 
 def _error_line(stderr: str, returncode: int) -> str:
