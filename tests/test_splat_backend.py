@@ -224,6 +224,9 @@ def test_cli_unsupported_input_is_one_clean_line(files, random_weights_file, tmp
     r = nst3d("splat", glb, "--style", files / "style.png", "-o", tmp_path / "out.ply", "--weights",
               random_weights_file)
     assert r.returncode == 2 and "mesh.glb: not a PLY file; convert it to an INRIA 3DGS .ply" in r.stderr, r.stderr
+    r = nst3d("splat", files / "ball.ply", "--style", files / "style.png", "-o", tmp_path / "out.ply", "--weights",
+              random_weights_file, "--dataparser-transforms", files / "style.png")  # was silently ignored
+    assert r.returncode == 2 and "give --cameras too" in r.stderr, r.stderr
     for option, value in (("--color-field", -1), ("--consistency-weight", -1), ("--consistency-weight", "nan")):
         r = nst3d("splat", files / "ball.ply", "--style", files / "style.png", "-o", tmp_path / "out.ply",
                   "--weights", random_weights_file, option, value)

@@ -95,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     check_output(report_path, inputs, (".json",))
     if args.pool < 1 or args.held_out < 1:
         raise UserError("--pool and --held-out must be at least 1")
+    if args.dataparser_transforms and not args.cameras:
+        raise UserError("--dataparser-transforms maps the --cameras file into the splat's frame; give --cameras too")
     if args.color_field < 0:
         raise UserError(f"--color-field must be 0 (off) or a resolution, got {args.color_field}")
     if not 0 <= args.consistency_weight < float("inf"):
