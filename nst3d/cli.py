@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Only `nst3d batch` takes options it does not know itself: it passes them on to every job.
         args, extra = parser.parse_known_args(argv)
         if extra and not getattr(args, "pass_through", False):  # the sub-command's usage, not the top level's
-            _subparsers(parser).choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+            subcommand_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
         args.extra = extra
         _catch_ctrl_c(_on_ctrl_c)
         if CTRL_C.is_set():
@@ -68,8 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGINT, previous)
 
 
-def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
-    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+def subcommand_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser | None:
+    """The parser of sub-command `name` in build_parser()'s parser, or None if there is no such command."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+            return action.choices[name]
+    return None
 
 
 OUT_OF_MEMORY = "nst3d: error: out of memory; lower --size, --style-size or --views"

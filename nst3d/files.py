@@ -7,8 +7,9 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -201,12 +202,15 @@ def write_json(data: dict, path: str | os.PathLike) -> None:
                                   default=lambda v: _finite(v.item()) if hasattr(v, "item") else str(v)) + "\n")
 
 
-def _finite(value):
-    """`value` with every non-finite float (nested in dicts, lists, tuples) replaced by None."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
+def map_json(value: Any, leaf: Callable[[Any], Any]) -> Any:
+    """JSON-like data (dicts, lists, tuples) with `leaf` applied to every other value."""
     if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
+        return {key: map_json(item, leaf) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
-    return value
+        return [map_json(item, leaf) for item in value]
+    return leaf(value)
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every non-finite float (nested in dicts, lists, tuples) replaced by None."""
+    return map_json(value, lambda v: None if isinstance(v, float) and not math.isfinite(v) else v)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from nst3d import __version__
+from nst3d.cli import subcommand_parser
 from nst3d.errors import UserError
 
 BACKENDS = ("mesh", "splat", "image", "nerf")
@@ -230,10 +231,10 @@ def _option_values(args: list[str], flag: str) -> list[str]:
 
 
 def _subparser(parser: argparse.ArgumentParser, backend: str) -> argparse.ArgumentParser:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction) and backend in action.choices:
-            return action.choices[backend]
-    raise UserError(f"the {backend} backend is not installed (its command is missing)")
+    sub = subcommand_parser(parser, backend)
+    if sub is None:
+        raise UserError(f"the {backend} backend is not installed (its command is missing)")
+    return sub
 
 
 def _check_files(args: list[str]) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 
 from nst3d.batch.jobs import Job
 from nst3d.errors import UserError
-from nst3d.files import write_json
+from nst3d.files import map_json, write_json
 
 DONE_FILE = "job.json"
 SUMMARY_FILE = "summary.json"
@@ -90,14 +90,8 @@ def execute_job(job_data: dict[str, Any], out_root: str, env: dict[str, str] | N
 
 
 def _moved(value: Any, old: Path, new: Path) -> Any:
-    """`value` (JSON data) with every path under `old` in its strings pointing under `new` instead."""
-    if isinstance(value, str):
-        return value.replace(str(old), str(new))
-    if isinstance(value, dict):
-        return {key: _moved(item, old, new) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_moved(item, old, new) for item in value]
-    return value
+    """JSON data with every path under `old` in its strings pointing under `new` instead."""
+    return map_json(value, lambda v: v.replace(str(old), str(new)) if isinstance(v, str) else v)
 
 
 def _error_line(stderr: str, returncode: int) -> str:
