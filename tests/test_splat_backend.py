@@ -173,12 +173,21 @@ def test_capture_cameras_from_transforms_json(tmp_path):
     assert torch.allclose(origin[:, 2], torch.full((10,), math.hypot(3, 0.5)), atol=1e-4)
     s = scene_from(ball(800))
     s.means *= 0.5
-    backend = SplatBackend(s, size=32, views_per_step=2, pool_size=4, capture=cams)
+    events: list[dict] = []
+    backend = SplatBackend(s, size=32, views_per_step=2, pool_size=4, capture=cams, held_out=3,
+                           on_event=events.append)
+    assert [e["text"] for e in events if e["event"] == "warning"] == [
+        "--held-out 3: a capture of 10 cameras spares 2 for the report (a fifth); the report uses those"]
     assert torch.allclose(backend.up, torch.tensor([0.0, 1.0, 0.0]), atol=1e-5)
-    held = backend.held_out(2)
+    held = backend.held_out(3)
     assert len(held.anchors) == 2 and float(backend.batches[0].mask.mean()) > 0.01
     render = backend.render_cameras(held.all(), "original")
-    assert render.rgb.shape == (6, 3, 48, 64) and float(render.mask.mean()) > 0.01
+    assert render.rgb.shape == (6, 3, 48, 64)
+    # Every partner, 45 degrees round too, still faces the object: they orbit the point the anchor looks at
+    # (turned in place, a 45-degree partner of this 65-degree lens looked past it).
+    assert (render.mask.flatten(1).mean(1) > 0.01).all()
+    for partners in (held.short, held.long):
+        assert torch.allclose(partners.centers.norm(dim=-1), held.anchors.centers.norm(dim=-1), rtol=0.1)
     path.write_text(json.dumps({"fl_x": 500.0, "w": 0, "h": 0, "frames": frames}))  # was a ZeroDivisionError
     with pytest.raises(UserError, match="image size w x h is 0 x 0"):
         capture_cameras(path, 64)

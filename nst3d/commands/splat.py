@@ -65,7 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the scene's up axis for orbits (auto: the capture's, else the thinnest axis); write a "
                         "negative axis as --up=-x")
     p.add_argument("--pool", type=int, default=48, metavar="N", help="training views set up once (default 48)")
-    p.add_argument("--held-out", type=int, default=4, metavar="N", help="held-out anchor views for the report")
+    p.add_argument("--held-out", type=int, default=4, metavar="N",
+                   help="held-out anchor views for the report (with --cameras: capture cameras, at most a fifth)")
     p.add_argument("--color-field", type=int, default=0, metavar="RES",
                    help="paint the style into a sparse multi-resolution 3D colour field of this finest resolution, "
                         "read at the Gaussian centres (smoother, coarser strokes); default 0: every Gaussian has "
@@ -139,8 +140,8 @@ def stylize_splat_file(scene_path: Path, output: Path, opts: StyleOptions, *, ca
             raise UserError("--cleanup would remove every Gaussian; run without it")
     backend = SplatBackend(scene, size=opts.size, views_per_step=opts.views, pool_size=pool,
                            view_dependent=view_dependent, capture=capture, up=up, lr=opts.lr, init=opts.init,
-                           device=device, seed=opts.seed, field_resolution=color_field, on_event=on_event,
-                           should_stop=should_stop)
+                           device=device, seed=opts.seed, field_resolution=color_field, held_out=held_out,
+                           on_event=on_event, should_stop=should_stop)
     prepared = time.perf_counter()
     palette = torch.cat([b.content.permute(1, 0, 2, 3)[:, b.mask[:, 0] > 0.5] for b in backend.batches], dim=1)
     objective = build_objective(opts, vgg, styles, palette, DEFAULTS)

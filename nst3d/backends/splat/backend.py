@@ -321,9 +321,10 @@ class SplatBackend:
                  view_dependent: bool = False, capture: Cameras | None = None, up: str = "auto",
                  lr: float | None = None, init: str = "content", device: torch.device | str = "cpu",
                  seed: int = 0, jitter_degrees: float = 12.0, zoom_range: tuple[float, float] = (0.8, 1.1),
-                 field_resolution: int = 0, field_levels: int = 4, white_share: float = 1.0,
+                 field_resolution: int = 0, field_levels: int = 4, white_share: float = 1.0, held_out: int = 4,
                  on_event: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None):
-        """field_resolution: 0 (default) gives every Gaussian a free colour offset; > 0 paints the offsets into
+        """held_out: capture cameras kept out of the pool for the report (a capture only, at most a fifth);
+        field_resolution: 0 (default) gives every Gaussian a free colour offset; > 0 paints the offsets into
         a ColorField of that finest resolution instead (smoother, coarser strokes; on the donut it matched the
         style less well for the same consistency); white_share: share of pool views rendered over white (the
         others over a random colour each)."""
@@ -359,7 +360,10 @@ class SplatBackend:
         self.keep_chroma = False  # --preserve-color luminance: applied to what is exported
         self.sh_rest = torch.nn.Parameter(self.scene.sh_rest.clone()) if self.view_dependent else None
         if capture is not None:
-            self.held_capture, pool = split_capture(capture, size)
+            self.held_capture, pool = split_capture(capture, size, held_out)
+            if len(self.held_capture) < held_out and on_event is not None:
+                on_event({"event": "warning", "text": f"--held-out {held_out}: a capture of {len(capture)} cameras "
+                          f"spares {len(self.held_capture)} for the report (a fifth); the report uses those"})
             pool = pool[torch.randperm(len(pool), generator=generator)[:pool_size].tolist()]
             pool = pool[neighbour_chain(pool.centers, generator)]
         else:
@@ -403,8 +407,9 @@ class SplatBackend:
         if self.capture is None:
             return held_out_views(self.frame, count)
         anchors = self.held_capture[list(range(min(count, len(self.held_capture))))]
-        return HeldOutViews(anchors, turn_in_place(anchors, self.up, 5.0), turn_in_place(anchors, self.up, 45.0),
-                            5.0, 45.0)
+        pivots = looked_at_depth(self.render_cameras(anchors, "original"))
+        return HeldOutViews(anchors, orbit_about(anchors, self.up, 5.0, pivots),
+                            orbit_about(anchors, self.up, 45.0, pivots), 5.0, 45.0)
 
     def _prepare(self, key: int, cameras: Cameras, backgrounds: torch.Tensor) -> ViewBatch:
         s = self.scene
@@ -612,14 +617,28 @@ def split_capture(cameras: Cameras, size: int, held: int = 4) -> tuple[Cameras, 
     return cameras[held_index], cameras[pool_index]
 
 
-def turn_in_place(cameras: Cameras, up: torch.Tensor, degrees: float) -> Cameras:
-    """The same cameras yawed by `degrees` about the world up axis through each camera centre."""
+def looked_at_depth(render: Render) -> torch.Tensor:
+    """[V] the median depth of what each view of `render` shows (0 where it shows nothing): the distance to
+    the point a capture camera looks at."""
+    out = []
+    for depth, mask in zip(render.depth, render.mask, strict=True):
+        seen = depth[(mask >= 0.5) & (depth > 0)]
+        out.append(seen.median() if seen.numel() else depth.new_zeros(()))
+    return torch.stack(out)
+
+
+def orbit_about(cameras: Cameras, up: torch.Tensor, degrees: float, pivot_depth: torch.Tensor) -> Cameras:
+    """The cameras orbited by `degrees` about the world up axis through the point each looks at, pivot_depth
+    [V] along its optical axis (0: turned in place), so a partner 45 degrees round still faces the object."""
     a = math.radians(degrees)
     u = torch.nn.functional.normalize(up.float(), dim=0)
     ux = torch.tensor([[0.0, -u[2], u[1]], [u[2], 0.0, -u[0]], [-u[1], u[0], 0.0]])
     rotation = torch.eye(3) + math.sin(a) * ux + (1 - math.cos(a)) * ux @ ux  # Rodrigues, world frame
     c2w = cameras.cam_to_world.clone()
+    centre, forward = c2w[:, :3, 3], c2w[:, :3, 2]  # OpenCV: the camera looks along +z
+    pivot = centre + forward * pivot_depth.float()[:, None]
     c2w[:, :3, :3] = rotation @ c2w[:, :3, :3]
+    c2w[:, :3, 3] = pivot + (centre - pivot) @ rotation.T
     return Cameras(torch.linalg.inv(c2w), cameras.K.clone(), cameras.width, cameras.height)
 
 
