@@ -403,7 +403,7 @@ class SplatBackend:
 
     def held_out(self, count: int = 4) -> HeldOutViews:
         """Held-out views: eval's orbit anchors and partners, or for a capture the cameras kept out of the
-        pool, each with partners turned about the world's up axis through the camera."""
+        pool, each with partners orbited about the world's up axis through the point it looks at."""
         if self.capture is None:
             return held_out_views(self.frame, count)
         anchors = self.held_capture[list(range(min(count, len(self.held_capture))))]
