@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nst3d.batch.jobs import infer_backend, load_jobs
+from nst3d.batch.jobs import infer_backend, line_ranges, load_jobs
 from nst3d.cli import build_parser
 from nst3d.errors import UserError
 
@@ -88,9 +88,10 @@ def test_every_bad_row_is_reported_with_its_line_before_anything_runs(assets, tm
     with pytest.raises(UserError, match=r"2 bad row\(s\).*jobs.csv:2: style image not found: .*nope.png; "
                                         r"jobs.csv:3: style image not found: .*gone.png"):
         load_jobs(no_style, [], build_parser())
-    with pytest.raises(UserError, match=r"^2 bad row\(s\), nothing was run: jobs.csv lines 2, 3: unrecognized "
+    with pytest.raises(UserError, match=r"^2 bad row\(s\), nothing was run: every row of jobs.csv: unrecognized "
                                         r"arguments: --stepz 3$"):  # a bad common option, said once
         load_jobs(no_style, ["--stepz", "3"], build_parser())
+    assert line_ranges([2, 3, 4, 7, 9, 10]) == "2-4, 7, 9-10"
     binary = assets / "binary.csv"
     binary.write_bytes(b"input\n\xec\x9f\x00\xff\n")
     for job_list, pattern in ((binary, "not a text job list"), (assets / "a.png", "unsupported job list type")):

@@ -291,7 +291,8 @@ def load_jobs(path: Path, common: list[str], parser: argparse.ArgumentParser) ->
     base = path.resolve().parent
     jobs: list[Job] = []
     errors: dict[str, list[int]] = {}  # message -> the lines that have it (a bad common option: every line)
-    for number, row in read_rows(path):
+    rows = read_rows(path)
+    for number, row in rows:
         try:
             jobs.append(row_to_job(number, row, base, common, parser))
         except UserError as exc:
@@ -305,8 +306,19 @@ def load_jobs(path: Path, common: list[str], parser: argparse.ArgumentParser) ->
         seen.setdefault(job.folder, job.line)
     if errors:
         count = sum(len(lines) for lines in errors.values())
-        where = (lambda lines: f"{path.name}:{lines[0]}" if len(lines) == 1
-                 else f"{path.name} lines {', '.join(map(str, lines))}")
+        where = (lambda lines: f"every row of {path.name}" if len(lines) == len(rows) > 1
+                 else f"{path.name}:{lines[0]}" if len(lines) == 1 else f"{path.name} lines {line_ranges(lines)}")
         raise UserError(f"{count} bad row(s), nothing was run: "
                         + "; ".join(f"{where(lines)}: {message}" for message, lines in errors.items()))
     return jobs
+
+
+def line_ranges(lines: list[int]) -> str:
+    """Sorted line numbers as runs: [2, 3, 4, 7] -> "2-4, 7"."""
+    runs: list[list[int]] = []
+    for line in lines:
+        if runs and line == runs[-1][1] + 1:
+            runs[-1][1] = line
+        else:
+            runs.append([line, line])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
