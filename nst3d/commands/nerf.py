@@ -9,7 +9,6 @@ Splatfacto scenes: `ns-export gaussian-splat`, then `nst3d splat`."""
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -87,9 +86,6 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--patch-rays, --pool and --held-out must be at least 1")
     if args.jitter < 0 or args.geometry_cache < 0:
         raise UserError("--jitter and --geometry-cache must not be negative")
-    if opts.size < SMALL_VIEW:
-        print(f"nst3d: warning: --size {opts.size} leaves VGG's relu3_1 a {opts.size // 4}x{opts.size // 4} map, too "
-              f"little for the style statistics; use {SMALL_VIEW} or more for a real stylization", file=sys.stderr)
     bar = ProgressBar(quiet=args.quiet)
     report = stylize_nerf_run(args.load_config, args.output, opts, data=args.data, patch_rays=args.patch_rays,
                               jitter=args.jitter, pool=args.pool, geometry_cache_mb=args.geometry_cache,
@@ -122,6 +118,10 @@ def stylize_nerf_run(config_path: Path, output: Path, opts: StyleOptions, *, dat
     run = load_run(config_path, device, data)
     vgg = vgg_for(opts, device)
     styles = load_styles(opts)
+    if opts.size < SMALL_VIEW:  # said once the inputs are known good, so it does not precede their errors
+        on_event({"event": "warning", "text": f"--size {opts.size} leaves VGG's relu3_1 a {opts.size // 4}x"
+                  f"{opts.size // 4} map, too little for the style statistics; use {SMALL_VIEW} or more for a real "
+                  "stylization"})
     backend = backend_for_run(run, opts.size, opts.views, jitter, patch_rays, opts.lr, pool, opts.seed,
                               geometry_cache_mb)
     run.model.field.reset_appearance()  # a stylized run is stylized again from its original appearance
