@@ -80,6 +80,7 @@ def test_color_field_shares_colour_between_stacked_gaussians():
     positions = torch.tensor([[0.10, 0.10, 0.10], [0.101, 0.10, 0.10], [0.9, 0.9, 0.9]])
     field = ColorField(positions, torch.zeros(3), torch.ones(3), finest=8, levels=3)
     assert field.resolutions == [8, 4, 2] and all(len(v) <= 24 for v in field.values)
+    assert ColorField(positions, torch.zeros(3), torch.ones(3), finest=4, levels=4).resolutions == [4, 2]  # no repeats
     assert torch.equal(field(), torch.zeros(3, 3))
     for v in field.values:
         v.data.normal_()
@@ -236,7 +237,8 @@ def test_cli_unsupported_input_is_one_clean_line(files, random_weights_file, tmp
     r = nst3d("splat", files / "ball.ply", "--style", files / "style.png", "-o", tmp_path / "out.ply", "--weights",
               random_weights_file, "--dataparser-transforms", files / "style.png")  # was silently ignored
     assert r.returncode == 2 and "give --cameras too" in r.stderr, r.stderr
-    for option, value in (("--color-field", -1), ("--consistency-weight", -1), ("--consistency-weight", "nan")):
+    for option, value in (("--color-field", -1), ("--color-field", 1), ("--consistency-weight", -1),
+                          ("--consistency-weight", "nan")):
         r = nst3d("splat", files / "ball.ply", "--style", files / "style.png", "-o", tmp_path / "out.ply",
                   "--weights", random_weights_file, option, value)
         assert r.returncode == 2 and f"{option} must be" in r.stderr, r.stderr

@@ -98,8 +98,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--pool and --held-out must be at least 1")
     if args.dataparser_transforms and not args.cameras:
         raise UserError("--dataparser-transforms maps the --cameras file into the splat's frame; give --cameras too")
-    if args.color_field < 0:
-        raise UserError(f"--color-field must be 0 (off) or a resolution, got {args.color_field}")
+    if args.color_field < 0 or args.color_field == 1:
+        raise UserError(f"--color-field must be 0 (off) or a resolution of at least 2, got {args.color_field}")
     if not 0 <= args.consistency_weight < float("inf"):
         raise UserError(f"--consistency-weight must be a number that is not negative, got {args.consistency_weight}")
     bar = ProgressBar(quiet=args.quiet)

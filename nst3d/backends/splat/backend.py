@@ -261,8 +261,8 @@ class ColorField:
     than a Gaussian. (Measured on the donut: it does not by itself make views more consistent, since large
     overlapping discs still blend differently per view, and it matches the style less well than free colours
     under the same consistency term; so it is off by default.) Only voxels that hold a Gaussian's corner are
-    stored: level l has at most 8 N entries, whatever its resolution. Levels: `finest`, finest / 2, ... (at
-    least 2 voxels) over the box lo..hi [3].
+    stored: level l has at most 8 N entries, whatever its resolution. Levels: `finest`, finest / 2, ... (up to
+    `levels`, each at least 2 voxels a side) over the box lo..hi [3].
     """
 
     def __init__(self, positions: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, finest: int, levels: int = 4):
@@ -270,8 +270,8 @@ class ColorField:
         self.corners: list[tuple[torch.Tensor, torch.Tensor]] = []  # per level: index [N, 8], weight [N, 8]
         self.values: list[torch.nn.Parameter] = []  # per level: [U, 3] colour offsets
         offsets = torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], device=positions.device)
-        for level in range(levels):
-            res = max(2, finest >> level)
+        self.resolutions = [finest >> level for level in range(levels) if finest >> level >= 2] or [2]
+        for res in self.resolutions:
             u = ((positions - lo) / span * (res - 1)).clamp(0, res - 1)  # [N, 3] in voxel units
             base = u.floor().long().clamp(max=res - 2)
             frac = u - base
@@ -281,7 +281,6 @@ class ColorField:
             w = torch.where(offsets.bool(), frac[:, None], 1 - frac[:, None]).prod(-1)  # [N, 8]
             self.corners.append((index, w))
             self.values.append(torch.nn.Parameter(torch.zeros(len(used), 3, device=positions.device)))
-        self.resolutions = [max(2, finest >> level) for level in range(levels)]
 
     def __call__(self) -> torch.Tensor:
         """Colour offsets [N, 3]."""
