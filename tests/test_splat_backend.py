@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -147,6 +148,13 @@ def test_view_dependent_optimises_higher_bands(vgg):
                                      ["relu1_1", "relu2_1"])
     stylize(backend, Objective(vgg, target, "relu2_2"), LoopConfig(steps=3, lr=0.05))
     assert backend.stylized_sh()[1].abs().max() > 0
+    flat = ball(400)
+    flat["sh_rest"] = torch.zeros(400, 0, 3)
+    events: list[dict] = []
+    backend = SplatBackend(replace(scene_from(flat), degree=0), size=32, views_per_step=1, pool_size=2,
+                           view_dependent=True, on_event=events.append)
+    assert not backend.view_dependent and len(backend.parameters()) == 1
+    assert [e["text"][:40] for e in events if e["event"] == "warning"] == ["--view-dependent: this splat has no high"]
 
 
 def test_capture_cameras_from_transforms_json(tmp_path):

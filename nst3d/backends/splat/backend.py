@@ -334,6 +334,9 @@ class SplatBackend:
         self.engine = "gsplat" if self.device.type == "cuda" else "torch"
         self.covars = covariances(self.scene.quats, self.scene.scales) if self.engine == "torch" else None
         self.view_dependent = view_dependent and scene.degree > 0
+        if view_dependent and scene.degree == 0 and on_event is not None:
+            on_event({"event": "warning", "text": "--view-dependent: this splat has no higher SH bands (degree 0), "
+                      "so its colours are the same from every side; stylizing the base colours only"})
         self.points = framing_points(scene, seed)
         self.center, self.radius = robust_bounds(self.points)
         self.capture = capture
