@@ -76,6 +76,8 @@ def test_ply_without_uvs_and_stl_load(tmp_path):
         asset = load_mesh(tmp_path / name)
         assert asset.face_count == len(sphere.faces)
         assert asset.slots[0].generated
+        # Named after the file without its suffix (texture ball_styled_ball.png), and --style-map takes either.
+        assert asset.slots[0].name == "ball" and {"ball", name} <= asset.slots[0].aliases
 
 
 def test_overlapping_uvs_are_replaced_by_an_atlas(tmp_path):

@@ -489,7 +489,9 @@ class _Builder:
     def _new_slot(self, name: str, aliases: set[str], positions, faces, uv, normals, texture: torch.Tensor, factor,
                   material: int | None, material_name: str, source: tuple, vertex_map) -> int:
         """A generated slot for one primitive (its own new texture)."""
-        slot_name = name if name not in {s.name for s in self.slots} else f"{name}.{len(self.slots)}"
+        # trimesh names a lone mesh after its file: bunny.ply's slot (and texture file) is "bunny"
+        stem = Path(name).stem if Path(name).suffix.lower() in SUPPORTED else name
+        slot_name = stem if stem not in {s.name for s in self.slots} else f"{stem}.{len(self.slots)}"
         self.slots.append(Slot(slot_name, aliases | {name, slot_name} | ({material_name} if material_name else set()),
                                texture, None, True, material, material_name,
                                float(factor[3]) if len(factor) > 3 else 1.0))
