@@ -121,6 +121,15 @@ def cameras_around(center: torch.Tensor, radius: float, directions: torch.Tensor
     return Cameras(look_at(eye, center, up), K, width, height)
 
 
+def distances_to_fit(points: torch.Tensor, centers: torch.Tensor, rotation: torch.Tensor, tan_x: float,
+                     tan_y: float) -> torch.Tensor:
+    """[V, N] for each view and point [N, 3]: the nearest distance back from centers [V, 3] along the view's
+    forward axis (rotation [V, 3, 3], rows: right, down, forward) at which the point lies within the half-angle
+    tangents tan_x, tan_y of a camera looking at that centre."""
+    q = torch.einsum("vij,vnj->vni", rotation, points[None] - centers[:, None])  # [V, N, 3]
+    return torch.maximum(q[..., 0].abs() / tan_x - q[..., 2], q[..., 1].abs() / tan_y - q[..., 2])
+
+
 def framing_distance(radius: float, fov_y_degrees: float, margin: float = 1.1) -> float:
     """Distance at which a sphere of the given radius fills the field of view (times `margin`)."""
     return margin * radius / math.sin(math.radians(fov_y_degrees) / 2)

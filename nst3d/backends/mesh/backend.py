@@ -39,6 +39,7 @@ from nst3d.backends.mesh.texture import TexturePyramid, dilate, matched_size
 from nst3d.cameras import (
     Cameras,
     cameras_around,
+    distances_to_fit,
     fibonacci_directions,
     intrinsics,
     jitter_directions,
@@ -100,15 +101,13 @@ def frame_on_silhouette(points: torch.Tensor, directions: torch.Tensor, width: i
     centers = center[None].repeat(views, 1)
     for _ in range(3):
         q = torch.einsum("vij,vnj->vni", rotation, points[None] - centers[:, None])  # [V, N, 3]
-        distance = torch.maximum(q[..., 0].abs() / tan_x - q[..., 2], q[..., 1].abs() / tan_y - q[..., 2]).max(1).values
-        distance = distance.clamp(min=1e-6)
+        distance = distances_to_fit(points, centers, rotation, tan_x, tan_y).max(1).values.clamp(min=1e-6)
         depth = (q[..., 2] + distance[:, None]).clamp(min=1e-6)
         ax, ay = q[..., 0] / depth, q[..., 1] / depth
         shift_x = (ax.max(1).values + ax.min(1).values) / 2 * distance
         shift_y = (ay.max(1).values + ay.min(1).values) / 2 * distance
         centers = centers + shift_x[:, None] * rotation[:, 0] + shift_y[:, None] * rotation[:, 1]
-    q = torch.einsum("vij,vnj->vni", rotation, points[None] - centers[:, None])
-    distance = torch.maximum(q[..., 0].abs() / tan_x - q[..., 2], q[..., 1].abs() / tan_y - q[..., 2]).max(1).values
+    distance = distances_to_fit(points, centers, rotation, tan_x, tan_y).max(1).values
     if zoom is not None:
         distance = distance * zoom
     eyes = centers - rotation[:, 2] * distance[:, None]
@@ -144,12 +143,13 @@ def render_textures_with_samples(rasterizer: Rasterizer, textures: list[list[tor
 
 def turntable_cameras(points: torch.Tensor, frames: int, size: int, elevation_degrees: float = 20.0,
                       start_degrees: float = 0.0) -> Cameras:
-    """An orbit of cameras around the bounding-box centre at ONE distance (the widest silhouette framing of
-    the ring), so a turntable does not zoom in and out."""
+    """An orbit of cameras around the bounding-box centre at ONE distance (the nearest at which every frame,
+    looking at that centre, holds the whole object), so a turntable does not zoom in and out."""
     directions = orbit_directions(frames, elevation_degrees, start_degrees)
-    framed = frame_on_silhouette(points, directions, size, size)
     center = (points.min(0).values + points.max(0).values) / 2
-    distance = float((framed.centers - center).norm(dim=-1).max())
+    rotation = look_at(center[None] + directions, center)[:, :3, :3]
+    tan = math.tan(math.radians(FOV_DEGREES) / 2) / FRAME_MARGIN
+    distance = float(distances_to_fit(points, center[None].expand(frames, 3), rotation, tan, tan).max())
     return cameras_around(center, distance, directions, size, size, FOV_DEGREES)
 
 

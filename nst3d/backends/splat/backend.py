@@ -39,6 +39,7 @@ from nst3d.backends.splat.render import Plan, covariances, plan, rasterize, shad
 from nst3d.cameras import (
     Cameras,
     cameras_around,
+    distances_to_fit,
     fibonacci_directions,
     intrinsics,
     jitter_directions,
@@ -162,8 +163,8 @@ def frame_views(points: torch.Tensor, center: torch.Tensor, directions: torch.Te
     centers = center[None].repeat(views, 1)
     for _ in range(3):
         q = torch.einsum("vij,vnj->vni", rotation, points[None] - centers[:, None])  # [V, N, 3]
-        need = torch.maximum(q[..., 0].abs() / tan_x - q[..., 2], q[..., 1].abs() / tan_y - q[..., 2])
-        distance = torch.quantile(need, quantile, dim=1).clamp(min=1e-6)
+        distance = torch.quantile(distances_to_fit(points, centers, rotation, tan_x, tan_y), quantile,
+                                  dim=1).clamp(min=1e-6)
         depth = (q[..., 2] + distance[:, None]).clamp(min=1e-6)
         ax, ay = q[..., 0] / depth, q[..., 1] / depth
         lo = torch.quantile(torch.stack([ax, ay]), 1 - quantile, dim=2)
@@ -582,14 +583,16 @@ def still_camera(scene: SplatScene, size: int, elevation_degrees: float = 20.0, 
 
 def turntable_cameras(scene: SplatScene, frames: int, size: int, up: str = "auto",
                       elevation_degrees: float = 20.0) -> Cameras:
-    """An orbit of `frames` cameras around the object at one distance (the widest robust framing of the
-    ring), about the scene's up axis (see `up_vector`)."""
+    """An orbit of `frames` cameras around the object at one distance (the nearest at which every frame, looking
+    at the robust centre, holds the robust extent), about the scene's up axis (see `up_vector`)."""
     points = framing_points(scene)
     center, _ = robust_bounds(points)
     up_dir = up_vector(up, points)
     directions = orbit_directions(frames, elevation_degrees) @ canonical_to_world(up_dir).T
-    framed = frame_views(points, center, directions, up_dir, size, size)
-    distance = float((framed.world_to_cam[:, :3, :3] @ center + framed.world_to_cam[:, :3, 3])[:, 2].max())
+    rotation = look_at(center[None] + directions, center, up_dir)[:, :3, :3]
+    tan = math.tan(math.radians(FOV_DEGREES) / 2) / FRAME_MARGIN
+    need = distances_to_fit(points, center[None].expand(frames, 3), rotation, tan, tan)
+    distance = float(torch.quantile(need, FRAMING_QUANTILE, dim=1).max())
     return cameras_around(center, distance, directions, size, size, FOV_DEGREES, up_dir)
 
 
