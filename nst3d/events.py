@@ -64,7 +64,8 @@ class ProgressBar:
                 from tqdm import tqdm
 
                 # initial: the work before this first event was not timed, so it must not count in the rate
-                self.bar = tqdm(total=event["total"], desc=event.get("stage", self.desc), unit="step",
+                self.bar = tqdm(total=event["total"], desc=event.get("stage", self.desc),
+                                unit=event.get("unit", "step"),
                                 dynamic_ncols=True, file=sys.stderr, initial=event["step"])
             self.bar.n = event["step"]
             if "loss" in event:  # optimisation stages; rendering and view preparation have none

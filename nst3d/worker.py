@@ -8,7 +8,8 @@ Blender never imports torch. The job file (paths relative to the job file's fold
      "texture_size": 512, "style_map": null, "export_format": "glb"}
 
 Events, one JSON object per line on stdout (everything else the process prints goes to stderr):
-    {"event": "start", ...}   {"event": "progress", "stage", "step", "total", "loss" (optimising only), ...}
+    {"event": "start", ...}
+    {"event": "progress", "stage", "step", "total", "loss" (optimising only), "unit" (when not a step), ...}
     {"event": "message", "text"}   {"event": "warning", "text"} (bad but usable input, e.g. a missing texture)
     {"event": "done", "outputs": [...], "textures": [{"material", "path", "factor"}], "report": {...}}
     {"event": "error", "message": "one line"}   {"event": "cancelled"}

@@ -117,13 +117,14 @@ def test_progress_bar_shows_a_loss_only_for_stages_that_have_one(capsys):
     from nst3d.events import ProgressBar
 
     bar = ProgressBar()
-    bar({"event": "progress", "stage": "rendering", "step": 1, "total": 2})
+    bar({"event": "progress", "stage": "rendering", "step": 1, "total": 2, "unit": "frame"})
     bar({"event": "stage_done", "stage": "rendering"})
     bar({"event": "progress", "stage": "stylizing", "step": 1, "total": 2, "loss": 0.25})
     bar.close()
     err = capsys.readouterr().err
     rendering = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("rendering")]
     assert rendering and not any("loss" in line for line in rendering)
+    assert "frame/s" in rendering[-1] and "step" not in rendering[-1]  # counted in what it renders
     assert "loss=0.25" in err
 
 

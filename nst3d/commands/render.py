@@ -105,7 +105,8 @@ def render_turntable(asset: Renderable, path: Path, frames: int = 48, size: int 
     images = []
     for start in range(0, frames, batch):
         images.append(composite(asset.render(cameras[list(range(start, min(start + batch, frames)))])))
-        on_event({"event": "progress", "stage": "rendering", "step": min(start + batch, frames), "total": frames})
+        on_event({"event": "progress", "stage": "rendering", "step": min(start + batch, frames), "total": frames,
+                  "unit": "frame"})
     import torch
 
     return write_turntable(torch.cat(images), path, fps)

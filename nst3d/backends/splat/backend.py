@@ -386,7 +386,7 @@ class SplatBackend:
             self.batches.append(self._prepare(key, pool[index], backgrounds[index]))
             if on_event is not None:
                 on_event({"event": "progress", "stage": "preparing views", "step": key + 1,
-                          "total": len(starts)})
+                          "total": len(starts), "unit": "batch"})
         if on_event is not None:
             on_event({"event": "stage_done", "stage": "preparing views"})
         self._order: list[int] = []
