@@ -1,5 +1,6 @@
-"""Rasterize 3D Gaussians: `gsplat.rasterization` on CUDA; on a CPU, gsplat's pure-PyTorch projection and
-spherical harmonics plus our own tiled, culled, front-to-back alpha compositor.
+"""Rasterize 3D Gaussians: `gsplat.rasterization` on CUDA; on a CPU (or on CUDA when gsplat's kernels cannot
+load: engine.py), gsplat's pure-PyTorch projection and spherical harmonics plus our own tiled, culled,
+front-to-back alpha compositor. Every tensor a function makes lives on the device of its inputs.
 
 The CPU compositor follows gsplat's CUDA rasterizer rule for rule, so the two give the same images: a
 Gaussian may touch only the 16x16-pixel tiles its 3-sigma square (gsplat's integer radius) overlaps; lists
@@ -52,7 +53,8 @@ def rasterize(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, op
     colors: [N, K, 3] SH coefficients when sh_degree is set (rgb = max(SH + 0.5, 0), as gsplat and the
     INRIA code), else [N, 3] or [C, N, 3] colours; viewmats [C, 4, 4] OpenCV world-to-camera; Ks [C, 3, 3];
     backgrounds [C, 3] or None (black). engine: "gsplat" (CUDA), "torch" (any device), "auto" (gsplat on
-    CUDA tensors, else torch). clamp=False: SH colours are not clamped at 0 (for optimising).
+    CUDA tensors when its kernels load, else torch: see engine.choose_engine). clamp=False: SH colours are not
+    clamped at 0 (for optimising).
     """
     if engine == "auto":
         engine = "gsplat" if means.is_cuda else "torch"
@@ -76,8 +78,7 @@ def _rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, wid
         colors = pair_colors(ids, cams, means, colors, viewmats, sh_degree, clamp=False)
         colors, sh_degree = colors.reshape(num_cameras, len(means), -1), None
 
-    if backgrounds is not None:
-        backgrounds = torch.cat([backgrounds, torch.zeros_like(backgrounds[:, :1])], dim=-1)
+    # backgrounds stay [C, 3]: for "RGB+ED" gsplat appends the depth channel's zero background itself.
     out, alpha, _ = rasterization(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
                                   near_plane=near_plane, far_plane=far_plane, eps2d=eps2d, sh_degree=sh_degree,
                                   packed=False, tile_size=TILE, backgrounds=backgrounds, render_mode="RGB+ED")
@@ -369,7 +370,7 @@ def pair_colors(gaussian_ids: torch.Tensor, camera_ids: torch.Tensor, means: tor
     else:
         from gsplat.cuda._torch_impl import _spherical_harmonics
 
-        centres = torch.linalg.inv(viewmats)[:, :3, 3]  # [C, 3]
+        centres = torch.linalg.inv_ex(viewmats).inverse[:, :3, 3]  # [C, 3]; inv_ex: no host sync on CUDA
         dirs = means[gaussian_ids].detach() - centres[camera_ids]
         rgb = _spherical_harmonics(sh_degree, dirs, coeffs) + 0.5
     return torch.clamp_min(rgb, 0.0) if clamp else rgb
@@ -399,7 +400,8 @@ def rasterize_dense(means, quats, scales, opacities, colors, viewmats, Ks, width
     """
     p = project(means, quats, scales, opacities, viewmats, Ks, width, height)
     col = pair_colors(p.gaussian_ids, p.camera_ids, means, colors, viewmats, sh_degree)  # [P, D]
-    ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(height, device=means.device) + 0.5,
+                            torch.arange(width, device=means.device) + 0.5, indexing="ij")
     rgb, alphas, depths = [], [], []
     for c in range(len(viewmats)):
         sel = p.camera_ids == c  # already depth sorted
