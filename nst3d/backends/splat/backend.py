@@ -7,8 +7,9 @@ original full-SH appearance is the content target.
 
 Consistency: a trained splat builds its surface from many overlapping, semi-transparent discs, so a colour
 pattern finer than the discs can only come from blends that change with the view angle. ConsistentObjective
-adds a term that compares each training batch's neighbouring views where they see the same surface (warped
-by depth, as nst3d.eval measures it), which steers the optimiser to patterns that hold from every side.
+(consistency.py) adds a term that compares each training batch's neighbouring views where they see the same
+surface (warped by depth, as nst3d.eval measures it), which steers the optimiser to patterns that hold from
+every side.
 
 Views: a pool of training cameras is set up once, either orbiting the object (Fibonacci directions with
 jitter and random zoom, framed on robust percentile bounds, since splat scenes have floaters) or the
@@ -34,6 +35,9 @@ import numpy as np
 import torch
 
 from nst3d.backends.base import Render, pool_backgrounds
+from nst3d.backends.splat.consistency import ConsistentObjective as ConsistentObjective  # re-exported
+from nst3d.backends.splat.consistency import consistency_loss as consistency_loss  # re-exported
+from nst3d.backends.splat.consistency import pair_warp
 from nst3d.backends.splat.ply import SH_C0, SplatPly
 from nst3d.backends.splat.render import Plan, covariances, plan, rasterize, shade
 from nst3d.cameras import (
@@ -656,55 +660,3 @@ def neighbour_chain(points: torch.Tensor, generator: torch.Generator) -> list[in
         distance = (points[left] - points[order[-1]]).norm(dim=-1)
         order.append(left.pop(int(distance.argmin())))
     return order
-
-
-@torch.no_grad()
-def pair_warp(cameras: Cameras, depth: torch.Tensor, mask: torch.Tensor, i: int, j: int
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where view i's pixels land in view j: (grid [H, W, 2] for grid_sample, align_corners=False; valid
-    [1, H, W]), by eval's own depth-tested warp applied to view j's pixel coordinates (bilinear sampling of
-    a linear ramp returns the sample position itself), so training and the metric agree on co-visibility."""
-    from nst3d.eval import backward_warp
-
-    h, w = depth.shape[-2:]
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=depth.device) + 0.5,
-                            torch.arange(w, dtype=torch.float32, device=depth.device) + 0.5, indexing="ij")
-    coords = torch.stack([xs, ys, torch.zeros_like(xs)])[None]  # [1, 3, H, W]
-    position, valid = backward_warp(coords, depth[j:j + 1], mask[j:j + 1], cameras[j], depth[i:i + 1],
-                                    mask[i:i + 1], cameras[i])
-    grid = torch.stack([position[0, 0] / w * 2 - 1, position[0, 1] / h * 2 - 1], dim=-1)
-    return grid, valid[0].float()
-
-
-def consistency_loss(rgb: torch.Tensor, warps: list[tuple[int, int, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """Mean squared colour difference between each view i [3, H, W] of rgb [V, 3, H, W] and view j sampled
-    where i's pixels land in j, over the co-visible pixels of every pair."""
-    total, count = rgb.new_zeros(()), rgb.new_zeros(())
-    for i, j, grid, valid in warps:
-        sampled = torch.nn.functional.grid_sample(rgb[j:j + 1], grid[None], mode="bilinear", padding_mode="zeros",
-                                                  align_corners=False)[0]
-        total = total + ((rgb[i] - sampled).pow(2) * valid).sum()
-        count = count + 3 * valid.sum()
-    return total / count.clamp(min=1)
-
-
-class ConsistentObjective:
-    """An Objective plus a multi-view consistency term on each training batch (the backend's last rendered
-    views and their precomputed warps): "consistency" = mean squared difference between co-visible pixels
-    of the batch's views. Everything else (vgg, target, content features) is the wrapped objective's."""
-
-    def __init__(self, objective: Any, backend: SplatBackend, weight: float):
-        self.objective = objective
-        self.backend = backend
-        self.weight = weight
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.objective, name)
-
-    def __call__(self, rgb: torch.Tensor, mask: torch.Tensor | None, content: Any) -> dict[str, torch.Tensor]:
-        terms = self.objective(rgb, mask, content)
-        views = self.backend.last_views
-        if self.weight > 0 and views is not None and views.warps and len(views.mask) == len(rgb):
-            terms["consistency"] = consistency_loss(rgb, views.warps)
-            terms["total"] = terms["total"] + self.weight * terms["consistency"]
-        return terms
