@@ -17,8 +17,9 @@ capture's own cameras from a nerfstudio/Blender transforms.json (inside-out scen
 over white, as the report and contact sheets show the splat: VGG features near the silhouette see the
 background, and on the donut training over random colours left the held-out style distance over white 1.4x
 the training one. `white_share` < 1 draws a random colour for the other views' backgrounds.
-On a CPU every pool view is *planned* once (projection, tile lists and compositing weights do not depend on
-colour: see render.plan), so a step costs one sparse gather/scatter per view; on CUDA gsplat renders them.
+With the tiled compositor (on a CPU, or a GPU where gsplat's kernels cannot load: see engine.py) every pool view
+is *planned* once (projection, tile lists and compositing weights do not depend on colour: see render.plan), so a
+step costs one sparse gather/scatter per view; with gsplat (CUDA) each step renders them.
 Batches carry a `key`, so the loop caches their content features.
 """
 
@@ -38,6 +39,7 @@ from nst3d.backends.base import Render, pool_backgrounds
 from nst3d.backends.splat.consistency import ConsistentObjective as ConsistentObjective  # re-exported
 from nst3d.backends.splat.consistency import consistency_loss as consistency_loss  # re-exported
 from nst3d.backends.splat.consistency import pair_warp
+from nst3d.backends.splat.engine import GSPLAT, TORCH, choose_engine
 from nst3d.backends.splat.ply import SH_C0, SplatPly
 from nst3d.backends.splat.render import Plan, covariances, plan, rasterize, shade
 from nst3d.cameras import (
@@ -54,6 +56,7 @@ from nst3d.cameras import (
 from nst3d.color import keep_content_chroma
 from nst3d.errors import UserError
 from nst3d.eval import HeldOutViews, held_out_views
+from nst3d.events import ignore
 
 FOV_DEGREES = 40.0
 FRAME_MARGIN = 1.08
@@ -336,8 +339,8 @@ class SplatBackend:
         self.scene = scene.to(self.device)
         self.size = size
         self.lr = lr
-        self.engine = "gsplat" if self.device.type == "cuda" else "torch"
-        self.covars = covariances(self.scene.quats, self.scene.scales) if self.engine == "torch" else None
+        self.engine = choose_engine(self.device, on_event or ignore)  # GSPLAT or TORCH (the compositor)
+        self.covars = covariances(self.scene.quats, self.scene.scales) if self.engine == TORCH else None
         self.view_dependent = view_dependent and scene.degree > 0
         if view_dependent and scene.degree == 0 and on_event is not None:
             on_event({"event": "warning", "text": "--view-dependent: this splat has no higher SH bands (degree 0), "
@@ -422,14 +425,14 @@ class SplatBackend:
         s = self.scene
         cams = cameras.to(self.device)
         bg = backgrounds.to(self.device)
-        if self.engine == "torch":
+        if self.engine == TORCH:
             pl = plan(s.means, s.quats, s.scales, s.opacities, cams.world_to_cam, cams.K, cams.width, cams.height,
                       covars=self.covars)
             raster = shade(pl, s.sh(), s.means, cams.world_to_cam, s.degree, bg)
         else:
             pl = None
             raster = rasterize(s.means, s.quats, s.scales, s.opacities, s.sh(), cams.world_to_cam, cams.K,
-                               cams.width, cams.height, sh_degree=s.degree, backgrounds=bg)
+                               cams.width, cams.height, sh_degree=s.degree, backgrounds=bg, engine=GSPLAT)
         content, mask, depth = _to_render(raster)
         warps = [(i, j, *pair_warp(cams, depth, mask, i, j)) for i in range(len(cams)) for j in range(len(cams))
                  if i != j]
@@ -495,10 +498,10 @@ class SplatBackend:
                clamp: bool = True) -> torch.Tensor:
         degree = int(math.isqrt(colors.shape[1])) - 1
         s = self.scene
-        if pl is None:  # CUDA: gsplat
+        if pl is None:  # gsplat
             raster = rasterize(s.means, s.quats, s.scales, s.opacities, colors, cameras.world_to_cam, cameras.K,
                                cameras.width, cameras.height, sh_degree=degree, backgrounds=backgrounds,
-                               clamp=clamp)
+                               engine=GSPLAT, clamp=clamp)
         else:
             raster = shade(pl, colors, s.means, cameras.world_to_cam, degree, backgrounds, clamp=clamp)
         return raster.rgb.permute(0, 3, 1, 2)
@@ -528,7 +531,7 @@ class SplatBackend:
             colors = self.scene.sh()
         else:
             raise ValueError(f"unknown render {which!r}; use stylized or original")
-        if self.engine == "gsplat":
+        if self.engine == GSPLAT:
             return render_scene(replace(self.scene, sh_dc=colors[:, 0], sh_rest=colors[:, 1:]), cameras,
                                 background, batch)
         degree = int(math.isqrt(colors.shape[1])) - 1

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from nst3d.backends.splat.engine import choose_engine
+
 TILE = 16
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.999
@@ -57,7 +59,7 @@ def rasterize(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, op
     clamped at 0 (for optimising).
     """
     if engine == "auto":
-        engine = "gsplat" if means.is_cuda else "torch"
+        engine = choose_engine(means.device)
     if engine == "gsplat":
         return _rasterize_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree,
                                  backgrounds, near_plane, far_plane, eps2d, clamp)
