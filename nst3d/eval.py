@@ -235,7 +235,8 @@ def _batched(fn: Callable[[slice], float], rgb: torch.Tensor, batch: int = 4) ->
 def _views_style_distance(objective: Any, rgb: torch.Tensor, mask: torch.Tensor | None) -> float:
     """Mean style distance of views rgb [V, 3, H, W] (mask [V, G, H, W] or None), a few views at a time."""
     device = objective.vgg.mean.device
-    return _batched(lambda s: _style_distance(objective, rgb[s].to(device), None if mask is None else mask[s]), rgb)
+    pick = (lambda s: None if mask is None else mask[s].to(device))
+    return _batched(lambda s: _style_distance(objective, rgb[s].to(device), pick(s)), rgb)
 
 
 @torch.no_grad()
@@ -244,8 +245,8 @@ def evaluate_renders(stylized: Render, content: Render, held: HeldOutViews, obje
     """style_distance {before, after}, content_distance and consistency, from Renders of `held.all()`."""
     after, before = stylized.rgb.clamp(0, 1), content.rgb.clamp(0, 1)
     mask = content.mask
-    pick = (lambda m, s: None if m is None else m[s])
     device = objective.vgg.mean.device
+    pick = (lambda m, s: None if m is None else m[s].to(device))
     return {
         "style_distance": {"before": _views_style_distance(objective, before, mask),
                            "after": _views_style_distance(objective, after, mask)},

@@ -1,7 +1,10 @@
-"""Choosing the splat renderer: the engine choice falls back to the tiled PyTorch compositor, with one warning, when
-gsplat's kernels cannot load (no CUDA toolkit; a compile that fails), without importing gsplat's extension module to
-find out."""
+"""The splat path on a CUDA GPU: gsplat's kernels against the tiled PyTorch compositor (values and colour gradients,
+with backgrounds, clamped and not), the compositor on CUDA against itself on the CPU, the backend on CUDA against the
+CPU backend, and `nst3d splat` end to end on CUDA (with gsplat, and with the compositor when gsplat's kernels cannot
+load). On any machine: the engine choice falls back to the compositor, with one warning, when gsplat's kernels cannot
+load (no CUDA toolkit; a compile that fails), without importing gsplat's extension module to find out."""
 
+import functools
 import importlib.util
 import json
 import os
@@ -9,11 +12,155 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
-from nst3d.backends.splat.engine import COMPILING, TORCH
+from nst3d.backends.splat.engine import COMPILING, GSPLAT, TORCH, choose_engine
+from nst3d.backends.splat.ply import read_splat, save_gaussians
+from nst3d.backends.splat.render import rasterize
+from tests.test_splat_backend import ball, scene_from
+from tests.test_splat_render import cameras, scene
 
 PREBUILT = importlib.util.find_spec("gsplat.csrc") is not None  # kernels built at install time: nothing can fail
+
+
+@pytest.fixture
+def extensions(tmp_path_factory, monkeypatch) -> Path:
+    """Where gsplat JIT-compiles its kernels: TORCH_EXTENSIONS_DIR if set, else one folder for the whole session
+    (not ~/.cache), exported so that CLI subprocesses find the same build."""
+    folder = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or tmp_path_factory.getbasetemp() / "torch-extensions")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(folder))
+    return folder
+
+
+def assert_close(a: torch.Tensor, b: torch.Tensor, mean: float = 1e-4, most: float = 1e-3) -> None:
+    """a and b agree everywhere but at a few threshold pixels: gsplat's kernels use fast-math exp, so a pixel whose
+    alpha sits at 1/255 (or a radius at an integer) may fall on the other side of the cut."""
+    diff = (a.detach().cpu().double() - b.detach().cpu().double()).abs().flatten()
+    assert float(diff.mean()) < mean, float(diff.mean())
+    assert float((diff > most).double().mean()) < 1e-3, float((diff > most).double().mean())
+
+
+def render_with(engine: str, device: str, s: dict, cams, bg: torch.Tensor, degree: int, clamp: bool):
+    """(rgb, alpha, depth, colour gradient) of one render and a fixed random projection of its image."""
+    colors = s["colors"].to(device).requires_grad_(True)
+    r = rasterize(*(s[k].to(device) for k in ("means", "quats", "scales", "opacities")), colors,
+                  cams.world_to_cam.to(device), cams.K.to(device), cams.width, cams.height, sh_degree=degree,
+                  backgrounds=bg.to(device), engine=engine, clamp=clamp)
+    assert r.rgb.device.type == torch.device(device).type
+    weights = torch.randn(r.rgb.shape, generator=torch.Generator().manual_seed(2)).to(device)
+    (r.rgb * weights).sum().backward()
+    return r.rgb.detach(), r.alpha, r.depth, colors.grad
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("degree,clamp", [(0, True), (3, True), (3, False)])
+def test_gsplat_matches_the_compositor_on_cuda(extensions, degree, clamp):
+    assert choose_engine("cuda") == GSPLAT, "gsplat's kernels did not load on this GPU machine"
+    s = scene(n=3000, degree=degree, seed=3)
+    s["colors"][:, 0] -= 0.8  # some colours below 0, where clamping matters
+    cams = cameras(3, 96, 80)
+    bg = torch.tensor([[0.2, 0.9, 0.4], [1.0, 1.0, 1.0], [0.6, 0.1, 0.7]])
+    g = render_with(GSPLAT, "cuda", s, cams, bg, degree, clamp)
+    t = render_with(TORCH, "cuda", s, cams, bg, degree, clamp)
+    c = render_with(TORCH, "cpu", s, cams, bg, degree, clamp)
+    assert float(g[1].max()) > 0.9 and float(g[1].min()) == 0  # covered and background pixels both
+    if not clamp:
+        assert float(g[0].min()) < -0.01
+    for ours in (t, c):
+        assert_close(g[0], ours[0])  # rgb
+        assert_close(g[1], ours[1])  # alpha
+        covered = ((g[1] > 0.5) & (ours[1] > 0.5)).cpu()
+        assert_close(g[2].cpu()[covered] / 10, ours[2].cpu()[covered] / 10)  # depth (about 3.5), relative
+        scale = float(c[3].abs().max())
+        assert scale > 0.1
+        assert_close(g[3] / scale, ours[3] / scale)  # colour gradients
+    for a, b in zip(t, c, strict=True):  # the compositor is the same program on either device
+        assert_close(a / max(1.0, float(b.abs().max())), b / max(1.0, float(b.abs().max())), mean=1e-6, most=1e-4)
+
+
+@pytest.mark.gpu
+def test_backend_on_cuda_matches_the_cpu_backend(extensions, vgg):
+    """The same seeded views, backgrounds (half of them coloured) and one training step, on CUDA (gsplat) and on the
+    CPU: every tensor meets its kind on one device, and the results agree."""
+    from nst3d.backends.splat.backend import SplatBackend
+
+    s = scene_from(ball(1200))
+    runs = {}
+    for device in ("cuda", "cpu"):
+        backend = SplatBackend(s, size=48, views_per_step=2, pool_size=4, view_dependent=True, white_share=0.5,
+                               device=device)
+        assert backend.engine == (GSPLAT if device == "cuda" else TORCH)
+        batch = next(b for b in backend.batches if (b.backgrounds < 1).any())  # one with a coloured background
+        assert all(t.device.type == device for t in (batch.backgrounds, batch.content, batch.mask, batch.depth,
+                                                     batch.cameras.world_to_cam, batch.warps[0][2]))
+        rgb = backend.render(batch).rgb
+        (rgb * torch.linspace(-1, 1, rgb.numel(), device=device).reshape(rgb.shape)).sum().backward()
+        held = backend.render_cameras(backend.held_out(2).all(), "stylized")
+        runs[device] = (batch.backgrounds, batch.content, batch.mask, rgb.detach(), backend.free_colors.grad,
+                        backend.sh_rest.grad, held.rgb, held.mask)
+    assert torch.equal(runs["cuda"][0].cpu(), runs["cpu"][0])  # the same views on either device
+    for a, b in zip(runs["cuda"], runs["cpu"], strict=True):
+        assert_close(a / max(1e-6, float(b.abs().max())), b / max(1e-6, float(b.abs().max())))
+
+
+def nst3d(*args, env: dict | None = None):
+    return subprocess.run([sys.executable, "-m", "nst3d", *map(str, args)], capture_output=True, text=True,
+                          env=env or dict(os.environ), timeout=900)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("splat-gpu")
+    save_gaussians(folder / "ball.ply", **ball())
+    stripes = (np.indices((64, 64)).sum(0) // 6 % 2).astype(np.uint8)
+    style = np.stack([stripes * 230, stripes * 40 + 20, 200 - stripes * 180], -1).astype(np.uint8)
+    Image.fromarray(style).save(folder / "style.png")
+    return folder
+
+
+def check_run(folder: Path, files: Path) -> dict:
+    """The outputs of one `nst3d splat --view-dependent` run: geometry kept, colours and higher bands changed."""
+    source, result = read_splat(files / "ball.ply"), read_splat(folder / "styled.ply")
+    report = json.loads((folder / "styled.json").read_text())
+    assert report["output_check"]["geometry_and_opacity_identical"] is True
+    assert report["device"].startswith("cuda") and report["view_dependent"] is True
+    assert not torch.equal(result.sh_dc(), source.sh_dc()) and not torch.equal(result.sh_rest(), source.sh_rest())
+    assert np.isfinite(report["evaluation"]["style_distance"]["after"])
+    return report
+
+
+@pytest.mark.gpu
+def test_cli_on_cuda_with_gsplat(files, random_weights_file, extensions, tmp_path):
+    r = nst3d("splat", files / "ball.ply", "--style", files / "style.png", "-o", tmp_path / "styled.ply", "--size",
+              48, "--steps", 6, "--views", 2, "--pool", 4, "--held-out", 2, "--view-dependent", "--device", "cuda",
+              "--weights", random_weights_file, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and "nst3d: warning" not in r.stderr, r.stderr
+    assert check_run(tmp_path, files)["renderer"] == "gsplat"
+
+
+@pytest.mark.gpu
+def test_cli_on_cuda_with_the_compositor_when_gsplat_cannot_load(files, random_weights_file, tmp_path, monkeypatch,
+                                                                 capsys):
+    """gsplat's extension import fails (simulated at nst3d's one loader): one warning, then the whole run on the GPU
+    with the tiled compositor."""
+    from nst3d.backends.splat import engine
+    from nst3d.cli import main
+
+    monkeypatch.setattr(engine, "load_kernels", functools.cache(lambda: "ImportError: simulated"))
+    code = main(["splat", str(files / "ball.ply"), "--style", str(files / "style.png"), "-o",
+                 str(tmp_path / "styled.ply"), "--size", "48", "--steps", "6", "--views", "2", "--pool", "4",
+                 "--held-out", "2", "--view-dependent", "--device", "cuda", "--weights", str(random_weights_file),
+                 "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert [line for line in err.splitlines() if line.startswith("nst3d: warning:")] == [
+        "nst3d: warning: gsplat's CUDA kernels cannot load (ImportError: simulated); rendering with nst3d's tiled "
+        "PyTorch compositor on the GPU instead (slower)"]
+    assert check_run(tmp_path, files)["renderer"] == "nst3d tiled PyTorch compositor"
 
 
 CHOOSE = """

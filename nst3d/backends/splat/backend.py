@@ -72,7 +72,8 @@ UP_AXES = {"x": (1.0, 0.0, 0.0), "y": (0.0, 1.0, 0.0), "z": (0.0, 0.0, 1.0),
 @dataclass
 class SplatScene:
     """Gaussians as tensors: means [N, 3], quats [N, 4] (w, x, y, z), scales [N, 3] (activated),
-    opacities [N] (activated), sh_dc [N, 3], sh_rest [N, K - 1, 3] (K = (degree + 1)^2)."""
+    opacities [N] (activated), sh_dc [N, 3], sh_rest [N, K - 1, 3] (K = (degree + 1)^2). All on one device
+    (`to` moves them together); a `subset` mask lives on that device too."""
 
     means: torch.Tensor
     quats: torch.Tensor
@@ -119,11 +120,11 @@ def cleanup_mask(scene: SplatScene, radius: float, max_extent: float = 0.5, max_
 def framing_points(scene: SplatScene, seed: int = 0) -> torch.Tensor:
     """Means of the fairly opaque Gaussians (the ones that make the picture), at most 50k, [P, 3]."""
     keep = scene.opacities >= 0.2
-    points = scene.means[keep] if int(keep.sum()) >= 16 else scene.means
+    points = (scene.means[keep] if int(keep.sum()) >= 16 else scene.means).float().cpu()  # framing: on the CPU
     if len(points) > MAX_FRAMING_POINTS:
         generator = torch.Generator().manual_seed(seed)
         points = points[torch.randperm(len(points), generator=generator)[:MAX_FRAMING_POINTS]]
-    return points.float().cpu()
+    return points
 
 
 def robust_bounds(points: torch.Tensor, quantile: float = FRAMING_QUANTILE) -> tuple[torch.Tensor, float]:
@@ -306,7 +307,9 @@ class ColorField:
 
 @dataclass
 class ViewBatch:
-    """Training views set up once. key: batch number (the loop caches content features by it)."""
+    """Training views set up once. key: batch number (the loop caches content features by it). Every tensor
+    here, the cameras' included, is on the backend's device: drawn on the CPU (seeded, so a seed gives the same
+    views on any device) and moved once, in SplatBackend._prepare."""
 
     key: int
     cameras: Cameras
@@ -320,7 +323,12 @@ class ViewBatch:
 
 
 class SplatBackend:
-    """Stylize a SplatScene's colours (see the module docstring). Implements nst3d.backends.base.Backend."""
+    """Stylize a SplatScene's colours (see the module docstring). Implements nst3d.backends.base.Backend.
+
+    Devices: the scene, the parameters and the ViewBatches live on `device`; framing (points, centre, up) and
+    the view pool are computed on the CPU and moved in `_prepare`; `render_cameras` takes cameras on any device
+    and returns CPU tensors, as `stylized_sh` does. `train_views` and `render` make no host syncs.
+    """
 
     deferred = False
 
@@ -463,7 +471,7 @@ class SplatBackend:
                 start = self.start_colors
                 current = torch.clamp(start + self.free_colors, start.clamp(max=0.0), start.clamp(min=1.0))
                 self.free_colors.copy_(current - start)
-        if not self._order:
+        if not self._order:  # a CPU generator: no device sync
             self._order = torch.randperm(len(self.batches), generator=generator).tolist()
         return self.batches[self._order.pop()]
 
@@ -509,7 +517,13 @@ class SplatBackend:
     @torch.no_grad()
     def stylized_sh(self) -> tuple[torch.Tensor, torch.Tensor]:
         """What goes into the file: (sh_dc [N, 3], sh_rest [N, K - 1, 3]); colours clamped to [0, 1], the
-        higher bands the optimised ones or zeros. Gaussians whose colour did not move keep their exact DC."""
+        higher bands the optimised ones or zeros. Gaussians whose colour did not move keep their exact DC.
+        On the CPU (see `_stylized_sh` for the same on the backend's device)."""
+        dc, rest = self._stylized_sh()
+        return dc.cpu(), rest.cpu()
+
+    @torch.no_grad()
+    def _stylized_sh(self) -> tuple[torch.Tensor, torch.Tensor]:
         current = self.base_colors().detach()
         if self.keep_chroma:
             current = keep_content_chroma(current.T, (SH_C0 * self.scene.sh_dc + 0.5).T).T
@@ -517,7 +531,7 @@ class SplatBackend:
         unchanged = (current == SH_C0 * self.scene.sh_dc + 0.5).all(-1)
         dc = torch.where(unchanged[:, None], self.scene.sh_dc, dc)
         rest = self.sh_rest.detach() if self.sh_rest is not None else torch.zeros_like(self.scene.sh_rest)
-        return dc.cpu(), rest.cpu()
+        return dc, rest
 
     @torch.no_grad()
     def render_cameras(self, cameras: Cameras, which: str = "stylized", background=(1.0, 1.0, 1.0),
@@ -525,8 +539,8 @@ class SplatBackend:
         """Render any cameras: "stylized" (what the output file holds) or "original". Returns rgb over
         `background`, mask (accumulated opacity) and depth, on the CPU."""
         if which == "stylized":
-            dc, rest = self.stylized_sh()
-            colors = torch.cat([dc[:, None], rest], dim=1).to(self.device)
+            dc, rest = self._stylized_sh()
+            colors = torch.cat([dc[:, None], rest], dim=1)
         elif which == "original":
             colors = self.scene.sh()
         else:
@@ -537,23 +551,23 @@ class SplatBackend:
         degree = int(math.isqrt(colors.shape[1])) - 1
         out = []
         for cams, pl in self._plans(cameras, batch):
-            bg = torch.tensor(background, dtype=torch.float32).expand(len(cams), 3)
+            bg = torch.tensor(background, dtype=torch.float32, device=self.device).expand(len(cams), 3)
             raster = shade(pl, colors, self.scene.means, cams.world_to_cam, degree, bg)
-            out.append(_to_render(raster))
+            out.append(tuple(t.cpu() for t in _to_render(raster)))
         rgb, mask, depth = (torch.cat(column) for column in zip(*out, strict=True))
         return Render(rgb, mask, depth)
 
     def _plans(self, cameras: Cameras, batch: int) -> list[tuple[Cameras, Plan]]:
-        """CPU plans for these cameras, `batch` views each; the last camera set's are kept (the evaluation
-        renders the same views stylized and original)."""
-        key = (cameras.world_to_cam.numpy().tobytes(), cameras.K.numpy().tobytes(), cameras.width, cameras.height,
-               batch)
+        """Compositor plans for these cameras (moved to the device), `batch` views each; the last camera set's are
+        kept (the evaluation renders the same views stylized and original)."""
+        key = (cameras.world_to_cam.cpu().numpy().tobytes(), cameras.K.cpu().numpy().tobytes(), cameras.width,
+               cameras.height, batch)
         if self._plan_cache is not None and self._plan_cache[0] == key:
             return self._plan_cache[1]
         s = self.scene
         plans = []
         for start in range(0, len(cameras), batch):
-            cams = cameras[list(range(start, min(start + batch, len(cameras))))]
+            cams = cameras[list(range(start, min(start + batch, len(cameras))))].to(self.device)
             plans.append((cams, plan(s.means, s.quats, s.scales, s.opacities, cams.world_to_cam, cams.K, cams.width,
                                      cams.height, covars=self.covars)))
         self._plan_cache = (key, plans)
