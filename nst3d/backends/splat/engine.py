@@ -59,7 +59,11 @@ def kernel_status() -> KernelStatus:
         return KernelStatus("unavailable", "gsplat's CUDA extension did not load in this process")
     if importlib.util.find_spec("gsplat") is None:
         return KernelStatus("unavailable", "gsplat is not installed")
-    if importlib.util.find_spec("gsplat.csrc") is not None:
+    try:
+        prebuilt = importlib.util.find_spec("gsplat.csrc") is not None  # imports gsplat itself, not its kernels
+    except ImportError as exc:
+        return KernelStatus("unavailable", f"gsplat does not import: {exc}")
+    if prebuilt:
         return KernelStatus("ready")  # a wheel or source install with prebuilt kernels
     if find_nvcc() is None:
         return KernelStatus("unavailable", "this gsplat has no prebuilt kernels and there is no CUDA toolkit (nvcc) "
