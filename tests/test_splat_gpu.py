@@ -82,7 +82,7 @@ def test_gsplat_matches_the_compositor_on_cuda(extensions, degree, clamp):
 
 
 @pytest.mark.gpu
-def test_backend_on_cuda_matches_the_cpu_backend(extensions, vgg):
+def test_backend_on_cuda_matches_the_cpu_backend(extensions):
     """The same seeded views, backgrounds (half of them coloured) and one training step, on CUDA (gsplat) and on the
     CPU: every tensor meets its kind on one device, and the results agree."""
     from nst3d.backends.splat.backend import SplatBackend
