@@ -383,7 +383,7 @@ def load_mesh(path: str | Path, texture_size: int | None = None, texture: str | 
     if texture is not None:
         from nst3d.files import load_image
 
-        extra = load_image(texture, "texture")
+        extra = load_image(texture, "texture", upright=False)  # UVs address the stored pixels
     builder = _Builder(path, texture_size, extra, keep_uv_layouts)
     if path.suffix.lower() in (".glb", ".gltf"):
         asset = builder.from_gltf(G.read_gltf(path))

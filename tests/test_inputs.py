@@ -1,0 +1,111 @@
+"""Real-world inputs: phone photos stored sideways with an EXIF Orientation tag, OBJ/MTL files written on
+Windows, and scenes with more texels than a float32 can index (2^24)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nst3d.files import load_image
+from nst3d.options import StyleOptions, load_styles
+from tests.mesh_data import checker
+
+# ------------------------------------------------------------------------------------------ EXIF orientation
+
+
+def upright_pattern() -> np.ndarray:
+    """uint8 [32, 48, 3]: four flat quadrants (red, green / blue, white) plus a black notch in the top-left one,
+    so every rotation and mirror of it is a different picture (flat blocks survive JPEG nearly unchanged)."""
+    image = np.zeros((32, 48, 3), dtype=np.uint8)
+    image[:16, :24], image[:16, 24:] = (230, 30, 30), (30, 200, 40)
+    image[16:, :24], image[16:, 24:] = (30, 40, 220), (240, 240, 240)
+    image[2:8, 2:8] = 0
+    return image
+
+
+def stored_for(upright: np.ndarray, orientation: int) -> np.ndarray:
+    """The pixels a camera stores for `upright` with EXIF Orientation `orientation` (TIFF/EXIF definition: where
+    the stored 0th row and 0th column lie in the upright picture), written out here without Pillow."""
+    a = upright
+    return {
+        1: a,                          # row 0 = top, column 0 = left
+        2: a[:, ::-1],                 # top, right
+        3: a[::-1, ::-1],              # bottom, right
+        4: a[::-1, :],                 # bottom, left
+        5: a.transpose(1, 0, 2),       # left, top
+        6: np.rot90(a, 1),             # right, top (a phone held upright: stored landscape)
+        7: a[::-1, ::-1].transpose(1, 0, 2),  # right, bottom
+        8: np.rot90(a, -1),            # left, bottom
+    }[orientation]
+
+
+def tagged_jpeg(path: Path, orientation: int) -> Path:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(np.ascontiguousarray(stored_for(upright_pattern(), orientation))).save(
+        path, format="JPEG", quality=95, exif=exif)
+    return path
+
+
+def distance(rgb: torch.Tensor, array: np.ndarray) -> float:
+    """Mean absolute difference of rgb [3, H, W] in [0, 1] from a uint8 [H, W, 3] picture (inf if shapes differ)."""
+    expected = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float() / 255
+    return float((rgb - expected).abs().mean()) if rgb.shape == expected.shape else float("inf")
+
+
+def assert_upright(rgb: torch.Tensor, tolerance: float = 0.03) -> None:
+    """rgb is the upright pattern, and clearly none of its other seven orientations."""
+    distances = {k: distance(rgb, stored_for(upright_pattern(), k)) for k in range(1, 9)}
+    assert distances[1] < tolerance, distances
+    assert min(d for k, d in distances.items() if k != 1) > 0.1, distances
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_load_image_applies_exif_orientation(tmp_path, orientation):
+    rgb, alpha = load_image(tagged_jpeg(tmp_path / f"photo{orientation}.jpg", orientation))
+    assert alpha is None and rgb.shape == (3, 32, 48)
+    assert_upright(rgb)
+
+
+def test_textures_keep_their_stored_pixels(tmp_path):
+    """UV layouts address the stored pixels (Blender and glTF viewers ignore the tag on textures), so a
+    texture is read as stored, tag or not."""
+    rgb, _ = load_image(tagged_jpeg(tmp_path / "texture.jpg", 6), "texture", upright=False)
+    assert distance(rgb, stored_for(upright_pattern(), 6)) < 0.03
+
+
+def test_damaged_exif_orientation_reads_as_stored(tmp_path):
+    path = tmp_path / "odd.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 42  # not an orientation: shown as stored, as viewers do
+    Image.fromarray(upright_pattern()).save(path, format="JPEG", quality=95, exif=exif)
+    assert_upright(load_image(path)[0])
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_style_images_are_read_upright(tmp_path, orientation):
+    style = tagged_jpeg(tmp_path / "style.jpg", orientation)
+    (image,) = load_styles(StyleOptions(styles=[style], style_size=48))
+    assert_upright(image)
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_nst3d_image_stylizes_the_upright_photo(tmp_path, random_weights_file, orientation):
+    """Through the CLI: the output has the upright photo's shape and layout (one tiny step from the content
+    barely changes it)."""
+    content = tagged_jpeg(tmp_path / "photo.jpg", orientation)
+    style = tmp_path / "style.png"
+    Image.fromarray(checker(32)).save(style)
+    out = tmp_path / "out.png"
+    result = subprocess.run([sys.executable, "-m", "nst3d", "image", str(content), "--style", str(style), "--size",
+                             "48", "--steps", "1", "--lr", "0.001", "--weights", str(random_weights_file), "-o",
+                             str(out), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert_upright(load_image(out)[0], tolerance=0.05)
+
