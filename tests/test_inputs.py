@@ -3,8 +3,10 @@ Windows, and scenes with more texels than a float32 can index (2^24)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,8 @@ from PIL import Image
 
 from nst3d.files import load_image
 from nst3d.options import StyleOptions, load_styles
-from tests.mesh_data import checker
+from nst3d.sampling import evenly_spaced_indices
+from tests.mesh_data import checker, quad, write_glb
 
 # ------------------------------------------------------------------------------------------ EXIF orientation
 
@@ -108,4 +111,59 @@ def test_nst3d_image_stylizes_the_upright_photo(tmp_path, random_weights_file, o
                              str(out), "--quiet"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert_upright(load_image(out)[0], tolerance=0.05)
+
+
+# ----------------------------------------------------------------------------- indices past float32's 2^24
+
+
+@pytest.mark.parametrize(("count", "keep"), [(35651584, 65536), (18_000_000, 65536), (2**24 + 3, 1000),
+                                             (10, 4), (10, 10), (10, 30), (1, 5), (7, 1)])
+def test_evenly_spaced_indices_are_exact(count, keep):
+    picks = evenly_spaced_indices(count, keep)
+    assert picks.dtype == torch.int64 and len(picks) == min(count, keep)
+    assert picks[0] == 0 and (len(picks) == 1 or picks[-1] == count - 1)
+    assert picks.max() < count and bool((picks.diff() > 0).all())
+    if 1 < keep < count:  # evenly spread: gaps differ by at most one
+        gaps = picks.diff()
+        assert int(gaps.max() - gaps.min()) <= 1
+
+
+def test_float32_linspace_is_what_broke():
+    """The bug this replaces: at 35651584 texels, float32 linspace's last index is one past the end."""
+    assert int(torch.linspace(0, 35651584 - 1, 65536).long()[-1]) == 35651584
+
+
+def test_palette_samples_across_all_textures():
+    from nst3d.commands.mesh import _palette
+
+    shapes = [(4, 4), (2, 3), (5, 2)]
+    textures = [torch.rand(3, h, w, generator=torch.Generator().manual_seed(k)) for k, (h, w) in enumerate(shapes)]
+    laid_end_to_end = torch.cat([t.reshape(3, -1) for t in textures], 1)  # [3, 32]
+    assert torch.equal(_palette(textures, limit=12), laid_end_to_end[:, evenly_spaced_indices(32, 12)])
+    assert torch.equal(_palette(textures, limit=1000), laid_end_to_end)
+
+
+@pytest.mark.slow
+def test_mesh_command_on_a_scene_past_two_to_the_24_texels(tmp_path, random_weights_file):
+    """Two textured panels at --texture-size 3000: 18,000,000 texels, where a float32 linspace over the texel
+    indices lands one past the end (an IndexError traceback before). The run must finish, with bounded memory."""
+    positions, faces, uv = quad()
+    scene = write_glb(tmp_path / "panels.glb", [
+        {"name": f"Panel{k}", "positions": positions, "faces": faces, "uv": uv, "texture": checker(16),
+         "translation": (1.2 * k, 0, 0)} for k in range(2)])
+    style = tmp_path / "style.png"
+    Image.fromarray(checker(32)).save(style)
+    started = time.perf_counter()
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "nst3d", "mesh", str(scene), "--style", str(style),
+                                    "--texture-size", "3000", "--size", "32", "--steps", "2", "--views", "1",
+                                    "--weights", str(random_weights_file), "-o", str(tmp_path / "out"), "--quiet"],
+                                   stdout=subprocess.DEVNULL, stderr=stderr)
+        _, status, usage = os.wait4(process.pid, 0)  # this child's own peak RSS
+    seconds, peak_mb = time.perf_counter() - started, usage.ru_maxrss / 1024
+    print(f"18M-texel mesh run: {seconds:.0f} s, peak RSS {peak_mb:.0f} MB")
+    assert os.waitstatus_to_exitcode(status) == 0, (tmp_path / "stderr.txt").read_text()
+    assert load_image(tmp_path / "out" / "panels_styled_Panel0Mat.png", upright=False)[0].shape == (3, 3000, 3000)
+    # the two textures are 216 MB of float32 each; the run holds a few copies (Adam's state, the export)
+    assert peak_mb < 4000, peak_mb
 
