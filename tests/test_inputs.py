@@ -167,3 +167,89 @@ def test_mesh_command_on_a_scene_past_two_to_the_24_texels(tmp_path, random_weig
     # the two textures are 216 MB of float32 each; the run holds a few copies (Adam's state, the export)
     assert peak_mb < 4000, peak_mb
 
+
+# --------------------------------------------------------------------------------- OBJ/MTL written on Windows
+
+
+def windows_obj(folder: Path, map_kd: str, texture_at: str | None, mtllib: str = "quad.mtl",
+                mtl_at: str = "quad.mtl") -> Path:
+    """quad.obj naming `mtllib {mtllib}`, its MTL written at {mtl_at} with `map_Kd {map_kd}`, and the checker
+    texture written at {texture_at} (None: nowhere). Paths are relative to `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    positions, faces, uv = quad()
+    lines = [f"mtllib {mtllib}", "o Quad"] + [f"v {x} {y} {z}" for x, y, z in positions]
+    lines += [f"vt {u} {1 - v}" for u, v in uv]
+    lines += ["usemtl Paint"] + [f"f {a + 1}/{a + 1} {b + 1}/{b + 1} {c + 1}/{c + 1}" for a, b, c in faces]
+    (folder / "quad.obj").write_text("\r\n".join(lines) + "\r\n")
+    (folder / mtl_at).parent.mkdir(parents=True, exist_ok=True)
+    (folder / mtl_at).write_text(f"newmtl Paint\r\nKd 1 1 1\r\nmap_Kd {map_kd}\r\n")
+    if texture_at is not None:
+        (folder / texture_at).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(checker(16)).save(folder / texture_at, format="PNG")
+    return folder / "quad.obj"
+
+
+WINDOWS_CASES = {  # id: (map_Kd argument, where the texture lies, mtllib, where the MTL lies, expected note or None)
+    "dot-backslash": (".\\wood.png", "wood.png", "quad.mtl", "quad.mtl",
+                      "texture .\\wood.png (named in quad.mtl) not found as written; using wood.png"),
+    "drive-path-other-case": ("C:\\Users\\me\\proj\\textures\\Wood.PNG", "wood.png", "quad.mtl", "quad.mtl",
+                              "texture C:\\Users\\me\\proj\\textures\\Wood.PNG (named in quad.mtl) not found as "
+                              "written; using wood.png"),
+    "drive-path-subfolder": ("C:\\Users\\me\\proj\\textures\\Wood.PNG", "textures/wood.png", "quad.mtl", "quad.mtl",
+                             "texture C:\\Users\\me\\proj\\textures\\Wood.PNG (named in quad.mtl) not found as "
+                             "written; using textures/wood.png"),
+    "stray-folder": ("maps/wood.png", "wood.png", "quad.mtl", "quad.mtl",
+                     "texture maps/wood.png (named in quad.mtl) not found as written; using wood.png"),
+    "options": ("-s 1 1 1 -o 0.5 0 -bm 0.2 -clamp on wood.png", "wood.png", "quad.mtl", "quad.mtl", None),
+    "spaces": ("old wood.png", "old wood.png", "quad.mtl", "quad.mtl", None),
+    "options-spaces-case": ("-blendu off Old Wood.PNG", "old wood.png", "quad.mtl", "quad.mtl",
+                            "texture Old Wood.PNG (named in quad.mtl) not found as written; using old wood.png"),
+    "mtl-in-subfolder": ("wood.png", "materials/wood.png", "Materials\\Quad.mtl", "materials/quad.mtl",
+                         "material library Materials\\Quad.mtl not found as written; using materials/quad.mtl"),
+}
+
+
+@pytest.mark.parametrize("case", WINDOWS_CASES)
+def test_obj_textures_named_the_windows_way_are_found(tmp_path, case):
+    from nst3d.backends.mesh.load import load_mesh
+
+    map_kd, texture_at, mtllib, mtl_at, note = WINDOWS_CASES[case]
+    asset = load_mesh(windows_obj(tmp_path / "proj", map_kd, texture_at, mtllib, mtl_at))
+    slot = asset.slots[0]
+    assert not slot.generated and slot.name == "Paint", asset.warnings
+    expected = torch.from_numpy(checker(16)).permute(2, 0, 1).float() / 255
+    assert torch.allclose(slot.texture, expected, atol=2e-3)  # the file's pixels reached the slot
+    assert asset.warnings == ([note] if note else [])
+
+
+def test_a_texture_found_nowhere_keeps_the_missing_texture_warning(tmp_path):
+    from nst3d.backends.mesh.load import load_mesh
+
+    asset = load_mesh(windows_obj(tmp_path / "proj", "C:\\Users\\me\\proj\\textures\\gone.png", "other.png"))
+    assert asset.warnings == ["texture C:\\Users\\me\\proj\\textures\\gone.png (named in quad.mtl) not found: using "
+                              "the base colour"]
+    assert asset.slots[0].generated
+
+
+@pytest.mark.parametrize(("argument", "name"), [
+    ("wood.png", "wood.png"), ("-s 1 1 1 wood.png", "wood.png"), ("-o 0.5 wood.png", "wood.png"),
+    ("-mm 0 1 -t 1 1 my wood.png", "my wood.png"), ("-imfchan r  a b.png", "a b.png"), ("-x.png", "-x.png"),
+])
+def test_map_file_name_skips_options(argument, name):
+    from nst3d.backends.mesh.mtl import map_file_name
+
+    assert map_file_name(argument) == name
+
+
+def test_mesh_command_warns_with_the_texture_it_used(tmp_path, random_weights_file):
+    obj = windows_obj(tmp_path / "proj", "C:\\Users\\me\\proj\\textures\\Wood.PNG", "wood.png")
+    style = tmp_path / "style.png"
+    Image.fromarray(checker(32)).save(style)
+    result = subprocess.run([sys.executable, "-m", "nst3d", "mesh", str(obj), "--style", str(style), "--size", "32",
+                             "--steps", "1", "--views", "1", "--weights", str(random_weights_file), "-o",
+                             str(tmp_path / "out"), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert ("nst3d: warning: texture C:\\Users\\me\\proj\\textures\\Wood.PNG (named in quad.mtl) not found as "
+            "written; using wood.png\n") in result.stderr
+    styled = load_image(tmp_path / "out" / "quad_styled_Paint.png", upright=False)[0]
+    assert styled.shape == (3, 16, 16)  # the file's 16 x 16 texture, not a new 1024 x 1024 one
