@@ -253,3 +253,20 @@ def test_mesh_command_warns_with_the_texture_it_used(tmp_path, random_weights_fi
             "written; using wood.png\n") in result.stderr
     styled = load_image(tmp_path / "out" / "quad_styled_Paint.png", upright=False)[0]
     assert styled.shape == (3, 16, 16)  # the file's 16 x 16 texture, not a new 1024 x 1024 one
+
+
+def test_nnfm_style_tokens_are_an_even_subsample(vgg):
+    """Two weighted styles at relu1_1 give more feature tokens than the cap: each keeps its share, evenly spread
+    over its own tokens (the same integer helper as the mesh palette)."""
+    import torch.nn.functional as F
+
+    from nst3d.losses import NNFM_MAX_STYLE_TOKENS, StyleTarget
+
+    images = [torch.rand(3, 128, 128, generator=torch.Generator().manual_seed(k)) for k in range(2)]
+    target = StyleTarget.from_images(vgg, images, ["relu1_1"], weights=[0.75, 0.25])
+    per_image = []
+    for image, weight in zip(images, (0.75, 0.25), strict=True):
+        f = vgg(image[None], ["relu1_1"])["relu1_1"]
+        tokens = F.normalize(f[0].reshape(f.shape[1], -1).T, dim=-1)  # [16384, C]
+        per_image.append(tokens[evenly_spaced_indices(len(tokens), int(NNFM_MAX_STYLE_TOKENS * weight))])
+    assert torch.allclose(target.tokens["relu1_1"], torch.cat(per_image), atol=1e-6)
