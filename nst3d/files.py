@@ -115,10 +115,14 @@ def _probe_write(folder: Path) -> None:
                 created.rmdir()
 
 
-def load_image(path: str | os.PathLike, what: str = "image") -> tuple[torch.Tensor, torch.Tensor | None]:
+def load_image(path: str | os.PathLike, what: str = "image", upright: bool = True
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Read an image file as float RGB in [0, 1].
 
     Returns (rgb [3, H, W], alpha [1, H, W] or None). Grayscale, palette, 16-bit and RGBA files are accepted.
+    upright: turn the pixels as the EXIF Orientation tag says (phone photos are stored sideways with a tag),
+    so the image is the one every viewer shows. Textures pass False: UV layouts address the stored pixels
+    (Blender and glTF viewers ignore the tag on textures too).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -135,7 +139,7 @@ def load_image(path: str | os.PathLike, what: str = "image") -> tuple[torch.Tens
                 raise UserError(f"{what} {path} is {w}x{h} ({w * h / 1e6:.0f} MP), above the "
                                 f"{MAX_IMAGE_PIXELS // 1_000_000} MP limit; downscale it first")
             img.load()
-            array = _to_float_array(img)
+            array = _to_float_array(upright_image(img) if upright else img)
     except UserError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
@@ -145,6 +149,22 @@ def load_image(path: str | os.PathLike, what: str = "image") -> tuple[torch.Tens
     if tensor.shape[0] == 4:
         return tensor[:3], tensor[3:]
     return tensor, None
+
+
+def exif_orientation(img) -> int:
+    """The EXIF Orientation tag (1-8) of a PIL image; 1 (as stored) when absent or unreadable."""
+    try:
+        value = int(img.getexif().get(0x0112, 1))
+    except (OSError, SyntaxError, ValueError, TypeError, KeyError):  # a damaged EXIF block: show it as stored
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def upright_image(img):
+    """A PIL image turned (rotated/mirrored) as its EXIF Orientation tag says; the image itself if untagged."""
+    from PIL import ImageOps
+
+    return img if exif_orientation(img) == 1 else ImageOps.exif_transpose(img)
 
 
 def _to_float_array(img) -> np.ndarray:

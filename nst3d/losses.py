@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from nst3d.features import VGGFeatures
+from nst3d.sampling import evenly_spaced_indices
 
 LOSS_KINDS = ("gram", "adain", "nnfm")
 EPS = 1e-8
@@ -183,7 +184,7 @@ class StyleTarget:
                     # Each style contributes tokens in proportion to its weight.
                     keep = max(1, int(NNFM_MAX_STYLE_TOKENS * weight))
                     if tokens.shape[0] > keep:
-                        tokens = tokens[torch.linspace(0, tokens.shape[0] - 1, keep).long()]
+                        tokens = tokens[evenly_spaced_indices(tokens.shape[0], keep, tokens.device)]
                     target.tokens[key] = tokens if key not in target.tokens else torch.cat([target.tokens[key], tokens])
         return target
 

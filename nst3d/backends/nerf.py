@@ -45,6 +45,7 @@ from nst3d.backends.base import Render
 from nst3d.cameras import Cameras, cameras_around, opengl_to_opencv
 from nst3d.errors import UserError
 from nst3d.options import BackendDefaults
+from nst3d.sampling import evenly_spaced_indices
 
 DEFAULTS = BackendDefaults(steps=300, size=256, views=1, content_weight=0.05, tv_weight=0.0, lr=0.01)
 PATCH_RAYS = 4096
@@ -565,7 +566,7 @@ class NerfBackend:
 def content_palette(backend: NerfBackend, count: int = 4) -> torch.Tensor:
     """The scene's colours [3, N] (covered pixels of a few training views), for colour preservation."""
     train = backend.train_cameras
-    content = backend.render_content(train[torch.linspace(0, len(train) - 1, min(count, len(train))).long().tolist()])
+    content = backend.render_content(train[evenly_spaced_indices(len(train), count).tolist()])
     covered = content.mask[:, 0] > 0.5
     if not covered.any():
         return content.rgb[0]

@@ -38,6 +38,7 @@ from nst3d.options import (
     with_defaults,
 )
 from nst3d.preview import contact_sheet
+from nst3d.sampling import evenly_spaced_indices
 from nst3d.stylize import stylize
 
 # A total-variation term on the rendered views (not the texels): it removes the pixel-scale flecks that no other
@@ -110,11 +111,16 @@ def _objective(opts: StyleOptions, style_map: dict[str, list[Path]], vgg, palett
 
 
 def _palette(textures: list[torch.Tensor], limit: int = 65536) -> torch.Tensor:
-    """The original textures' colours [3, N] (subsampled), for --preserve-color histogram."""
-    colours = torch.cat([t.reshape(3, -1) for t in textures], dim=1)
-    if colours.shape[1] > limit:
-        colours = colours[:, torch.linspace(0, colours.shape[1] - 1, limit).long()]
-    return colours
+    """The original textures' colours [3, N <= limit], evenly spaced over all their texels (as if the
+    textures [3, H, W] were laid end to end, without copying them into one), for --preserve-color histogram."""
+    counts = [t[0].numel() for t in textures]
+    picks = evenly_spaced_indices(sum(counts), limit, device=textures[0].device)  # all on the asset's device
+    parts, start = [], 0
+    for texture, count in zip(textures, counts, strict=True):
+        local = picks[(picks >= start) & (picks < start + count)] - start
+        parts.append(texture.reshape(3, -1)[:, local])
+        start += count
+    return torch.cat(parts, dim=1)
 
 
 def stylize_mesh_file(input_path: str | Path, out_dir: str | Path, opts: StyleOptions,

@@ -383,7 +383,7 @@ def load_mesh(path: str | Path, texture_size: int | None = None, texture: str | 
     if texture is not None:
         from nst3d.files import load_image
 
-        extra = load_image(texture, "texture")
+        extra = load_image(texture, "texture", upright=False)  # UVs address the stored pixels
     builder = _Builder(path, texture_size, extra, keep_uv_layouts)
     if path.suffix.lower() in (".glb", ".gltf"):
         asset = builder.from_gltf(G.read_gltf(path))
@@ -593,11 +593,11 @@ class _Builder:
     def from_trimesh(self) -> MeshAsset:
         import trimesh
 
-        self.check_obj_textures()
+        resolver = self.obj_material_resolver()
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                scene = trimesh.load(self.path, force="scene", process=False)
+                scene = trimesh.load(self.path, force="scene", process=False, resolver=resolver)
         except (ValueError, KeyError, IndexError, OSError, TypeError) as exc:
             raise UserError(f"cannot read {self.path.name} ({exc.__class__.__name__}: {str(exc)[:120]}); "
                             "is it a valid mesh file?") from None
@@ -616,24 +616,22 @@ class _Builder:
                                            str(node)))
         return MeshAsset(self.path, self.primitives, self.instances, self.slots, None, self.notes)
 
-    def check_obj_textures(self) -> None:
-        """Warn about map_Kd files an OBJ's .mtl names but that are missing (trimesh drops them quietly)."""
+    def obj_material_resolver(self):
+        """For an OBJ: a trimesh resolver serving its .mtl and map_Kd files wherever they were found (see mtl.py),
+        with a note for each one that is missing or was found under another name; None for other formats."""
         if self.path.suffix.lower() != ".obj":
-            return
+            return None
+        from nst3d.backends.mesh.mtl import MaterialFileResolver, locate_material_files
+
         text = self.path.read_text(errors="replace")
-        libraries = re.findall(r"^\s*mtllib\s+(.+?)\s*$", text, flags=re.M)
-        if not libraries and self.extra is None and re.search(r"^\s*vt\s", text, flags=re.M):
+        if self.extra is None and not re.search(r"^\s*mtllib\s", text, flags=re.M) and re.search(r"^\s*vt\s", text,
+                                                                                                   flags=re.M):
             self.note(f"{self.path.name} has UVs but names no material library (mtllib), so no texture: starting "
                       "from a plain colour; pass --texture IMAGE to start from its texture")
-        for lib in libraries:
-            mtl = self.path.parent / lib
-            if not mtl.is_file():
-                self.note(f"material library {lib} not found: using plain colours")
-                continue
-            for image in re.findall(r"^\s*map_Kd\s+(?:-\S+\s+\S+\s+)*(.+?)\s*$", mtl.read_text(errors="replace"),
-                                    flags=re.M):
-                if not (mtl.parent / image).is_file():
-                    self.note(f"texture {image} (named in {lib}) not found: using the base colour")
+        found = locate_material_files(self.path, text)
+        for note in found.notes:
+            self.note(note)
+        return MaterialFileResolver(self.path, found.files)
 
     def trimesh_primitive(self, geometry, name: str) -> int | None:
         positions = np.asarray(geometry.vertices, dtype=np.float64)
