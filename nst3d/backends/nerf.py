@@ -22,6 +22,10 @@
 - Save: `save_run` writes a normal nerfstudio run (config.yml + nerfstudio_models/step-N.ckpt) under the
   output folder, never over the original; ns-viewer, ns-render and ns-export load it.
 
+Devices: the model, its renders (rgb, mask, depth) and the kept geometry live on the model's device; nst3d
+Cameras stay on the CPU and become rays on the model's device; the pool's kept content renders are stored on
+the CPU and returned on the model's device.
+
 nerfstudio is imported lazily: importing this module needs only torch (the CLI builds its help without it).
 Splatfacto scenes: export them with `ns-export gaussian-splat` and stylize the PLY with `nst3d splat`.
 """
@@ -348,17 +352,16 @@ def render(model: Any, cameras: Cameras, chunk: int = 1 << 15, original: bool = 
 
 def backward_patches(model: Any, cameras: Cameras, grad_rgb: torch.Tensor, patch_rays: int = PATCH_RAYS) -> None:
     """Deferred back-propagation: accumulate d loss / d params into .grad, given grad_rgb [V, 3, H, W] =
-    d loss / d rendered rgb, by re-rendering patches of `patch_rays` rays with autograd."""
+    d loss / d rendered rgb, by re-rendering patches of `patch_rays` rays with autograd. Every patch is
+    back-propagated, even one whose gradient is zero (masked-out background): telling which are would read
+    the gradient on the host, a device sync per patch."""
     with eval_mode(model), torch.enable_grad():
         for v in range(len(cameras)):
             rays = _view_rays(model, cameras, v)
             grad = grad_rgb[v].to(model.device).permute(1, 2, 0).reshape(-1, 3)
             for start in range(0, len(rays), patch_rays):
-                part_grad = grad[start:start + patch_rays]
-                if not part_grad.any():
-                    continue  # nothing in this patch affects the loss (e.g. background outside the mask)
                 out = model(rays[start:start + patch_rays])
-                torch.autograd.backward(out["rgb"], part_grad)
+                torch.autograd.backward(out["rgb"], grad[start:start + patch_rays])
 
 
 @dataclass
@@ -547,7 +550,8 @@ class NerfBackend:
             return render(self.model, _cameras(views), self.patch_rays)
 
     def backward_image(self, views: NerfViews | Cameras, grad_rgb: torch.Tensor) -> None:
-        """Deferred back-propagation of grad_rgb [V, 3, H, W] in patches of patch_rays rays."""
+        """Deferred back-propagation of grad_rgb [V, 3, H, W] in patches of patch_rays rays (every patch, with
+        no host read of the gradient: see backward_patches)."""
         if not _in_pool(views):
             backward_patches(self.model, _cameras(views), grad_rgb, self.patch_rays)
             return
@@ -558,8 +562,7 @@ class NerfBackend:
                 for piece in self.geometry(index):
                     part = grad[start:start + len(piece.weights)]
                     start += len(piece.weights)
-                    if part.any():
-                        torch.autograd.backward(shade(self.model, piece), part)
+                    torch.autograd.backward(shade(self.model, piece), part)
 
 
 def content_palette(backend: NerfBackend, count: int = 4) -> torch.Tensor:
