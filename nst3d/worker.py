@@ -429,14 +429,19 @@ def event_stream() -> IO[str]:
     return stream
 
 
-def run_job_file(job_path: str | os.PathLike, stream: IO[str] | None = None) -> int:
-    """Run the job in `job_path`, streaming events to `stream` (default: the real stdout); the exit status."""
+def run_job_file(job_path: str | os.PathLike, stream: IO[str] | None = None, device: str | None = None) -> int:
+    """Run the job in `job_path`, streaming events to `stream` (default: the real stdout); the exit status.
+    `device` (auto, cpu or cuda), when given, replaces the job options' device (`nst3d worker JOB --device`)."""
     emit = JsonLines(stream or event_stream())
     stop = _Stop()
     stop.install()
     claimed: tuple[Path, bool] | None = None
     try:
         job = load_job(job_path)
+        if device is not None:
+            if device not in DEVICES:
+                raise UserError(f"device {device!r} is not one of {', '.join(DEVICES)}")
+            job.options.device = device
         claimed = _claim_output_dir(job.output_dir)
         emit({"event": "start", "job": str(Path(job_path).resolve()), "kind": job.kind,
               "input": str(job.input), "pid": os.getpid(), "nst3d": __version__})
