@@ -231,7 +231,8 @@ def test_nerf_command_writes_a_run_that_nerfstudio_reloads(scene, style_file, ra
         expected = render(ours.model, cams)
         original = render(ours.model, cams, original=True)
     assert image.shape == expected.rgb.shape
-    assert torch.allclose(image, expected.rgb, atol=1e-5)
+    # on CUDA, nst3d's TF32 products (nst3d.options.configure_cuda) differ with the ray chunking
+    assert torch.allclose(image, expected.rgb, atol=1e-5 if device.type == "cpu" else 2e-3)
     assert (expected.rgb - original.rgb).abs().max() > 1e-3  # the saved appearance is the stylized one
 
 

@@ -2,9 +2,8 @@
 splat, e.g. a stylized result, as a turntable or a single view.
 
 Assets are dispatched by kind (`asset_kind`) to a loader in LOADERS, `loader(path, shading, device)`, that
-returns a Renderable working on `device` (--device: a CUDA GPU when there is one) and rendering to the CPU:
-anything with
-`render(cameras) -> Render`, `turntable(frames, size, elevation_degrees) -> Cameras` and
+returns a Renderable working on `device` (--device; auto: a CUDA GPU when there is one): anything with
+`render(cameras) -> Render` (on the CPU), `turntable(frames, size, elevation_degrees) -> Cameras` and
 `still(size, elevation_degrees, azimuth_degrees) -> Cameras`.
 Adding a kind is one function and one LOADERS entry.
 """
