@@ -31,11 +31,13 @@ Public API (stable; other backends code against it):
   `held.all()`}), for contact sheets without rendering twice.
 - `baseline_config(steps, seed, stage="per-view baseline")` -> LoopConfig for the baseline (the image backend's
   learning rate, whatever the asset's own).
+- `vgg_device(objective)` -> torch.device: where evaluation runs (see Devices below).
 - `above_floor(figures, floor)` -> {"short_range", "long_range"}: consistency minus the floor (>= 0).
-- `half_pixel_resample(rgb, mask)` -> rgb: the asset's pixels resampled half a pixel diagonally (a 2x2 box),
-  the background kept; with a baseline the report adds `half_pixel_style_distance` {"after", "baseline"}:
-  both sides seen through the same resampling another camera or renderer would apply, which a per-view
-  image's pixel-grid patterns do not survive (how much of the baseline's lead is pixel-aligned energy).
+- `half_pixel_resample(render)` -> Render: the asset's pixels (where `render.mask` covers) resampled half a
+  pixel diagonally (a 2x2 box), the background kept; with a baseline the report adds
+  `half_pixel_style_distance` {"after", "baseline"}: both sides seen through the same resampling another
+  camera or renderer would apply, which a per-view image's pixel-grid patterns do not survive (how much of
+  the baseline's lead is pixel-aligned energy).
 
 The consistency metric (issue 3, item 6): for each pair (i, j), every pixel of view i with a known depth is
 lifted to 3D with view i's camera, projected into view j, and view j's colour and depth are sampled
@@ -44,6 +46,11 @@ it (masks >= 0.999, so silhouette pixels mixed with the background are left out)
 agrees with the projected depth within `depth_tolerance` (relative): an occluded point fails that test, and
 so does a sample that straddles a depth edge. RMSE is over the co-visible pixels and the 3 channels, with
 colours clamped to [0, 1] (what a viewer shows).
+
+Devices: a Render's rgb, mask and depth share one device (nst3d.backends.base.Render checks it). Evaluation
+runs on the objective's VGG device: evaluate_renders, per_view_baseline and evaluate_with_renders move every
+Render they are given there once, on entry (`Render.to`), and the Renders they return live there; cameras
+stay on the CPU and are moved where they meet pixels (backward_warp). No other function moves tensors.
 
 Objectives: any nst3d.losses.Objective works; an objective with its own `style_distance(rgb, mask)` method
 (e.g. several styles per region) is asked for that instead of nst3d.losses.style_distance.
@@ -233,26 +240,32 @@ def _batched(fn: Callable[[slice], float], rgb: torch.Tensor, batch: int = 4) ->
 
 
 def _views_style_distance(objective: Any, rgb: torch.Tensor, mask: torch.Tensor | None) -> float:
-    """Mean style distance of views rgb [V, 3, H, W] (mask [V, G, H, W] or None), a few views at a time."""
-    device = objective.vgg.mean.device
-    pick = (lambda s: None if mask is None else mask[s].to(device))
-    return _batched(lambda s: _style_distance(objective, rgb[s].to(device), pick(s)), rgb)
+    """Mean style distance of views rgb [V, 3, H, W] (mask [V, G, H, W] or None, on rgb's device, the VGG's),
+    a few views at a time."""
+    return _batched(lambda s: _style_distance(objective, rgb[s], None if mask is None else mask[s]), rgb)
+
+
+def vgg_device(objective: Any) -> torch.device:
+    """The device of the objective's VGG, where evaluation runs."""
+    return objective.vgg.mean.device
 
 
 @torch.no_grad()
 def evaluate_renders(stylized: Render, content: Render, held: HeldOutViews, objective: Any,
                      depth_tolerance: float = 0.01) -> dict[str, Any]:
-    """style_distance {before, after}, content_distance and consistency, from Renders of `held.all()`."""
+    """style_distance {before, after}, content_distance and consistency, from Renders of `held.all()` (on any
+    device: both are moved to the VGG's)."""
+    device = vgg_device(objective)
+    stylized, content = stylized.to(device), content.to(device)
     after, before = stylized.rgb.clamp(0, 1), content.rgb.clamp(0, 1)
     mask = content.mask
-    device = objective.vgg.mean.device
-    pick = (lambda m, s: None if m is None else m[s].to(device))
+    pick = (lambda m, s: None if m is None else m[s])
     return {
         "style_distance": {"before": _views_style_distance(objective, before, mask),
                            "after": _views_style_distance(objective, after, mask)},
         "content_distance": _batched(
-            lambda s: content_distance(objective.vgg, after[s].to(device), before[s].to(device),
-                                       objective.content_layer, pick(_union(mask), s)), after),
+            lambda s: content_distance(objective.vgg, after[s], before[s], objective.content_layer,
+                                       pick(_union(mask), s)), after),
         "consistency": consistency(Render(after, _union(stylized.mask), stylized.depth), held,
                                    depth_tolerance),
         "views": len(after),
@@ -314,26 +327,31 @@ def per_view_baseline(content: Render, objective: Any, config: LoopConfig, on_ev
     """Each view of `content` stylized independently (image backend, the same objective, masks and steps;
     only the asset's pixels change, the background stays).
 
-    Returns a Render with the stylized rgb [V, 3, H, W] (clamped to [0, 1]) and content's mask and depth.
+    Returns a Render on the VGG's device with the stylized rgb [V, 3, H, W] (clamped to [0, 1]) and content's
+    mask and depth.
     """
-    device = objective.vgg.mean.device
+    content = content.to(vgg_device(objective))
     out = []
     for index in range(len(content.rgb)):
-        mask = None if content.mask is None else content.mask[index].to(device)
-        view = _MaskedImage(content.rgb[index].to(device), mask, config.lr)
+        mask = None if content.mask is None else content.mask[index]
+        view = _MaskedImage(content.rgb[index], mask, config.lr)
         stage = f"{config.stage} view {index + 1}/{len(content.rgb)}"
         view_config = replace(config, seed=config.seed + index, stage=stage)
         stylize(view, objective, view_config, on_event, should_stop)
-        out.append(view.result().cpu())
+        out.append(view.result())
     return Render(torch.stack(out), content.mask, content.depth)
 
 
-def half_pixel_resample(rgb: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """rgb [V, 3, H, W] sampled bilinearly half a pixel right and down (each pixel the mean of a 2x2 block,
-    the last row and column repeated) where mask [V, 1, H, W] covers the asset; elsewhere rgb as it was."""
+def half_pixel_resample(render: Render) -> Render:
+    """render.rgb [V, 3, H, W] sampled bilinearly half a pixel right and down (each pixel the mean of a 2x2
+    block, the last row and column repeated) where render.mask ([V, G, H, W], the union of its channels)
+    covers the asset; elsewhere as it was. Mask and depth are kept."""
+    rgb = render.rgb
     padded = F.pad(rgb, (0, 1, 0, 1), mode="replicate")
     shifted = F.avg_pool2d(padded, 2, stride=1)
-    return shifted if mask is None else mask * shifted + (1 - mask) * rgb
+    coverage = _union(render.mask)
+    resampled = shifted if coverage is None else coverage * shifted + (1 - coverage) * rgb
+    return Render(resampled, render.mask, render.depth)
 
 
 def above_floor(figures: dict[str, Any], floor: dict[str, Any]) -> dict[str, float]:
@@ -346,11 +364,12 @@ def evaluate_with_renders(render: Callable[[Cameras], Render], render_content: C
                           on_event: EventSink = ignore, should_stop: Callable[[], bool] | None = None,
                           depth_tolerance: float = 0.01) -> tuple[dict[str, Any], dict[str, Render]]:
     """`evaluate`, also returning the Renders of `held.all()` it measured: {"content", "stylized"} and,
-    with a baseline_config, "baseline" (for contact sheets)."""
+    with a baseline_config, "baseline" (for contact sheets), all on the VGG's device."""
     cameras = held.all()
+    device = vgg_device(objective)
     with torch.no_grad():
-        content = render_content(cameras)
-        stylized = render(cameras)
+        content = render_content(cameras).to(device)
+        stylized = render(cameras).to(device)
     renders = {"content": content, "stylized": stylized}
     report = evaluate_renders(stylized, content, held, objective, depth_tolerance)
     report["held_out"] = {"count": held.count, "short_degrees": held.short_degrees,
@@ -366,9 +385,9 @@ def evaluate_with_renders(render: Callable[[Cameras], Render], render_content: C
     report["consistency_above_floor"] = above_floor(report["consistency"], floor)
     report["baseline"]["consistency_above_floor"] = above_floor(baseline["consistency"], floor)
     report["baseline"]["steps"] = baseline_config.steps
-    coverage = _union(content.mask)
     report["half_pixel_style_distance"] = {
-        key: _views_style_distance(objective, half_pixel_resample(r.rgb.clamp(0, 1), coverage), content.mask)
+        key: _views_style_distance(objective, half_pixel_resample(Render(r.rgb.clamp(0, 1), content.mask)).rgb,
+                                   content.mask)
         for key, r in (("after", stylized), ("baseline", baseline_render))}
     return report, renders
 

@@ -51,8 +51,10 @@ def stylize(backend: Backend, objective: Objective, config: LoopConfig, on_event
     """Optimise the backend's appearance parameters to minimise `objective` on its rendered views.
 
     Emits {"event": "progress", "step", "total", "loss", "terms", "stage"} after every step and returns the
-    per-step loss terms. Raises Cancelled when `should_stop()` turns true or the CLI saw Ctrl-C (nst3d.events.CTRL_C;
-    KeyboardInterrupt passes through).
+    per-step loss terms. A step waits for the device once: its loss terms come to the host in one copy
+    (host_numbers), and the divergence check reads those; the loop reads nothing else from the device (torch's
+    L-BFGS reads its loss and gradient norms itself). Raises Cancelled when `should_stop()` turns true or the
+    CLI saw Ctrl-C (nst3d.events.CTRL_C; KeyboardInterrupt passes through).
     """
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
@@ -92,7 +94,13 @@ def _optimizer_step(optimizer: torch.optim.Optimizer, evaluate: Callable[[], dic
     else:
         closure()
         optimizer.step()
-    return {name: float(value.detach()) for name, value in evaluated[0].items()}
+    return host_numbers(evaluated[0])
+
+
+def host_numbers(terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Scalar tensors (on one device) -> Python floats, with ONE device-to-host copy: the step's only sync."""
+    stacked = torch.stack([value.detach().float().reshape(()) for value in terms.values()]).cpu()
+    return dict(zip(terms, stacked.tolist(), strict=True))
 
 
 def accumulate_gradients(backend: Backend, objective: Objective, views: Any,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import math
+from dataclasses import replace
 
+import pytest
 import torch
 
 from nst3d.backends.base import Render
@@ -13,6 +16,7 @@ from nst3d.eval import (
     backward_warp,
     consistency,
     evaluate,
+    evaluate_renders,
     half_pixel_resample,
     held_out_directions,
     held_out_views,
@@ -115,10 +119,10 @@ def test_half_pixel_resample_removes_pixel_grid_patterns_only():
     ramp = (xs / 15.0).float().expand(1, 3, 16, 16)
     mask = torch.zeros(1, 1, 16, 16)
     mask[..., 2:14, 2:14] = 1
-    flat = half_pixel_resample(checker, mask)
+    flat = half_pixel_resample(Render(checker, mask)).rgb
     assert torch.allclose(flat[..., 2:13, 2:13], torch.full_like(flat[..., 2:13, 2:13], 0.5))  # the grid is gone
     assert torch.equal(flat[..., :2, :], checker[..., :2, :])  # the background is kept
-    smooth = half_pixel_resample(ramp, None)
+    smooth = half_pixel_resample(Render(ramp)).rgb
     assert torch.allclose(smooth[..., :15], ramp[..., :15] + 0.5 / 15)  # a ramp only moves half a pixel
 
 
@@ -150,3 +154,59 @@ def test_preview_contact_sheet_and_turntables(tmp_path):
     reader = imageio.get_reader(mp4)
     assert reader.count_frames() == 4
     reader.close()
+
+
+# ------------------------------------------------------------------------------------------------- devices
+# On a CPU-only machine the only other device is "meta" (shapes without data): an operation that mixes a meta
+# tensor with a CPU one fails ("Tensor on device cpu is not on the expected device meta!"), and so does reading
+# a number from a meta tensor. Evaluation with the VGG on meta and the renders on the CPU (as the mesh and splat
+# backends return held-out views) must therefore reach the point where it reads its first number, with every
+# tensor that met the VGG's on meta; before the device rule, the masks stayed on the CPU and the first Gram
+# product failed instead.
+
+
+def on_meta(objective: Objective) -> Objective:
+    """The objective with its VGG and style statistics on the meta device."""
+    target = objective.target
+    moved = {name: {k: v.to("meta") for k, v in getattr(target, name).items()}
+             for name in ("grams", "means", "stds", "tokens")}
+    return replace(objective, vgg=copy.deepcopy(objective.vgg).to("meta"), target=replace(target, **moved))
+
+
+def record_inputs(vgg) -> list[torch.device]:
+    """The devices of every image that reaches the VGG's forward from now on."""
+    seen: list[torch.device] = []
+    vgg.register_forward_pre_hook(lambda module, args: seen.append(args[0].device))
+    return seen
+
+
+def test_a_render_keeps_rgb_mask_and_depth_on_one_device():
+    rgb, mask = torch.rand(2, 3, 4, 4), torch.ones(2, 1, 4, 4)
+    with pytest.raises(ValueError, match="mask is on meta and its rgb on cpu"):
+        Render(rgb, mask.to("meta"))
+    with pytest.raises(ValueError, match="depth is on meta"):
+        Render(rgb, mask, mask.to("meta"))
+    moved = Render(rgb, mask, mask).to("meta")
+    assert {moved.rgb.device.type, moved.mask.device.type, moved.depth.device.type} == {"meta"}
+    assert Render(rgb).to("meta").mask is None
+
+
+def test_evaluation_moves_cpu_renders_to_the_vgg_device(vgg):
+    views = held_out_views(sphere_framer(torch.zeros(3), 1.0, 32, 32), count=1)
+    objective = on_meta(_objective(vgg))
+    seen = record_inputs(objective.vgg)
+    content = sphere_render(views.all())
+    stylized = Render(content.rgb * 0.9, content.mask, content.depth)
+    with pytest.raises(RuntimeError, match="item\\(\\) cannot be called on meta tensors"):
+        evaluate_renders(stylized, content, views, objective)
+    assert seen and all(device.type == "meta" for device in seen)
+
+
+def test_the_per_view_baseline_runs_on_the_vgg_device(vgg):
+    views = held_out_views(sphere_framer(torch.zeros(3), 1.0, 32, 32), count=1)
+    objective = on_meta(_objective(vgg))
+    seen = record_inputs(objective.vgg)
+    # the loop's one read of a step (nst3d.stylize.host_numbers): every tensor before it met on meta
+    with pytest.raises(NotImplementedError, match="Cannot copy out of meta tensor"):
+        per_view_baseline(sphere_render(views.anchors), objective, LoopConfig(steps=1))
+    assert seen and all(device.type == "meta" for device in seen)

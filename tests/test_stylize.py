@@ -92,6 +92,28 @@ def test_deferred_back_propagation_matches_direct(setup):
     assert torch.allclose(direct.pixels, deferred.pixels, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", [ImageBackend, DeferredImage])
+def test_a_step_reads_the_device_once(setup, backend):
+    """On the meta device (shapes without data) every read of a device value fails: the first read of a step
+    must be the one copy of its loss terms at its end (host_numbers), not a float() per term or any earlier
+    check. Nothing after that copy in a step touches the device (the divergence check reads the copy)."""
+    from tests.test_eval import on_meta
+
+    content, objective = setup
+    with pytest.raises(NotImplementedError, match="Cannot copy out of meta tensor") as caught:
+        stylize(backend(content.to("meta")), on_meta(objective), LoopConfig(steps=2))
+    assert any(entry.name == "host_numbers" for entry in caught.traceback)
+
+
+def test_loss_terms_come_to_the_host_in_one_copy_with_their_values():
+    from nst3d.stylize import host_numbers
+
+    terms = {"style": torch.tensor(0.25), "content": torch.tensor([1.5]), "total": torch.tensor(float("nan"))}
+    numbers = host_numbers(terms)
+    assert list(numbers) == ["style", "content", "total"] and numbers["style"] == 0.25
+    assert numbers["content"] == 1.5 and numbers["total"] != numbers["total"]
+
+
 def test_content_features_are_computed_once_for_a_keyed_view(setup, monkeypatch):
     content, objective = setup
     calls = []

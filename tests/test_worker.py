@@ -79,6 +79,30 @@ def test_bad_job_file_is_an_error_event(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_device_option_replaces_the_jobs_device(tmp_path, random_weights_file):
+    """`nst3d worker JOB --device cpu` runs a job whose options ask for cuda on the CPU (the job then stops
+    at its missing style image, a step after the device is set up)."""
+    import torch
+
+    from tests.mesh_data import textured_quad_glb
+
+    textured_quad_glb(tmp_path / "in.glb")
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps(_job(options={"styles": ["missing.png"], "weights": str(random_weights_file),
+                                            "style_layers": ["relu1_1"], "content_layer": "relu1_1",
+                                            "device": "cuda"})))
+    runs = [("cpu", "style image not found")]
+    if not torch.cuda.is_available():
+        runs.append((None, "no CUDA GPU is available"))
+    for device, message in runs:
+        proc = _worker(job, *(["--device", device] if device else []))
+        out, err = proc.communicate(timeout=300)
+        events = [json.loads(line) for line in out.splitlines()]
+        assert proc.returncode == 2, err[-2000:]
+        assert events[-1]["event"] == "error" and message in events[-1]["message"], events
+        assert not (tmp_path / "out").exists()
+
+
 def test_check_reports_versions_device_and_weights(real_weights):
     proc = _worker("--check", "--device", "cpu", "--weights", real_weights)
     out, err = proc.communicate(timeout=180)

@@ -22,7 +22,8 @@ from nst3d.options import (
     load_styles,
     loop_config,
     options_from_args,
-    peak_memory_mb,
+    peak_memory,
+    reset_peak_memory,
     resolve_device,
     vgg_for,
     with_defaults,
@@ -88,6 +89,7 @@ def stylize_image_files(content_path: Path, outputs: list[Path], opts: StyleOpti
     """Stylize one content image into each of `outputs` (one seed each); returns the report."""
     started = time.perf_counter()
     device = resolve_device(opts.device)
+    reset_peak_memory(device)
     content, alpha = load_image(content_path, "content image")
     vgg = vgg_for(opts, device)  # checks the sizes against free memory before the resize allocates
     content = resize_to(content, opts.size).to(device)
@@ -118,7 +120,7 @@ def stylize_image_files(content_path: Path, outputs: list[Path], opts: StyleOpti
         "steps": opts.steps,
         "size": list(content.shape[-2:]),
         "device": str(device),
-        "peak_memory_mb": peak_memory_mb(device),
+        **peak_memory(device),
         "loss": opts.loss,
         "style_layers": objective.target.layers,
         "content_layer": objective.content_layer,

@@ -32,7 +32,8 @@ from nst3d.options import (
     load_styles,
     loop_config,
     options_from_args,
-    peak_memory_mb,
+    peak_memory,
+    reset_peak_memory,
     resolve_device,
     vgg_for,
     with_defaults,
@@ -151,6 +152,7 @@ def stylize_mesh_file(input_path: str | Path, out_dir: str | Path, opts: StyleOp
     check_output(out_dir, [input_path], is_dir=True)
     check_output(out_dir / f"{stem}.{export_format}", [input_path, *styles])
     device = resolve_device(opts.device)
+    reset_peak_memory(device)
     vgg = vgg_for(opts, device)
     for path in styles:
         if not Path(path).is_file():
@@ -204,7 +206,7 @@ def stylize_mesh_file(input_path: str | Path, out_dir: str | Path, opts: StyleOp
         "textures": backend.texture_report(),
         "shading": shading,
         "device": str(device),
-        "peak_memory_mb": peak_memory_mb(device),
+        **peak_memory(device),
         "loss": opts.loss,
         "strength": opts.strength,
         "preserve_color": opts.preserve_color,

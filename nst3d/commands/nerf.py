@@ -27,7 +27,8 @@ from nst3d.options import (
     load_styles,
     loop_config,
     options_from_args,
-    peak_memory_mb,
+    peak_memory,
+    reset_peak_memory,
     resolve_device,
     vgg_for,
     with_defaults,
@@ -115,6 +116,7 @@ def stylize_nerf_run(config_path: Path, output: Path, opts: StyleOptions, *, dat
         raise UserError("--init noise is not supported for NeRFs (the appearance starts from the scene)")
     started = time.perf_counter()
     device = resolve_device(opts.device)
+    reset_peak_memory(device)
     run = load_run(config_path, device, data)
     vgg = vgg_for(opts, device)
     styles = load_styles(opts)
@@ -186,7 +188,7 @@ def stylize_nerf_run(config_path: Path, output: Path, opts: StyleOptions, *, dat
             labels.append("per-view 2D")
         contact_sheet(rows, folder / "nst3d_preview.png", labels=labels)
         report["seconds"] = time.perf_counter() - started
-        report["peak_memory_mb"] = peak_memory_mb(device)
+        report.update(peak_memory(device))
         write_json(report, folder / "nst3d_report.json")
 
     save_run(run, output, style, len(history), extras)

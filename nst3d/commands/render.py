@@ -1,8 +1,9 @@
 """`nst3d render ASSET --turntable -o out.gif|out.mp4` (or `-o still.png`): render a mesh or a Gaussian
 splat, e.g. a stylized result, as a turntable or a single view.
 
-Assets are dispatched by kind (`asset_kind`) to a loader in LOADERS that returns a Renderable: anything with
-`render(cameras) -> Render`, `turntable(frames, size, elevation_degrees) -> Cameras` and
+Assets are dispatched by kind (`asset_kind`) to a loader in LOADERS, `loader(path, shading, device)`, that
+returns a Renderable working on `device` (--device; auto: a CUDA GPU when there is one): anything with
+`render(cameras) -> Render` (on the CPU), `turntable(frames, size, elevation_degrees) -> Cameras` and
 `still(size, elevation_degrees, azimuth_degrees) -> Cameras`.
 Adding a kind is one function and one LOADERS entry.
 """
@@ -13,6 +14,8 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
+
+import torch
 
 from nst3d.backends.base import Render
 from nst3d.cameras import Cameras
@@ -53,21 +56,21 @@ def asset_kind(path: Path) -> str:
                     "or a 3DGS .ply")
 
 
-def _load_mesh(path: Path, shading: str) -> Renderable:
+def _load_mesh(path: Path, shading: str, device: torch.device) -> Renderable:
     from nst3d.backends.mesh.backend import MeshRenderer
     from nst3d.backends.mesh.load import load_mesh
 
-    return MeshRenderer(load_mesh(path), shading=shading)
+    return MeshRenderer(load_mesh(path), shading=shading, device=device)
 
 
 class _Splat:
-    """Adapter over the splat backend's own scene loading, framing and rendering."""
+    """Adapter over the splat backend's own scene loading, framing and rendering (the scene on `device`)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, device: torch.device):
         from nst3d.backends.splat.backend import SplatScene
         from nst3d.backends.splat.ply import read_splat
 
-        self.scene = SplatScene.from_ply(read_splat(path))
+        self.scene = SplatScene.from_ply(read_splat(path)).to(device)
 
     def render(self, cameras: Cameras) -> Render:
         from nst3d.backends.splat.backend import render_scene
@@ -86,16 +89,16 @@ class _Splat:
         return still_camera(self.scene, size, elevation_degrees, azimuth_degrees)
 
 
-LOADERS: dict[str, Callable[[Path, str], Renderable]] = {
+LOADERS: dict[str, Callable[[Path, str, torch.device], Renderable]] = {
     "mesh": _load_mesh,
-    "splat": lambda path, shading: _Splat(path),
+    "splat": lambda path, shading, device: _Splat(path, device),
 }
 
 
-def load_renderable(path: str | Path, shading: str = "lambert") -> Renderable:
-    """The Renderable for an asset file (see LOADERS)."""
+def load_renderable(path: str | Path, shading: str = "lambert", device: torch.device | str = "cpu") -> Renderable:
+    """The Renderable for an asset file (see LOADERS), working on `device`."""
     path = Path(path)
-    return LOADERS[asset_kind(path)](path, shading)
+    return LOADERS[asset_kind(path)](path, shading, torch.device(device))
 
 
 def render_turntable(asset: Renderable, path: Path, frames: int = 48, size: int = 384, elevation: float = 20.0,
@@ -107,8 +110,6 @@ def render_turntable(asset: Renderable, path: Path, frames: int = 48, size: int 
         images.append(composite(asset.render(cameras[list(range(start, min(start + batch, frames)))])))
         on_event({"event": "progress", "stage": "rendering", "step": min(start + batch, frames), "total": frames,
                   "unit": "frame"})
-    import torch
-
     return write_turntable(torch.cat(images), path, fps)
 
 
@@ -127,6 +128,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--azimuth", type=float, default=30.0, help="still: camera azimuth in degrees (default 30)")
     p.add_argument("--shading", choices=("lambert", "none"), default="lambert",
                    help="meshes: Lambert shading from a fixed light, or the plain base colour")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to render: auto takes a CUDA GPU when there is one")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -141,7 +144,9 @@ def run(args: argparse.Namespace) -> int:
                                      ("--fps", args.fps, 1, 120), ("--elevation", args.elevation, -90, 90)):
         if not low <= value <= high:
             raise UserError(f"{option} must be {low}..{high}, got {value:g}")
-    asset = load_renderable(args.asset, args.shading)
+    from nst3d.options import resolve_device
+
+    asset = load_renderable(args.asset, args.shading, resolve_device(args.device))
     if animated:
         render_turntable(asset, args.output, args.frames, args.size, args.elevation, args.fps,
                          ProgressBar("rendering", quiet=args.quiet))

@@ -33,7 +33,8 @@ from nst3d.options import (
     load_styles,
     loop_config,
     options_from_args,
-    peak_memory_mb,
+    peak_memory,
+    reset_peak_memory,
     resolve_device,
     vgg_for,
     with_defaults,
@@ -127,6 +128,7 @@ def stylize_splat_file(scene_path: Path, output: Path, opts: StyleOptions, *, ca
     """Stylize the splat at scene_path into `output` (and the contact sheet); returns the report."""
     started = time.perf_counter()
     device = resolve_device(opts.device)
+    reset_peak_memory(device)
     ply = read_splat(scene_path)
     vgg = vgg_for(opts, device)
     styles = load_styles(opts)
@@ -194,7 +196,7 @@ def stylize_splat_file(scene_path: Path, output: Path, opts: StyleOptions, *, ca
         "pool": len(backend.batches) * opts.views,
         "renderer": "gsplat" if backend.engine == "gsplat" else "nst3d tiled PyTorch compositor",
         "device": str(device),
-        "peak_memory_mb": peak_memory_mb(device),
+        **peak_memory(device),
         "loss": opts.loss,
         "strength": opts.strength,
         "preserve_color": opts.preserve_color,  # luminance: the style distance is measured on luminance only

@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("job", nargs="?", type=Path, help="job file (see nst3d.worker for the format)")
     p.add_argument("--check", action="store_true",
                    help="print one JSON line with versions, device and weights, then exit (0: ready, 2: not)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device to check")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"),
+                   help="the device to check (default auto), or to run the job on instead of its options' device")
     p.add_argument("--weights", help="VGG-19 weights file to check")
     p.add_argument("--parse-options", nargs=argparse.REMAINDER, metavar="ARGS",
                    help="parse `nst3d mesh`-style options and print the job fields as one JSON line "
@@ -34,9 +35,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"event": "options", **fields}), flush=True)
         return 0
     if args.check:
-        report = worker.check(args.device, args.weights)
+        report = worker.check(args.device or "auto", args.weights)
         print(json.dumps(report), flush=True)
         return 0 if report["ok"] else 2
     if args.job is None:
         raise UserError("give a job file (nst3d worker JOB.json) or --check")
-    return worker.run_job_file(args.job)
+    return worker.run_job_file(args.job, device=args.device)

@@ -52,7 +52,7 @@ class _Stylizer:
             from_nerfstudio,
             working_size,
         )
-        from nst3d.options import StyleOptions, build_objective, load_styles, vgg_for
+        from nst3d.options import StyleOptions, build_objective, configure_cuda, load_styles, vgg_for
 
         config = pipeline.config
         if config.style_image is None:
@@ -69,7 +69,9 @@ class _Stylizer:
         self.backend = NerfBackend(pipeline.model, train, SceneFrame.from_cameras(train), config.views_per_step,
                                    config.jitter_degrees, config.patch_rays, seed=config.seed,
                                    geometry_cache_mb=config.geometry_cache_mb)
-        device = pipeline.model.device
+        device = torch.device(pipeline.model.device)  # everything below lives on the model's device
+        if device.type == "cuda":
+            configure_cuda()  # as `nst3d nerf --device cuda` does
         vgg = vgg_for(opts, device)
         self.objective = build_objective(opts, vgg, load_styles(opts), content_palette(self.backend), DEFAULTS)
         self.generator = torch.Generator().manual_seed(config.seed)
