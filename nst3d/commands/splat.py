@@ -16,10 +16,11 @@ from nst3d.backends.splat.backend import (
     ConsistentObjective,
     SplatBackend,
     SplatScene,
-    capture_cameras,
     cleanup_mask,
     robust_bounds,
 )
+from nst3d.backends.splat.capture import cameras_beside, capture_cameras
+from nst3d.backends.splat.formats import read_any_splat
 from nst3d.backends.splat.ply import GAUSSIAN_PROPERTIES, read_splat, write_splat
 from nst3d.errors import UserError
 from nst3d.eval import baseline_config, evaluate_with_renders
@@ -47,12 +48,15 @@ DEFAULTS = BackendDefaults(steps=300, size=256, views=2, content_weight=0.02, tv
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("splat", help="stylize a 3D Gaussian splat (INRIA .ply)", description=__doc__)
-    p.add_argument("scene", type=Path, help="Gaussian splat .ply (3DGS / gsplat / nerfstudio / Polycam / Luma)")
+    p = sub.add_parser("splat", help="stylize a 3D Gaussian splat (.ply, .compressed.ply, .spz)", description=__doc__)
+    p.add_argument("scene", type=Path, help="Gaussian splat: INRIA .ply (3DGS / gsplat / nerfstudio / Polycam / Luma), "
+                   "SuperSplat .compressed.ply or Niantic .spz")
     p.add_argument("-o", "--output", type=Path, required=True, help="stylized .ply (the input is never changed)")
-    p.add_argument("--cameras", type=Path, metavar="JSON",
-                   help="train on the capture's cameras (nerfstudio/Blender transforms.json) instead of orbits; "
-                        "for scenes seen from the inside")
+    p.add_argument("--cameras", type=Path, metavar="PATH",
+                   help="train on the capture's cameras instead of orbits (for scenes seen from the inside): a "
+                        "nerfstudio/Blender transforms.json, a 3DGS cameras.json, or a COLMAP model (sparse/0 folder, "
+                        "its cameras/images .bin or .txt, or a project folder holding sparse/0); a splat at "
+                        "<3DGS output>/point_cloud/iteration_N/ finds the output's cameras.json by itself")
     p.add_argument("--dataparser-transforms", type=Path, metavar="JSON",
                    help="nerfstudio's dataparser_transforms.json, when the splat lives in nerfstudio's frame")
     p.add_argument("--view-dependent", action="store_true",
@@ -127,10 +131,17 @@ def stylize_splat_file(scene_path: Path, output: Path, opts: StyleOptions, *, ca
     """Stylize the splat at scene_path into `output` (and the contact sheet); returns the report."""
     started = time.perf_counter()
     device = resolve_device(opts.device)
-    ply = read_splat(scene_path)
+    ply = read_any_splat(scene_path)
+    if ply.source_format != "INRIA PLY":
+        on_event({"event": "message", "text": f"read {scene_path.name} ({ply.source_format}, {ply.count} Gaussians); "
+                  "the output is an INRIA PLY"})
     vgg = vgg_for(opts, device)
     styles = load_styles(opts)
-    capture = capture_cameras(cameras, opts.size, dataparser_transforms) if cameras else None
+    if cameras is None and (found := cameras_beside(scene_path)) is not None:
+        cameras = found
+        on_event({"event": "message", "text": f"using the 3DGS training cameras in {found} (the splat's output "
+                  "folder); give --cameras to choose others"})
+    capture = capture_cameras(cameras, opts.size, dataparser_transforms, on_event) if cameras else None
     scene = SplatScene.from_ply(ply)
     keep = None
     if cleanup:
@@ -168,6 +179,7 @@ def stylize_splat_file(scene_path: Path, output: Path, opts: StyleOptions, *, ca
     return {
         "command": "splat",
         "scene": str(scene_path),
+        "scene_format": ply.source_format,
         "output": str(output),
         "contact_sheet": None if sheet is None else str(sheet),
         "styles": [str(s) for s in opts.styles],
@@ -179,6 +191,7 @@ def stylize_splat_file(scene_path: Path, output: Path, opts: StyleOptions, *, ca
         "properties": ply.property_names,
         "output_check": check,
         "cameras": "capture" if capture is not None else "orbit",
+        "camera_file": None if cameras is None else str(cameras),
         "color_field": None if backend.field is None else {
             "resolutions": backend.field.resolutions, "entries": [len(v) for v in backend.field.values]},
         "up": backend.up.tolist(),
