@@ -1,5 +1,6 @@
-"""`nst3d splat SCENE.ply --style STYLE -o OUT.ply`: stylize a 3D Gaussian splat (INRIA PLY) by optimising its
-colours only; geometry and opacity stay bit-identical. Writes OUT.ply, a contact sheet OUT.png (held-out
+"""`nst3d splat SCENE.ply --style STYLE -o OUT.ply`: stylize a 3D Gaussian splat (INRIA PLY, SuperSplat compressed
+PLY or Niantic .spz) by optimising its colours only; geometry and opacity stay as they are. Writes OUT.ply (INRIA;
+a name ending in .compressed.ply writes a compressed PLY), a contact sheet OUT.png (held-out
 views, original above stylized) and a report OUT.json (or --report) with the held-out metrics."""
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from nst3d.backends.splat.backend import (
     robust_bounds,
 )
 from nst3d.backends.splat.capture import cameras_beside, capture_cameras
+from nst3d.backends.splat.compressed import write_compressed_ply
 from nst3d.backends.splat.formats import read_any_splat
 from nst3d.backends.splat.ply import GAUSSIAN_PROPERTIES, read_splat, write_splat
 from nst3d.errors import UserError
@@ -51,7 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("splat", help="stylize a 3D Gaussian splat (.ply, .compressed.ply, .spz)", description=__doc__)
     p.add_argument("scene", type=Path, help="Gaussian splat: INRIA .ply (3DGS / gsplat / nerfstudio / Polycam / Luma), "
                    "SuperSplat .compressed.ply or Niantic .spz")
-    p.add_argument("-o", "--output", type=Path, required=True, help="stylized .ply (the input is never changed)")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="stylized .ply (INRIA), or NAME.compressed.ply for a SuperSplat compressed PLY (the input is "
+                        "never changed)")
     p.add_argument("--cameras", type=Path, metavar="PATH",
                    help="train on the capture's cameras instead of orbits (for scenes seen from the inside): a "
                         "nerfstudio/Blender transforms.json, a 3DGS cameras.json, or a COLMAP model (sparse/0 folder, "
@@ -168,14 +172,19 @@ def stylize_splat_file(scene_path: Path, output: Path, opts: StyleOptions, *, ca
     evaluated = time.perf_counter()
     # Everything is computed: write the outputs (each atomically).
     sh_dc, sh_rest = full_colors(ply, backend, keep)
-    write_splat(output, ply, sh_dc, sh_rest, None if keep is None else keep.cpu().numpy())
+    kept = None if keep is None else keep.cpu().numpy()
+    if output.name.lower().endswith(".compressed.ply"):
+        order = write_compressed_ply(output, ply, sh_dc, sh_rest, kept)
+    else:
+        order = None
+        write_splat(output, ply, sh_dc, sh_rest, kept)
     if sheet is not None:
         n = held.count
         columns = [*range(n), *range(2 * n, 3 * n)]  # the anchors and their 45-degree partners
         names = [("content", "original"), ("stylized", "stylized"), ("baseline", "per-view 2D")]
         rows = [(renders[key].rgb[columns], label) for key, label in names if key in renders]
         contact_sheet([r for r, _ in rows], sheet, labels=[label for _, label in rows])
-    check = verify_output(ply, output, keep)
+    check = verify_output(ply, output, keep) if order is None else verify_compressed_output(ply, output, order)
     return {
         "command": "splat",
         "scene": str(scene_path),
@@ -247,6 +256,19 @@ def verify_output(source, output: Path, keep: torch.Tensor | None) -> dict[str, 
             "geometry_and_opacity_identical": identical, "bit_identical_properties": fixed,
             "fraction_of_colours_changed": changed,
             "gaussian_properties_present": all(p in out.property_names for p in GAUSSIAN_PROPERTIES)}
+
+
+def verify_compressed_output(source, output: Path, order: np.ndarray) -> dict[str, Any]:
+    """Re-read a compressed-PLY output: count, and geometry and opacity as decoded (bit-identical when the source
+    was a compressed PLY whose packed geometry was kept; otherwise within the format's quantisation)."""
+    out = read_any_splat(output)
+    names = ["x", "y", "z", "opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    before, after = source.columns(names)[order], out.columns(names)
+    colours = source.columns(["f_dc_0", "f_dc_1", "f_dc_2"])[order]
+    changed = float(np.mean(np.any(out.columns(["f_dc_0", "f_dc_1", "f_dc_2"]) != colours, axis=1)))
+    return {"count": out.count, "format": "compressed PLY", "geometry_and_opacity_identical": bool(
+                np.array_equal(before, after)), "max_position_error": float(np.abs(after[:, :3] - before[:, :3]).max(
+                initial=0.0)), "fraction_of_colours_changed": changed}
 
 
 def _bytes(column: np.ndarray) -> np.ndarray:

@@ -70,6 +70,7 @@ class SplatPly:
     sh_degree: int
     has_normals: bool
     source_format: str = "INRIA PLY"  # what the file was: "INRIA PLY", "compressed PLY" or "Niantic .spz vN"
+    packed: dict[str, np.ndarray] | None = None  # a compressed PLY's own chunk and vertex records, kept for writing
 
     @property
     def count(self) -> int:
