@@ -18,9 +18,14 @@ def splat_format(path: str | os.PathLike) -> str | None:
     """"ply" (INRIA 3DGS), "compressed-ply" (SuperSplat/PlayCanvas), "spz" (Niantic), or None when the file is
     none of these (a mesh or point-cloud PLY, another format). Decided by content; .spz also by its suffix."""
     path = Path(path)
-    with open(path, "rb") as f:
-        head = f.read(HEADER_BYTES)
-    if head[:4] == b"NGSP" or path.suffix.lower() == ".spz":
+    if path.suffix.lower() == ".spz":
+        return "spz"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEADER_BYTES)
+    except OSError:  # missing or unreadable: the reader says which
+        return None
+    if head[:4] == b"NGSP":
         return "spz"
     if head[:2] == b"\x1f\x8b":
         try:

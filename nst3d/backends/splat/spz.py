@@ -90,7 +90,11 @@ def split_streams(path: Path, data: bytes, offset: int, sizes: list[int]) -> lis
 
 def v4_streams(path: Path, data: bytes, sizes: list[int], degree: int) -> list[np.ndarray]:
     """The attribute arrays of a v4 file: the table of contents, then one zstd frame per attribute."""
-    import zstandard
+    try:
+        import zstandard
+    except ImportError:
+        raise UserError(f"{path}: .spz version 4 is zstd-compressed and needs the zstandard package; "
+                        "pip install zstandard (or nst3d[splat])") from None
 
     if len(data) < 32:
         raise UserError(f"{path}: the .spz v4 header is truncated ({len(data)} bytes of 32)")
