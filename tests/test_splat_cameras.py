@@ -195,3 +195,21 @@ def test_cli_refuses_bad_cameras_before_writing_anything(tmp_path, truth, capsys
         err = capsys.readouterr().err.strip()
         assert code == 2 and err.startswith("nst3d: error:") and "\n" not in err, err
         assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def test_cli_uses_a_3dgs_outputs_own_cameras_and_says_so(tmp_path, capsys, random_weights_file):
+    output = tmp_path / "output"
+    splat = output / "point_cloud" / "iteration_7000" / "point_cloud.ply"
+    splat.parent.mkdir(parents=True)
+    scene = blob_scene(200)
+    save_gaussians(splat, scene.means, scene.scales.log(), scene.quats, torch.logit(scene.opacities), scene.sh_dc)
+    write_graphdeco(output / "cameras.json", ring())
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(tmp_path / "style.png")
+    out = tmp_path / "styled.ply"
+    code = main(["splat", str(splat), "--style", str(tmp_path / "style.png"), "-o", str(out), "--steps", "1",
+                 "--size", "32", "--pool", "2", "--held-out", "1", "--weights", str(random_weights_file)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert f"using the 3DGS training cameras in {(output / 'cameras.json').resolve()}" in err
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["cameras"] == "capture" and report["camera_file"] == str((output / "cameras.json").resolve())

@@ -43,7 +43,7 @@ def asset_kind(path: Path) -> str:
     if suffix in MESH_SUFFIXES:
         return "mesh"
     raise UserError(f"cannot render '{path.suffix or path.name}' files; use a mesh ({', '.join(MESH_SUFFIXES)}) "
-                    "or a 3DGS .ply")
+                    "or a Gaussian splat (.ply, .compressed.ply, .spz)")
 
 
 def _load_mesh(path: Path, shading: str) -> Renderable:
