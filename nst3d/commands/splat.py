@@ -136,9 +136,10 @@ def stylize_splat_file(scene_path: Path, output: Path, opts: StyleOptions, *, ca
     started = time.perf_counter()
     device = resolve_device(opts.device)
     ply = read_any_splat(scene_path)
+    compressed_out = output.name.lower().endswith(".compressed.ply")
     if ply.source_format != "INRIA PLY":
         on_event({"event": "message", "text": f"read {scene_path.name} ({ply.source_format}, {ply.count} Gaussians); "
-                  "the output is an INRIA PLY"})
+                  f"the output is {'a compressed' if compressed_out else 'an INRIA'} PLY"})
     vgg = vgg_for(opts, device)
     styles = load_styles(opts)
     if cameras is None and (found := cameras_beside(scene_path)) is not None:
@@ -173,7 +174,7 @@ def stylize_splat_file(scene_path: Path, output: Path, opts: StyleOptions, *, ca
     # Everything is computed: write the outputs (each atomically).
     sh_dc, sh_rest = full_colors(ply, backend, keep)
     kept = None if keep is None else keep.cpu().numpy()
-    if output.name.lower().endswith(".compressed.ply"):
+    if compressed_out:
         order = write_compressed_ply(output, ply, sh_dc, sh_rest, kept)
     else:
         order = None
