@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from nst3d import __version__
+from nst3d.backends.splat.formats import SPLAT_SUFFIXES, splat_format
 from nst3d.cli import subcommand_parser
 from nst3d.errors import UserError
 
@@ -119,18 +120,11 @@ def infer_backend(path: Path) -> str:
         return "nerf"
     if suffix in IMAGE_SUFFIXES:
         return "image"
-    if suffix == ".ply":
-        return "splat" if _is_gaussian_ply(path) else "mesh"
+    if suffix in SPLAT_SUFFIXES and splat_format(path):
+        return "splat"
     if suffix in MESH_SUFFIXES:
         return "mesh"
     raise UserError(f"cannot tell the backend of '{path.name}'; set the backend column (mesh, splat, image, nerf)")
-
-
-def _is_gaussian_ply(path: Path) -> bool:
-    """True for a PLY whose header has Gaussian-splat properties (f_dc_0, opacity, scale_0)."""
-    with open(path, "rb") as f:
-        header = f.read(16384).split(b"end_header")[0]
-    return all(name in header for name in (b"f_dc_0", b"opacity", b"scale_0"))
 
 
 def _listify(value: Any) -> list[str]:

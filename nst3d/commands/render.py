@@ -18,6 +18,7 @@ from typing import Protocol
 import torch
 
 from nst3d.backends.base import Render
+from nst3d.backends.splat.formats import SPLAT_SUFFIXES, splat_format
 from nst3d.cameras import Cameras
 from nst3d.errors import UserError
 from nst3d.events import EventSink, ProgressBar, ignore
@@ -35,25 +36,17 @@ class Renderable(Protocol):
     def still(self, size: int, elevation_degrees: float = 20.0, azimuth_degrees: float = 30.0) -> Cameras: ...
 
 
-def _is_splat_ply(path: Path) -> bool:
-    """A PLY whose header has 3DGS properties (f_dc_0 or SH/opacity columns)."""
-    with open(path, "rb") as f:
-        head = f.read(4096)
-    header = head.split(b"end_header")[0]
-    return b"f_dc_0" in header or (b"opacity" in header and b"scale_0" in header)
-
-
 def asset_kind(path: Path) -> str:
-    """'mesh' or 'splat' (a 3DGS PLY), from the suffix and, for .ply, the header."""
+    """'mesh' or 'splat' (a 3DGS PLY, compressed PLY or .spz: splat.formats.splat_format decides)."""
     if not path.is_file():
         raise UserError(f"asset not found: {path}")
     suffix = path.suffix.lower()
-    if suffix == ".ply" and _is_splat_ply(path):
+    if suffix in SPLAT_SUFFIXES and splat_format(path):
         return "splat"
     if suffix in MESH_SUFFIXES:
         return "mesh"
     raise UserError(f"cannot render '{path.suffix or path.name}' files; use a mesh ({', '.join(MESH_SUFFIXES)}) "
-                    "or a 3DGS .ply")
+                    "or a Gaussian splat (.ply, .compressed.ply, .spz)")
 
 
 def _load_mesh(path: Path, shading: str, device: torch.device) -> Renderable:
@@ -68,9 +61,9 @@ class _Splat:
 
     def __init__(self, path: Path, device: torch.device):
         from nst3d.backends.splat.backend import SplatScene
-        from nst3d.backends.splat.ply import read_splat
+        from nst3d.backends.splat.formats import read_any_splat
 
-        self.scene = SplatScene.from_ply(read_splat(path)).to(device)
+        self.scene = SplatScene.from_ply(read_any_splat(path)).to(device)
 
     def render(self, cameras: Cameras) -> Render:
         from nst3d.backends.splat.backend import render_scene

@@ -1,5 +1,6 @@
-"""`nst3d splat SCENE.ply --style STYLE -o OUT.ply`: stylize a 3D Gaussian splat (INRIA PLY) by optimising its
-colours only; geometry and opacity stay bit-identical. Writes OUT.ply, a contact sheet OUT.png (held-out
+"""`nst3d splat SCENE.ply --style STYLE -o OUT.ply`: stylize a 3D Gaussian splat (INRIA PLY, SuperSplat compressed
+PLY or Niantic .spz) by optimising its colours only; geometry and opacity stay as they are. Writes OUT.ply (INRIA;
+a name ending in .compressed.ply writes a compressed PLY), a contact sheet OUT.png (held-out
 views, original above stylized) and a report OUT.json (or --report) with the held-out metrics."""
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from nst3d.backends.splat.backend import (
     ConsistentObjective,
     SplatBackend,
     SplatScene,
-    capture_cameras,
     cleanup_mask,
     robust_bounds,
 )
+from nst3d.backends.splat.capture import cameras_beside, capture_cameras
+from nst3d.backends.splat.compressed import write_compressed_ply
+from nst3d.backends.splat.formats import read_any_splat
 from nst3d.backends.splat.ply import GAUSSIAN_PROPERTIES, read_splat, write_splat
 from nst3d.errors import UserError
 from nst3d.eval import baseline_config, evaluate_with_renders
@@ -48,12 +51,17 @@ DEFAULTS = BackendDefaults(steps=300, size=256, views=2, content_weight=0.02, tv
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("splat", help="stylize a 3D Gaussian splat (INRIA .ply)", description=__doc__)
-    p.add_argument("scene", type=Path, help="Gaussian splat .ply (3DGS / gsplat / nerfstudio / Polycam / Luma)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="stylized .ply (the input is never changed)")
-    p.add_argument("--cameras", type=Path, metavar="JSON",
-                   help="train on the capture's cameras (nerfstudio/Blender transforms.json) instead of orbits; "
-                        "for scenes seen from the inside")
+    p = sub.add_parser("splat", help="stylize a 3D Gaussian splat (.ply, .compressed.ply, .spz)", description=__doc__)
+    p.add_argument("scene", type=Path, help="Gaussian splat: INRIA .ply (3DGS / gsplat / nerfstudio / Polycam / Luma), "
+                   "SuperSplat .compressed.ply or Niantic .spz")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="stylized .ply (INRIA), or NAME.compressed.ply for a SuperSplat compressed PLY (the input is "
+                        "never changed)")
+    p.add_argument("--cameras", type=Path, metavar="PATH",
+                   help="train on the capture's cameras instead of orbits (for scenes seen from the inside): a "
+                        "nerfstudio/Blender transforms.json, a 3DGS cameras.json, or a COLMAP model (sparse/0 folder, "
+                        "its cameras/images .bin or .txt, or a project folder holding sparse/0); a splat at "
+                        "<3DGS output>/point_cloud/iteration_N/ finds the output's cameras.json by itself")
     p.add_argument("--dataparser-transforms", type=Path, metavar="JSON",
                    help="nerfstudio's dataparser_transforms.json, when the splat lives in nerfstudio's frame")
     p.add_argument("--view-dependent", action="store_true",
@@ -129,10 +137,18 @@ def stylize_splat_file(scene_path: Path, output: Path, opts: StyleOptions, *, ca
     started = time.perf_counter()
     device = resolve_device(opts.device)
     reset_peak_memory(device)
-    ply = read_splat(scene_path)
+    ply = read_any_splat(scene_path)
+    compressed_out = output.name.lower().endswith(".compressed.ply")
+    if ply.source_format != "INRIA PLY":
+        on_event({"event": "message", "text": f"read {scene_path.name} ({ply.source_format}, {ply.count} Gaussians); "
+                  f"the output is {'a compressed' if compressed_out else 'an INRIA'} PLY"})
     vgg = vgg_for(opts, device)
     styles = load_styles(opts)
-    capture = capture_cameras(cameras, opts.size, dataparser_transforms) if cameras else None
+    if cameras is None and (found := cameras_beside(scene_path)) is not None:
+        cameras = found
+        on_event({"event": "message", "text": f"using the 3DGS training cameras in {found} (the splat's output "
+                  "folder); give --cameras to choose others"})
+    capture = capture_cameras(cameras, opts.size, dataparser_transforms, on_event) if cameras else None
     scene = SplatScene.from_ply(ply)
     keep = None
     if cleanup:
@@ -159,17 +175,23 @@ def stylize_splat_file(scene_path: Path, output: Path, opts: StyleOptions, *, ca
     evaluated = time.perf_counter()
     # Everything is computed: write the outputs (each atomically).
     sh_dc, sh_rest = full_colors(ply, backend, keep)
-    write_splat(output, ply, sh_dc, sh_rest, None if keep is None else keep.cpu().numpy())
+    kept = None if keep is None else keep.cpu().numpy()
+    if compressed_out:
+        order = write_compressed_ply(output, ply, sh_dc, sh_rest, kept)
+    else:
+        order = None
+        write_splat(output, ply, sh_dc, sh_rest, kept)
     if sheet is not None:
         n = held.count
         columns = [*range(n), *range(2 * n, 3 * n)]  # the anchors and their 45-degree partners
         names = [("content", "original"), ("stylized", "stylized"), ("baseline", "per-view 2D")]
         rows = [(renders[key].rgb[columns], label) for key, label in names if key in renders]
         contact_sheet([r for r, _ in rows], sheet, labels=[label for _, label in rows])
-    check = verify_output(ply, output, keep)
+    check = verify_output(ply, output, keep) if order is None else verify_compressed_output(ply, output, order)
     return {
         "command": "splat",
         "scene": str(scene_path),
+        "scene_format": ply.source_format,
         "output": str(output),
         "contact_sheet": None if sheet is None else str(sheet),
         "styles": [str(s) for s in opts.styles],
@@ -181,6 +203,7 @@ def stylize_splat_file(scene_path: Path, output: Path, opts: StyleOptions, *, ca
         "properties": ply.property_names,
         "output_check": check,
         "cameras": "capture" if capture is not None else "orbit",
+        "camera_file": None if cameras is None else str(cameras),
         "color_field": None if backend.field is None else {
             "resolutions": backend.field.resolutions, "entries": [len(v) for v in backend.field.values]},
         "up": backend.up.tolist(),
@@ -236,6 +259,19 @@ def verify_output(source, output: Path, keep: torch.Tensor | None) -> dict[str, 
             "geometry_and_opacity_identical": identical, "bit_identical_properties": fixed,
             "fraction_of_colours_changed": changed,
             "gaussian_properties_present": all(p in out.property_names for p in GAUSSIAN_PROPERTIES)}
+
+
+def verify_compressed_output(source, output: Path, order: np.ndarray) -> dict[str, Any]:
+    """Re-read a compressed-PLY output: count, and geometry and opacity as decoded (bit-identical when the source
+    was a compressed PLY whose packed geometry was kept; otherwise within the format's quantisation)."""
+    out = read_any_splat(output)
+    names = ["x", "y", "z", "opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    before, after = source.columns(names)[order], out.columns(names)
+    colours = source.columns(["f_dc_0", "f_dc_1", "f_dc_2"])[order]
+    changed = float(np.mean(np.any(out.columns(["f_dc_0", "f_dc_1", "f_dc_2"]) != colours, axis=1)))
+    return {"count": out.count, "format": "compressed PLY", "geometry_and_opacity_identical": bool(
+                np.array_equal(before, after)), "max_position_error": float(np.abs(after[:, :3] - before[:, :3]).max(
+                initial=0.0)), "fraction_of_colours_changed": changed}
 
 
 def _bytes(column: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ every side.
 
 Views: a pool of training cameras is set up once, either orbiting the object (Fibonacci directions with
 jitter and random zoom, framed on robust percentile bounds, since splat scenes have floaters) or the
-capture's own cameras from a nerfstudio/Blender transforms.json (inside-out scenes). Pool views are rendered
+capture's own cameras (inside-out scenes; read by capture.py). Pool views are rendered
 over white, as the report and contact sheets show the splat: VGG features near the silhouette see the
 background, and on the donut training over random colours left the held-out style distance over white 1.4x
 the training one. `white_share` < 1 draws a random colour for the other views' backgrounds.
@@ -25,17 +25,16 @@ Batches carry a `key`, so the loop caches their content features.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from nst3d.backends.base import Render, pool_backgrounds
+from nst3d.backends.splat.capture import capture_cameras as capture_cameras  # re-exported: its old home
 from nst3d.backends.splat.consistency import ConsistentObjective as ConsistentObjective  # re-exported
 from nst3d.backends.splat.consistency import consistency_loss as consistency_loss  # re-exported
 from nst3d.backends.splat.consistency import pair_warp
@@ -50,7 +49,6 @@ from nst3d.cameras import (
     intrinsics,
     jitter_directions,
     look_at,
-    opengl_to_opencv,
     orbit_directions,
 )
 from nst3d.color import keep_content_chroma
@@ -184,82 +182,6 @@ def frame_views(points: torch.Tensor, center: torch.Tensor, directions: torch.Te
     eyes = centers - rotation[:, 2] * distance[:, None]
     K = intrinsics(width, height, fov_y_degrees).repeat(views, 1, 1)
     return Cameras(look_at(eyes, centers, up), K, width, height)
-
-
-def capture_cameras(path: Path, size: int, transform_path: Path | None = None) -> Cameras:
-    """The cameras of a nerfstudio or Blender (NeRF-synthetic) transforms.json, as OpenCV cameras whose
-    longer image side is `size` pixels. transform_path: nerfstudio's dataparser_transforms.json, when the
-    splat was trained (and exported) in nerfstudio's normalised frame."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"camera file not found: {path}") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read cameras from {path}: {exc.__class__.__name__}: {exc}") from None
-    frames = data.get("frames") if isinstance(data, dict) else None
-    if not frames:
-        raise UserError(f"{path}: no 'frames' list; expected a nerfstudio or Blender transforms.json")
-    c2w, Ks, sizes = [], [], []
-    for frame in frames:
-        info = {**data, **frame}
-        matrix = torch.tensor(frame.get("transform_matrix", []), dtype=torch.float32)
-        if matrix.shape != (4, 4):
-            raise UserError(f"{path}: a frame without a 4x4 transform_matrix")
-        w, h = _frame_size(info, Path(path).parent)
-        if "fl_x" in info:
-            fx, fy = float(info["fl_x"]), float(info.get("fl_y", info["fl_x"]))
-        elif "camera_angle_x" in info:
-            fx = fy = 0.5 * w / math.tan(float(info["camera_angle_x"]) / 2)
-        else:
-            raise UserError(f"{path}: no focal length (fl_x or camera_angle_x)")
-        cx, cy = float(info.get("cx", w / 2)), float(info.get("cy", h / 2))
-        c2w.append(matrix)
-        Ks.append(torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]]))
-        sizes.append((w, h))
-    c2w = torch.stack(c2w)
-    if transform_path is not None:
-        c2w = _apply_dataparser_transform(c2w, transform_path)
-    w0, h0 = sizes[0]
-    scale = size / max(w0, h0)
-    width, height = max(1, round(w0 * scale)), max(1, round(h0 * scale))
-    K = torch.stack(Ks)
-    K[:, 0] *= torch.tensor([s[0] for s in sizes])[:, None].reciprocal() * width
-    K[:, 1] *= torch.tensor([s[1] for s in sizes])[:, None].reciprocal() * height
-    return Cameras(opengl_to_opencv(c2w), K, width, height)
-
-
-def _frame_size(info: dict[str, Any], folder: Path) -> tuple[float, float]:
-    if "w" in info and "h" in info:
-        try:
-            w, h = float(info["w"]), float(info["h"])
-        except (TypeError, ValueError):
-            w = h = math.nan
-        if not (w >= 1 and h >= 1 and math.isfinite(w * h)):
-            raise UserError(f"the cameras' image size w x h is {info['w']} x {info['h']}; it must be at least 1 x 1 "
-                            "pixels (the size the intrinsics fl_x, cx, ... refer to)")
-        return w, h
-    image = folder / str(info.get("file_path", ""))
-    for candidate in (image, image.with_name(image.name + ".png")):
-        if candidate.is_file():
-            from PIL import Image
-
-            with Image.open(candidate) as img:
-                return float(img.width), float(img.height)
-    return 800.0, 800.0  # the NeRF-synthetic size, when neither w/h nor the images are there
-
-
-def _apply_dataparser_transform(c2w: torch.Tensor, path: Path) -> torch.Tensor:
-    try:
-        data = json.loads(Path(path).read_text())
-        transform = torch.tensor(data["transform"], dtype=torch.float32)
-        scale = float(data["scale"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"cannot read {path} as nerfstudio dataparser_transforms.json "
-                        f"({exc.__class__.__name__})") from None
-    out = c2w.clone()
-    out[:, :3] = transform[:3] @ c2w
-    out[:, :3, 3] *= scale
-    return out
 
 
 class ColorField:

@@ -69,6 +69,8 @@ class SplatPly:
     tail: tuple[int, int]
     sh_degree: int
     has_normals: bool
+    source_format: str = "INRIA PLY"  # what the file was: "INRIA PLY", "compressed PLY" or "Niantic .spz vN"
+    packed: dict[str, np.ndarray] | None = None  # a compressed PLY's own chunk and vertex records, kept for writing
 
     @property
     def count(self) -> int:
@@ -217,6 +219,31 @@ def read_splat(path: str | os.PathLike) -> SplatPly:
                 if vertex.count else np.zeros(0, dtype))
     return SplatPly(path, head[:header_len], vertices, offset, (end, size - end), degree,
                     all(n in vertex_props for n in ("nx", "ny", "nz")))
+
+
+def opacity_logit(alpha: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """float32 logits of opacities in [0, 1], clipped to [eps, 1 - eps] so 0 and 255 bytes stay finite."""
+    p = np.clip(alpha.astype(np.float64), eps, 1 - eps)
+    return np.log(p / (1 - p)).astype(np.float32)
+
+
+def splat_from_columns(path: Path, columns: dict[str, np.ndarray], source_format: str) -> SplatPly:
+    """An in-memory SplatPly in the INRIA layout from decoded columns (what the compressed readers return).
+
+    columns: x, y, z, f_dc_0..2, f_rest_0..(3 (K - 1) - 1) (channel-major), opacity (logit), scale_0..2 (log),
+    rot_0..3 (w, x, y, z), each float32 [N]. Written out by write_splat as a plain INRIA PLY.
+    """
+    rest = sorted((name for name in columns if name.startswith("f_rest_")), key=lambda name: int(name[7:]))
+    names = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", *rest, "opacity", "scale_0", "scale_1", "scale_2",
+             "rot_0", "rot_1", "rot_2", "rot_3"]
+    count = len(columns["x"])
+    vertices = np.empty(count, np.dtype([(name, "<f4") for name in names]))
+    for name in names:
+        vertices[name] = columns[name]
+    header = (f"ply\nformat binary_little_endian 1.0\ncomment decoded by nst3d from {source_format}\n"
+              f"element vertex {count}\n" + "".join(f"property float {name}\n" for name in names) + "end_header\n")
+    return SplatPly(Path(path), header.encode("ascii"), vertices, 0, (0, 0), sh_degree_for(len(rest), path), False,
+                    source_format)
 
 
 def sh_degree_for(num_rest: int, path: Path | str = "") -> int:
