@@ -246,7 +246,7 @@ def test_ns_train_method_stylizes_a_trained_run(scene, style_file, random_weight
     config.load_dir = scene.checkpoints
     config.pipeline.datamanager.data = scene.data
     config.pipeline.style_image = style_file
-    config.pipeline.vgg_weights = random_weights_file
+    config.pipeline.weights = random_weights_file
     config.pipeline.size = 10
     config.pipeline.patch_rays = 64
     config.max_num_iterations = 2
