@@ -7,6 +7,7 @@ import textwrap
 import bpy
 
 from .operators import active_job
+from .option_schema import PANEL_OPTIONS
 
 
 class NST3D_UL_styles(bpy.types.UIList):
@@ -45,14 +46,8 @@ class NST3D_PT_style(bpy.types.Panel):
 
         col = layout.column(align=True)
         col.enabled = not running
-        col.prop(settings, "loss")
-        col.prop(settings, "strength")
-        col.prop(settings, "steps")
-        col.prop(settings, "size")
-        col.prop(settings, "views")
-        col.prop(settings, "texture_size")
-        col.prop(settings, "preserve_color")
-        col.prop(settings, "seed")
+        for name in PANEL_OPTIONS:
+            col.prop(settings, name)
 
         width = context.region.width if context.region else 300
         if running:

@@ -14,17 +14,34 @@ from bpy.props import (
     StringProperty,
 )
 
-# Mirrors nst3d.losses.LOSS_KINDS and nst3d.color.PRESERVE_MODES (tests check they stay in sync).
-LOSS_ITEMS = (
-    ("gram", "Gram (Gatys)", "Match feature correlations: classic painterly texture"),
-    ("adain", "Mean/Std (AdaIN)", "Match feature means and deviations: softer, faster to converge"),
-    ("nnfm", "Nearest Neighbour (ARF)", "Match each feature to its nearest style feature: crisper strokes"),
-)
-PRESERVE_ITEMS = (
-    ("none", "Off", "Take the colours of the style"),
-    ("luminance", "Luminance", "Transfer only brightness patterns; keep the object's colours"),
-    ("histogram", "Histogram", "Recolour the style to the object's palette first"),
-)
+from .option_schema import PANEL_OPTIONS
+
+# Display names of the choices (the identifiers and their order come from option_schema.py).
+CHOICE_NAMES = {
+    "gram": ("Gram (Gatys)", "Match feature correlations: classic painterly texture"),
+    "adain": ("Mean/Std (AdaIN)", "Match feature means and deviations: softer, faster to converge"),
+    "nnfm": ("Nearest Neighbour (ARF)", "Match each feature to its nearest style feature: crisper strokes"),
+    "none": ("Off", "Take the colours of the style"),
+    "luminance": ("Luminance", "Transfer only brightness patterns; keep the object's colours"),
+    "histogram": ("Histogram", "Recolour the style to the object's palette first"),
+}
+
+
+def panel_property(spec: dict):
+    """The bpy property for one entry of option_schema.PANEL_OPTIONS. An integer whose default is None (the
+    backend's own) is 0 in the panel."""
+    common = {"name": spec["label"], "description": spec["help"][:1].upper() + spec["help"][1:]}
+    if "choices" in spec:
+        items = tuple((c, *CHOICE_NAMES.get(c, (c.title(), ""))) for c in spec["choices"])
+        return EnumProperty(items=items, default=spec["default"], **common)
+    bounds = {key: spec[name] for key, name in (("min", "minimum"), ("max", "maximum"), ("soft_max", "soft_maximum"))
+              if name in spec}
+    if spec["kind"] == "int":
+        if spec["default"] is None:
+            bounds["min"] = 0
+        bounds = {key: int(value) for key, value in bounds.items()}
+        return IntProperty(default=spec["default"] or 0, **bounds, **common)
+    return FloatProperty(default=spec["default"], **bounds, **common)
 
 
 class NST3D_StyleImage(bpy.types.PropertyGroup):
@@ -36,19 +53,10 @@ class NST3D_StyleImage(bpy.types.PropertyGroup):
 class NST3D_Settings(bpy.types.PropertyGroup):
     styles: CollectionProperty(type=NST3D_StyleImage, name="Style Images")
     style_index: IntProperty(name="Active Style", default=0)
-    loss: EnumProperty(name="Loss", items=LOSS_ITEMS, default="gram", description="Style loss")
-    strength: FloatProperty(name="Strength", default=1.0, min=0.0, soft_max=10.0,
-                            description="Style weight multiplier: higher moves further from the original")
-    steps: IntProperty(name="Steps", default=300, min=1, soft_max=2000, description="Optimisation steps")
-    size: IntProperty(name="Resolution", default=256, min=32, max=4096, subtype="PIXEL",
-                      description="Render resolution of each view during optimisation")
-    views: IntProperty(name="Views", default=4, min=1, max=64, description="Views rendered per step")
-    texture_size: IntProperty(name="Texture Size", default=0, min=0, max=16384, subtype="PIXEL",
-                              description="Size of the new textures (longer side, 8 or more); 0 keeps each "
-                                          "texture's own size")
-    preserve_color: EnumProperty(name="Preserve Colour", items=PRESERVE_ITEMS, default="none",
-                                 description="Keep the object's own colours")
-    seed: IntProperty(name="Seed", default=0, min=0, description="Random seed (runs are repeatable)")
+
+
+for _name, _spec in PANEL_OPTIONS.items():
+    NST3D_Settings.__annotations__[_name] = panel_property(_spec)
 
 
 class NST3D_Status(bpy.types.PropertyGroup):

@@ -4,152 +4,50 @@ spelled the same everywhere, and the set-up they imply (device, VGG, style targe
 from __future__ import annotations
 
 import argparse
-import math
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import replace
 
 import torch
 
-from nst3d.color import PRESERVE_MODES, prepare_styles
+from nst3d.color import prepare_styles
 from nst3d.errors import UserError
 from nst3d.features import VGGFeatures, default_layers, load_vgg
 from nst3d.files import load_image, resize_to
-from nst3d.losses import LOSS_KINDS, Objective, StyleTarget
-from nst3d.stylize import OPTIMIZERS, LoopConfig
+from nst3d.losses import Objective, StyleTarget
+from nst3d.schema import (
+    DEFAULTS,
+    NNFM_TV_WEIGHT,
+    BackendDefaults,
+    StyleOptions,
+    add_arguments,
+    check_style_weights,
+    from_args,
+)
+from nst3d.stylize import LoopConfig
 
-NNFM_TV_WEIGHT = 1.0
-
-
-@dataclass
-class StyleOptions:
-    """Everything that says how to stylize, whatever the asset. None means "the backend's default"."""
-
-    styles: list[Path] = field(default_factory=list)
-    style_weights: list[float] | None = None
-    loss: str = "gram"
-    strength: float = 1.0
-    content_weight: float | None = None
-    tv_weight: float | None = None
-    steps: int | None = None
-    size: int | None = None
-    style_size: int | None = None
-    views: int | None = None
-    optimizer: str = "adam"
-    lr: float | None = None
-    init: str = "content"
-    preserve_color: str = "none"
-    weights: Path | None = None
-    preprocess: str = "auto"
-    style_layers: list[str] | None = None
-    content_layer: str | None = None
-    device: str = "auto"
-    seed: int = 0
-    report: Path | None = None
-
-
-@dataclass
-class BackendDefaults:
-    """A backend's defaults for the options left as None."""
-
-    steps: int = 300
-    size: int = 256
-    views: int = 1
-    content_weight: float = 0.1
-    tv_weight: float = 0.0
-    lr: float = 0.02
-    style_scales: tuple[float, ...] = (1.0,)
-
-
-def _csv(kind):
-    def parse(text: str):
-        try:
-            return [kind(item) for item in text.split(",") if item.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} values, got '{text}'") from None
-    return parse
-
-
-def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-        if not 0 < value < math.inf:  # also refuses nan and inf
-            raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-        return value
-    return parse
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if not 0 <= value < math.inf:  # also refuses nan and inf
-        raise argparse.ArgumentTypeError(f"must be a number that is not negative, got {text}")
-    return value
-
-
-# Far above any useful strength, far below where Adam's squared gradients overflow float32 (about 1e20 here) and
-# the parameters silently stop moving.
-MAX_STRENGTH = 1e6
-
-
-def _strength(text: str) -> float:
-    value = _non_negative(text)
-    if value > MAX_STRENGTH:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_STRENGTH:g}, got {text} (the losses are relative: "
-                                         "1 is the default style, 10-100 a very strong one)")
-    return value
+__all__ = ["DEFAULTS", "BackendDefaults", "StyleOptions", "add_style_options", "options_from_args", "with_defaults"]
 
 
 def add_style_options(parser: argparse.ArgumentParser, defaults: BackendDefaults, style_required: bool = True) -> None:
-    """Add the shared options to a sub-command's parser; help texts show this backend's defaults."""
-    g = parser.add_argument_group("stylization")
-    g.add_argument("--style", dest="styles", action="append", type=Path, required=style_required, default=None,
-                   metavar="IMAGE", help="style image; repeat for a blend of several")
-    g.add_argument("--style-weights", type=_csv(float), metavar="W1,W2", help="blend weights of the styles")
-    g.add_argument("--loss", choices=LOSS_KINDS, default="gram",
-                   help="style loss: gram (Gatys), adain (mean/std), nnfm (nearest neighbour, ARF)")
-    g.add_argument("--strength", type=_strength, default=1.0, help="style weight multiplier (default 1)")
-    g.add_argument("--content-weight", type=_non_negative, help=f"content weight (default {defaults.content_weight})")
-    g.add_argument("--tv-weight", type=_non_negative, help=f"total-variation weight (default {defaults.tv_weight})")
-    g.add_argument("--steps", type=_positive(int), help=f"optimisation steps (default {defaults.steps})")
-    g.add_argument("--size", type=_positive(int), help=f"working/render resolution in px (default {defaults.size})")
-    g.add_argument("--style-size", type=_positive(int), help="style image resolution in px (default: --size)")
-    g.add_argument("--views", type=_positive(int), help=f"views per step, 3D backends (default {defaults.views})")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
-    g.add_argument("--lr", type=_positive(float), help=f"learning rate (default {defaults.lr})")
-    g.add_argument("--init", choices=("content", "noise"), default="content", help="start from the content or noise")
-    g.add_argument("--preserve-color", choices=PRESERVE_MODES, default="none",
-                   help="keep the content's colours: luminance-only transfer or style histogram matching")
-    g.add_argument("--weights", type=Path,
-                   help="VGG-19 weights file (default: $NST3D_VGG19_WEIGHTS, hub cache, download)")
-    g.add_argument("--preprocess", choices=("auto", "torchvision", "caffe"), default="auto",
-                   help="VGG input convention (auto: caffe for files named *caffe*)")
-    g.add_argument("--style-layers", type=_csv(str), metavar="A,B,C", help="VGG taps for the style loss")
-    g.add_argument("--content-layer", metavar="TAP", help="VGG tap for the content loss")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    g.add_argument("--seed", type=int, default=0, help="random seed (runs are repeatable)")
-    g.add_argument("--report", type=Path, metavar="JSON", help="write a JSON report of the run here")
+    """Add the shared options (nst3d.schema.StyleOptions) to a sub-command's parser; help texts show this
+    backend's defaults."""
+    add_arguments(parser, StyleOptions, vars(defaults), required=("styles",) if style_required else (),
+                  title="stylization")
 
 
 def options_from_args(args: argparse.Namespace) -> StyleOptions:
     """The StyleOptions a parsed command line asks for."""
-    names = StyleOptions.__dataclass_fields__
-    opts = StyleOptions(**{k: v for k, v in vars(args).items() if k in names and v is not None})
-    if opts.style_weights is not None and len(opts.style_weights) != len(opts.styles):
-        raise UserError(f"--style-weights has {len(opts.style_weights)} values for {len(opts.styles)} --style images")
-    if opts.style_weights is not None and (min(opts.style_weights) < 0 or sum(opts.style_weights) <= 0):
-        raise UserError("--style-weights must be non-negative and not all zero")
+    opts = from_args(StyleOptions, args)
+    try:
+        check_style_weights(opts)
+    except ValueError as exc:
+        raise UserError(f"--style-weights {exc}") from None
     return opts
 
 
 def with_defaults(opts: StyleOptions, defaults: BackendDefaults) -> StyleOptions:
     """A copy of opts with the backend's defaults filled in."""
-    filled = StyleOptions(**vars(opts))
+    filled = replace(opts)
     for name in ("steps", "size", "views", "content_weight", "tv_weight", "lr"):
         if getattr(filled, name) is None:
             setattr(filled, name, getattr(defaults, name))

@@ -29,7 +29,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -40,10 +40,6 @@ from nst3d.glb_textures import extract_base_color_textures, read_glb  # noqa: F4
 
 JOB_VERSION = 1
 JOB_KINDS = ("mesh",)
-EXPORT_FORMATS = ("glb", "obj")
-DEVICES = ("auto", "cpu", "cuda")
-SHADINGS = ("none", "lambert")
-PATH_FIELDS = ("weights", "report")
 
 EXIT_OK, EXIT_CRASH, EXIT_USER, EXIT_OOM, EXIT_CANCELLED = 0, 1, 2, 3, 130
 
@@ -80,14 +76,16 @@ def load_job(path: str | os.PathLike) -> Job:
 
 
 def job_from_dict(data: Any, base: Path) -> Job:
-    """The Job a parsed job document describes (validated; paths resolved against `base`)."""
+    """The Job a parsed job document describes (validated against nst3d.schema; paths resolved against `base`)."""
+    from nst3d.schema import MeshOptions, from_mapping
+
     if not isinstance(data, dict):
         raise UserError("job file must hold a JSON object")
     if data.get("nst3d_job") != JOB_VERSION:
         raise UserError(f"job file version {data.get('nst3d_job')!r} is not supported (expected "
                         f"\"nst3d_job\": {JOB_VERSION}); update the add-on and nst3d together")
-    known = {"nst3d_job", "kind", "input", "output_dir", "options", "texture_size", "style_map",
-             "export_format", "shading", "keep_uv_layouts"}
+    mesh_fields = {"texture_size", "shading", "export_format"}
+    known = {"nst3d_job", "kind", "input", "output_dir", "options", "style_map", "keep_uv_layouts", *mesh_fields}
     if unknown := sorted(set(data) - known):
         raise UserError(f"job file has unknown keys {', '.join(unknown)}")
     kind = data.get("kind")
@@ -96,22 +94,17 @@ def job_from_dict(data: Any, base: Path) -> Job:
     for key in ("input", "output_dir"):
         if not isinstance(data.get(key), str) or not data[key]:
             raise UserError(f"job file needs \"{key}\" (a path)")
-    texture_size = data.get("texture_size")
-    if texture_size is not None and (not isinstance(texture_size, int) or not 8 <= texture_size <= 16384):
-        raise UserError(f"job texture_size must be an integer in 8..16384 or null, got {texture_size!r}")
-    export_format = data.get("export_format", "glb")
-    if export_format not in EXPORT_FORMATS:
-        raise UserError(f"job export_format {export_format!r} is not supported; use one of {EXPORT_FORMATS}")
-    shading = data.get("shading", "none")
-    if shading not in SHADINGS:
-        raise UserError(f"job shading {shading!r} is not supported; use one of {', '.join(SHADINGS)}")
+    try:
+        mesh = from_mapping(MeshOptions, {k: data[k] for k in mesh_fields if k in data}, base, what="job")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     keep_uv_layouts = data.get("keep_uv_layouts", False)
     if not isinstance(keep_uv_layouts, bool):
         raise UserError(f"job keep_uv_layouts must be true or false, got {keep_uv_layouts!r}")
     return Job(kind=kind, input=_path(data["input"], base), output_dir=_path(data["output_dir"], base),
-               options=options_from_dict(data.get("options") or {}, base), texture_size=texture_size,
-               style_map=_style_map(data.get("style_map"), base), export_format=export_format, shading=shading,
-               keep_uv_layouts=keep_uv_layouts)
+               options=options_from_dict(data.get("options") or {}, base), texture_size=mesh.texture_size,
+               style_map=_style_map(data.get("style_map"), base), export_format=mesh.export_format,
+               shading=mesh.shading, keep_uv_layouts=keep_uv_layouts)
 
 
 def _style_map(value: Any, base: Path) -> dict[str, list[Path]] | None:
@@ -130,72 +123,37 @@ def _style_map(value: Any, base: Path) -> dict[str, list[Path]] | None:
 
 
 def options_from_dict(data: Any, base: Path) -> Any:
-    """StyleOptions from a job's "options": the same names as the dataclass fields, paths as strings."""
-    from nst3d.color import PRESERVE_MODES
-    from nst3d.losses import LOSS_KINDS
-    from nst3d.options import StyleOptions
-    from nst3d.stylize import OPTIMIZERS
+    """StyleOptions from a job's "options": the field names of nst3d.schema.StyleOptions, checked by its specs
+    (the same rules as the command line), paths as strings."""
+    from nst3d.schema import StyleOptions, check_style_weights, from_mapping
 
-    if not isinstance(data, dict):
-        raise UserError("job options must be a JSON object")
-    names = [f.name for f in fields(StyleOptions)]
-    if unknown := sorted(set(data) - set(names)):
-        raise UserError(f"job options has unknown names {', '.join(unknown)}; known: {', '.join(names)}")
-    values = {k: v for k, v in data.items() if v is not None}
-    styles = values.get("styles", [])
-    if not isinstance(styles, list) or not styles or not all(isinstance(s, str) for s in styles):
+    try:
+        opts = from_mapping(StyleOptions, data, base)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if not opts.styles:
         raise UserError("job options need \"styles\": a non-empty list of style image paths")
-    values["styles"] = [_path(s, base) for s in styles]
-    for key in PATH_FIELDS:
-        if key in values:
-            values[key] = _path(values[key], base)
-    opts = StyleOptions(**values)
-    choices = {"loss": LOSS_KINDS, "preserve_color": PRESERVE_MODES, "optimizer": OPTIMIZERS,
-               "device": DEVICES, "init": ("content", "noise"),
-               "preprocess": ("auto", "torchvision", "caffe")}
-    for key, allowed in choices.items():
-        if getattr(opts, key) not in allowed:
-            raise UserError(f"job option {key}={getattr(opts, key)!r} is not one of {', '.join(allowed)}")
-    for key in ("steps", "size", "style_size", "views"):
-        value = getattr(opts, key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-            raise UserError(f"job option {key} must be a positive integer, got {value!r}")
-    for key in ("strength", "content_weight", "tv_weight", "lr"):
-        value = getattr(opts, key)
-        if value is not None and (not isinstance(value, int | float) or value < 0):
-            raise UserError(f"job option {key} must be a non-negative number, got {value!r}")
-    if opts.style_weights is not None:
-        if len(opts.style_weights) != len(opts.styles):
-            raise UserError(f"job option style_weights has {len(opts.style_weights)} values for "
-                            f"{len(opts.styles)} styles")
-        if min(opts.style_weights) < 0 or sum(opts.style_weights) <= 0:
-            raise UserError("job option style_weights must be non-negative and not all zero")
+    try:
+        check_style_weights(opts)
+    except ValueError as exc:
+        raise UserError(f"job option style_weights {exc}") from None
     return opts
 
 
 def options_to_dict(opts: Any) -> dict[str, Any]:
     """The JSON form of a StyleOptions (absolute paths as strings); inverse of options_from_dict."""
-    data = asdict(opts)
-    data["styles"] = [str(Path(s).resolve()) for s in opts.styles]
-    for key in PATH_FIELDS:
-        if data.get(key) is not None:
-            data[key] = str(Path(data[key]).resolve())
-    return data
+    from nst3d.schema import to_mapping
+
+    return to_mapping(opts)
 
 
 def add_job_options(parser: argparse.ArgumentParser) -> None:
     """The options a mesh job takes, spelled as `nst3d mesh` spells them (for the batch script)."""
-    from nst3d.commands.mesh import DEFAULTS
     from nst3d.options import add_style_options
+    from nst3d.schema import DEFAULTS, MeshOptions, add_arguments
 
-    add_style_options(parser, DEFAULTS)
-    group = parser.add_argument_group("mesh")
-    group.add_argument("--texture-size", type=int, metavar="N",
-                       help="resample every texture to N px (longer side; default: each texture's own)")
-    group.add_argument("--style-map", action="append", default=[], metavar="NAME=IMAGE",
-                       help="a style for one material or object (repeat; the same NAME twice blends)")
-    group.add_argument("--shading", choices=SHADINGS, default="none",
-                       help="render with Lambert shading while optimising (default: unlit base colour)")
+    add_style_options(parser, DEFAULTS["mesh"])
+    add_arguments(parser, MeshOptions, title="mesh")
 
 
 def job_fields_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -204,8 +162,6 @@ def job_fields_from_args(args: argparse.Namespace) -> dict[str, Any]:
     from nst3d.commands.mesh import parse_style_map
     from nst3d.options import options_from_args
 
-    if args.texture_size is not None and not 8 <= args.texture_size <= 16384:
-        raise UserError("--texture-size must be between 8 and 16384")
     style_map = {name: [str(Path(p).expanduser().resolve()) for p in paths]
                  for name, paths in parse_style_map(args.style_map).items()}
     return {"options": options_to_dict(options_from_args(args)), "texture_size": args.texture_size,
@@ -349,6 +305,8 @@ def run_job_file(job_path: str | os.PathLike, stream: IO[str] | None = None, dev
     try:
         job = load_job(job_path)
         if device is not None:
+            from nst3d.schema import DEVICES
+
             if device not in DEVICES:
                 raise UserError(f"device {device!r} is not one of {', '.join(DEVICES)}")
             job.options.device = device

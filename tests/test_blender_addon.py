@@ -191,15 +191,31 @@ def test_register_unregister_cleanly(addon):
     assert hasattr(bpy.types, "NST3D_PT_style") and hasattr(bpy.types.Scene, "nst3d")
 
 
-def test_enums_match_nst3d(addon):
+def test_panel_properties_agree_with_the_schema(addon):
+    """The panel's properties, as Blender registered them, have the schema's defaults, choices and bounds (the
+    mesh backend's defaults where the schema says "the backend's"); the device menu has the schema's devices."""
     from blender_addon.preferences import DEVICE_ITEMS
-    from blender_addon.properties import LOSS_ITEMS, PRESERVE_ITEMS
-    from nst3d.color import PRESERVE_MODES
-    from nst3d.losses import LOSS_KINDS
-    from nst3d.worker import DEVICES
+    from nst3d.schema import DEFAULTS, DEVICES, MeshOptions, StyleOptions, default_of, specs
 
-    assert tuple(item[0] for item in LOSS_ITEMS) == LOSS_KINDS
-    assert tuple(item[0] for item in PRESERVE_ITEMS) == PRESERVE_MODES
+    rna = bpy.types.Scene.bl_rna.properties["nst3d"].fixed_type.properties
+    panel = [(name, spec, cls) for cls in (StyleOptions, MeshOptions) for name, spec in specs(cls).items()
+             if spec.panel]
+    assert len(panel) >= 8
+    for name, spec, cls in panel:
+        prop = rna[name]
+        default = default_of(cls, name)
+        default = getattr(DEFAULTS["mesh"], name, None) if default is None else default
+        if spec.choices:
+            assert tuple(item.identifier for item in prop.enum_items) == spec.choices, name
+            assert prop.default == default, name
+            continue
+        assert prop.default == (0 if default is None else default), name
+        low = 1 if spec.positive else spec.minimum
+        assert prop.hard_min == (0 if default is None else low if low is not None else prop.hard_min), name
+        if spec.maximum is not None:
+            assert prop.hard_max == spec.maximum, name
+        if spec.soft_maximum is not None:
+            assert prop.soft_max == spec.soft_maximum, name
     assert tuple(item[0] for item in DEVICE_ITEMS) == DEVICES
 
 

@@ -252,7 +252,7 @@ def ns_train_stylized(scene, style_file, weights, output_dir: Path, device_type:
     config.load_dir = scene.checkpoints
     config.pipeline.datamanager.data = scene.data
     config.pipeline.style_image = style_file
-    config.pipeline.vgg_weights = weights
+    config.pipeline.weights = weights
     config.pipeline.size = 10
     config.pipeline.patch_rays = 64
     config.max_num_iterations = 2

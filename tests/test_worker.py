@@ -42,10 +42,10 @@ def test_job_paths_resolve_against_the_job_folder(tmp_path):
     ({"texture_size": 3}, "texture_size"),
     ({"options": {"styles": []}}, "non-empty list of style image paths"),
     ({"options": {"styles": ["s.png"], "stepz": 3}}, "unknown names stepz"),
-    ({"options": {"styles": ["s.png"], "loss": "magic"}}, "loss='magic' is not one of gram"),
-    ({"options": {"styles": ["s.png"], "steps": 0}}, "steps must be a positive integer"),
-    ({"options": {"styles": ["s.png"], "strength": -1}}, "strength must be a non-negative"),
-    ({"options": {"styles": ["s.png"], "style_weights": [1, 2]}}, "2 values for 1 styles"),
+    ({"options": {"styles": ["s.png"], "loss": "magic"}}, "loss invalid choice 'magic'"),
+    ({"options": {"styles": ["s.png"], "steps": 0}}, "steps must be a positive number"),
+    ({"options": {"styles": ["s.png"], "strength": -1}}, "strength must be a number that is not negative"),
+    ({"options": {"styles": ["s.png"], "style_weights": [1, 2]}}, "2 values for 1 style images"),
     ({"style_map": {"Wood": 3}}, "style_map['Wood']"),
     ({"keep_uv_layouts": "yes"}, "keep_uv_layouts must be true or false"),
 ])
@@ -74,8 +74,8 @@ def test_bad_job_file_is_an_error_event(tmp_path):
     out, err = proc.communicate(timeout=120)
     events = [json.loads(line) for line in out.splitlines()]
     assert proc.returncode == 2
-    assert events == [{"event": "error", "message": "job option loss='magic' is not one of gram, adain, nnfm",
-                       "kind": "user"}]
+    assert events == [{"event": "error", "kind": "user",
+                       "message": "job option loss invalid choice 'magic' (choose from gram, adain, nnfm)"}]
     assert not (tmp_path / "out").exists()
 
 

@@ -54,10 +54,8 @@ from nst3d.backends.nerf_run import (  # noqa: F401 - the run I/O, under this mo
     stylized_config,
 )
 from nst3d.cameras import Cameras, cameras_around, opengl_to_opencv
-from nst3d.options import BackendDefaults
 from nst3d.sampling import evenly_spaced_indices
 
-DEFAULTS = BackendDefaults(steps=300, size=256, views=1, content_weight=0.05, tv_weight=0.0, lr=0.01)
 PATCH_RAYS = 4096
 #: memory for the frozen geometry (samples, weights) of training views, computed once per view; 0 = off
 GEOMETRY_CACHE_MB = 1024.0

@@ -15,7 +15,6 @@ from nst3d.events import ProgressBar
 from nst3d.files import IMAGE_SUFFIXES, check_output, load_image, resize_to, save_image, write_json
 from nst3d.losses import content_distance, style_distance
 from nst3d.options import (
-    BackendDefaults,
     StyleOptions,
     add_style_options,
     build_objective,
@@ -28,8 +27,9 @@ from nst3d.options import (
     vgg_for,
     with_defaults,
 )
+from nst3d.schema import DEFAULTS as BACKEND_DEFAULTS
 
-DEFAULTS = BackendDefaults(steps=300, size=512, views=1, content_weight=0.1, tv_weight=0.0, lr=0.02)
+DEFAULTS = BACKEND_DEFAULTS["image"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -25,7 +25,6 @@ from nst3d.eval import baseline_config, evaluate_with_renders, held_out_views
 from nst3d.events import EventSink, ProgressBar, ignore
 from nst3d.files import check_output, write_json
 from nst3d.options import (
-    BackendDefaults,
     StyleOptions,
     add_style_options,
     build_objective,
@@ -40,12 +39,11 @@ from nst3d.options import (
 )
 from nst3d.preview import contact_sheet
 from nst3d.sampling import evenly_spaced_indices
+from nst3d.schema import DEFAULTS as BACKEND_DEFAULTS
+from nst3d.schema import MeshOptions, add_arguments, from_args
 from nst3d.stylize import stylize
 
-# A total-variation term on the rendered views (not the texels): it removes the pixel-scale flecks that no other
-# view or renderer reproduces (the texture's own resampling), so the asset shimmers less from view to view.
-DEFAULTS = BackendDefaults(steps=300, size=256, views=4, content_weight=0.05, tv_weight=3.0, lr=0.02,
-                           style_scales=(1.0, 0.5))
+DEFAULTS = BACKEND_DEFAULTS["mesh"]
 HELD_OUT = 4
 CONTACT_SHEET = "contact_sheet.png"
 REPORT = "report.json"
@@ -55,25 +53,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("mesh", help="stylize a textured mesh or scene (GLB/glTF/OBJ/PLY/STL)", description=__doc__)
     p.add_argument("input", type=Path, help="mesh or scene file (.glb, .gltf, .obj, .ply, .stl, .off)")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="output folder")
-    p.add_argument("--style-map", action="append", default=[], metavar="NAME=IMAGE",
-                   help="a style for one material or object (repeat; the same NAME twice blends)")
-    p.add_argument("--texture-size", type=int, metavar="N", help="resample every texture to N px (longer side)")
     p.add_argument("--texture", type=Path, metavar="IMAGE",
                    help="texture for triangles that have UVs but no texture (e.g. an OBJ without its .mtl)")
-    p.add_argument("--format", choices=FORMATS, default="glb", help="output format (default glb)")
-    p.add_argument("--shading", choices=("none", "lambert"), default="none",
-                   help="render with Lambert shading while optimising (default: unlit base colour)")
     p.add_argument("--compare-baseline", action="store_true",
                    help="also stylize each held-out view alone (2D baseline) and report both (slower)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_arguments(p, MeshOptions, title="mesh")
     add_style_options(p, DEFAULTS)
     p.set_defaults(run=run)
 
 
-def parse_style_map(entries: list[str]) -> dict[str, list[Path]]:
+def parse_style_map(entries: list[str] | None) -> dict[str, list[Path]]:
     """["Wood=b.jpg", "Wood=c.jpg", "Body=d.png"] -> {"Wood": [b.jpg, c.jpg], "Body": [d.png]}."""
     out: dict[str, list[Path]] = {}
-    for entry in entries:
+    for entry in entries or []:
         name, sep, image = entry.partition("=")
         if not sep or not name.strip() or not image.strip():
             raise UserError(f"--style-map expects NAME=IMAGE, got '{entry}'")
@@ -82,12 +75,10 @@ def parse_style_map(entries: list[str]) -> dict[str, list[Path]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    opts = options_from_args(args)
-    if args.texture_size is not None and not 8 <= args.texture_size <= 16384:
-        raise UserError("--texture-size must be between 8 and 16384")
-    report = stylize_mesh_file(args.input, args.output, opts, parse_style_map(args.style_map),
-                               texture_size=args.texture_size, export_format=args.format,
-                               compare_baseline=args.compare_baseline, texture=args.texture, shading=args.shading,
+    opts, mesh = options_from_args(args), from_args(MeshOptions, args)
+    report = stylize_mesh_file(args.input, args.output, opts, parse_style_map(mesh.style_map),
+                               texture_size=mesh.texture_size, export_format=mesh.export_format,
+                               compare_baseline=args.compare_baseline, texture=args.texture, shading=mesh.shading,
                                on_event=ProgressBar(quiet=args.quiet))
     if opts.report:
         write_json(report, opts.report)

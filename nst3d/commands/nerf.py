@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from nst3d.backends.nerf import DEFAULTS, GEOMETRY_CACHE_MB, JITTER_DEGREES, PATCH_RAYS
+from nst3d.backends.nerf import GEOMETRY_CACHE_MB, JITTER_DEGREES, PATCH_RAYS
 from nst3d.errors import UserError
 from nst3d.events import EventSink, ProgressBar, ignore
 from nst3d.files import check_output, write_json
@@ -33,7 +33,9 @@ from nst3d.options import (
     vgg_for,
     with_defaults,
 )
+from nst3d.schema import DEFAULTS as BACKEND_DEFAULTS
 
+DEFAULTS = BACKEND_DEFAULTS["nerf"]
 #: views smaller than this (px) stylize much less: 0.24x of the start style distance at 64 px vs 0.16x at 96
 SMALL_VIEW = 96
 

@@ -29,7 +29,6 @@ from nst3d.eval import baseline_config, evaluate_with_renders
 from nst3d.events import EventSink, ProgressBar, ignore
 from nst3d.files import check_output, write_json
 from nst3d.options import (
-    BackendDefaults,
     StyleOptions,
     add_style_options,
     build_objective,
@@ -43,11 +42,11 @@ from nst3d.options import (
     with_defaults,
 )
 from nst3d.preview import contact_sheet
+from nst3d.schema import DEFAULTS as BACKEND_DEFAULTS
 from nst3d.stylize import stylize
 
 DEFAULT_CONSISTENCY = 20.0
-DEFAULTS = BackendDefaults(steps=300, size=256, views=2, content_weight=0.02, tv_weight=0.0, lr=0.03,
-                           style_scales=(1.0, 0.5))
+DEFAULTS = BACKEND_DEFAULTS["splat"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:

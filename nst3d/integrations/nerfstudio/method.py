@@ -32,6 +32,10 @@ from nerfstudio.models.nerfacto import NerfactoModelConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
+from nst3d.schema import DEFAULTS
+
+NERF = DEFAULTS["nerf"]  # the option names and defaults are nst3d's (nst3d.schema; tests/test_schema.py checks)
+
 
 def _style_model(config, **kwargs):
     from nst3d.integrations.nerfstudio.model import StyleNerfactoModel
@@ -60,7 +64,8 @@ class StyleNerfactoModelConfig(NerfactoModelConfig):
 
 @dataclass
 class StylePipelineConfig(VanillaPipelineConfig):
-    """Stylization of a trained nerfacto scene (nst3d). Defaults match `nst3d nerf`."""
+    """Stylization of a trained nerfacto scene (nst3d). Options are named as nst3d's (nst3d.schema) and default
+    as `nst3d nerf`."""
 
     _target: type = field(default_factory=lambda: _style_pipeline)
     model: NerfactoModelConfig = field(default_factory=lambda: StyleNerfactoModelConfig())
@@ -68,17 +73,17 @@ class StylePipelineConfig(VanillaPipelineConfig):
     """Style image (required to train)."""
     loss: Literal["gram", "adain", "nnfm"] = "gram"
     """Style loss: gram (Gatys), adain (mean/std), nnfm (nearest neighbour, ARF)."""
-    style_weight: float = 1.0
-    """Style weight multiplier (nst3d's --strength)."""
-    content_weight: float = 0.05
+    strength: float = 1.0
+    """Style weight multiplier."""
+    content_weight: float = NERF.content_weight
     """Content weight."""
-    tv_weight: float = 0.0
-    """Total-variation weight."""
-    size: int = 256
+    tv_weight: float | None = None
+    """Total-variation weight (default: 0, or 1 with --pipeline.loss nnfm, as `nst3d nerf`)."""
+    size: int = NERF.size
     """Render size of the training views (longer side, px)."""
     style_size: int | None = None
     """Style image size (longer side, px); default: size."""
-    views_per_step: int = 1
+    views: int = NERF.views
     """Training views rendered per step."""
     jitter_degrees: float = 5.0
     """Each training view is orbited about the scene centre by up to this many degrees."""
@@ -88,7 +93,7 @@ class StylePipelineConfig(VanillaPipelineConfig):
     """Memory for the training views' frozen geometry (samples and weights, computed once per view; 0: off)."""
     preserve_color: Literal["none", "luminance", "histogram"] = "none"
     """Keep the scene's colours: luminance-only style, or style histogram matched to the scene."""
-    vgg_weights: Path | None = None
+    weights: Path | None = None
     """VGG-19 weights file (default: $NST3D_VGG19_WEIGHTS, the torch hub cache, or a download)."""
     preprocess: Literal["auto", "torchvision", "caffe"] = "auto"
     """VGG input convention (auto: caffe for files named *caffe*)."""
@@ -107,7 +112,7 @@ nst3d_nerfacto = MethodSpecification(
         steps_per_eval_batch=500,
         steps_per_eval_image=100,
         steps_per_save=100,
-        max_num_iterations=300,
+        max_num_iterations=NERF.steps,
         mixed_precision=False,
         pipeline=StylePipelineConfig(
             datamanager=VanillaDataManagerConfig(dataparser=NerfstudioDataParserConfig(),
@@ -115,7 +120,7 @@ nst3d_nerfacto = MethodSpecification(
             model=StyleNerfactoModelConfig(eval_num_rays_per_chunk=1 << 15, average_init_density=0.01,
                                            camera_optimizer=CameraOptimizerConfig(mode="SO3xR3")),
         ),
-        optimizers={"appearance": {"optimizer": AdamOptimizerConfig(lr=1e-2, eps=1e-15), "scheduler": None}},
+        optimizers={"appearance": {"optimizer": AdamOptimizerConfig(lr=NERF.lr, eps=1e-15), "scheduler": None}},
         viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
         vis="viewer",
     ),

@@ -45,36 +45,43 @@ class _Stylizer:
 
     def __init__(self, pipeline: StylePipeline):
         from nst3d.backends.nerf import (
-            DEFAULTS,
             NerfBackend,
             SceneFrame,
             content_palette,
             from_nerfstudio,
             working_size,
         )
-        from nst3d.options import StyleOptions, build_objective, configure_cuda, load_styles, vgg_for
+        from nst3d.options import build_objective, configure_cuda, load_styles, vgg_for, with_defaults
+        from nst3d.schema import DEFAULTS
 
         config = pipeline.config
         if config.style_image is None:
             raise UserError("nst3d-nerfacto needs a style image: pass --pipeline.style-image IMAGE")
-        opts = StyleOptions(styles=[Path(config.style_image)], loss=config.loss, strength=config.style_weight,
-                            content_weight=config.content_weight, tv_weight=config.tv_weight, size=config.size,
-                            style_size=config.style_size or config.size, views=config.views_per_step,
-                            preserve_color=config.preserve_color, weights=config.vgg_weights,
-                            preprocess=config.preprocess, style_layers=list(config.style_layers) or None,
-                            content_layer=config.content_layer, seed=config.seed)
+        opts = with_defaults(options_from_config(config), DEFAULTS["nerf"])
         cameras = pipeline.datamanager.train_dataset.cameras
         width, height = working_size(int(cameras[0:1].width), int(cameras[0:1].height), config.size)
         train = from_nerfstudio(cameras, width, height)
-        self.backend = NerfBackend(pipeline.model, train, SceneFrame.from_cameras(train), config.views_per_step,
+        self.backend = NerfBackend(pipeline.model, train, SceneFrame.from_cameras(train), opts.views,
                                    config.jitter_degrees, config.patch_rays, seed=config.seed,
                                    geometry_cache_mb=config.geometry_cache_mb)
         device = torch.device(pipeline.model.device)  # everything below lives on the model's device
         if device.type == "cuda":
             configure_cuda()  # as `nst3d nerf --device cuda` does
         vgg = vgg_for(opts, device)
-        self.objective = build_objective(opts, vgg, load_styles(opts), content_palette(self.backend), DEFAULTS)
+        self.objective = build_objective(opts, vgg, load_styles(opts), content_palette(self.backend),
+                                         DEFAULTS["nerf"])
+        self.options = opts
         self.generator = torch.Generator().manual_seed(config.seed)
+
+
+def options_from_config(config: Any) -> Any:
+    """The nst3d.schema.StyleOptions a StylePipelineConfig asks for (the same names; None: nst3d nerf's default)."""
+    from nst3d.schema import StyleOptions, specs
+
+    declared = {f.name for f in dataclasses.fields(config)}
+    shared = {name: getattr(config, name) for name in specs(StyleOptions) if name in declared}
+    shared["style_layers"] = list(config.style_layers) or None
+    return StyleOptions(**{**shared, "styles": [Path(config.style_image)]})
 
 
 class StylePipeline(VanillaPipeline):
