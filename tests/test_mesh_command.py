@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from nst3d.cli import main
-from nst3d.commands.mesh import parse_style_map, stylize_mesh_file
+from nst3d.commands.mesh import parse_style_map
 from nst3d.errors import UserError
 from nst3d.files import save_image
 from nst3d.options import StyleOptions
+from nst3d.pipelines.mesh import stylize_mesh_file
 from nst3d.stylize import Cancelled
 from tests.mesh_data import textured_quad_glb, two_object_glb
 
@@ -46,12 +47,14 @@ def test_stylize_mesh_file_writes_everything_and_reports(tmp_path, style, weight
                                compare_baseline=True, on_event=events.append, pool_size=4, held_out=1)
     out = tmp_path / "out"
     assert (out / "two_styled.glb").is_file() and (out / "contact_sheet.png").is_file()
-    assert len(report["outputs"]["textures"]) == 2
+    assert len(report.outputs["textures"]) == 2
     saved = json.loads((out / "report.json").read_text())
-    for key in ("style_distance", "content_distance", "consistency", "floor", "baseline", "seconds",
-                "peak_memory_mb"):
-        assert key in saved
-    assert set(saved["consistency"]) >= {"short_range", "long_range"}
+    assert set(saved) == set(report.to_dict()) and saved["details"]["triangles"] == report.details["triangles"]
+    for key in ("style_distance", "content_distance", "consistency", "floor", "baseline"):
+        assert key in saved["evaluation"]
+    assert saved["seconds"] > 0 and saved["peak_memory_mb"] > 0
+    assert set(saved["seconds_by_stage"]) == {"load", "setup", "optimise", "evaluate", "export"}
+    assert set(saved["evaluation"]["consistency"]) >= {"short_range", "long_range"}
     assert any(e["event"] == "progress" for e in events)
     assert source.read_bytes() == two_object_glb(tmp_path / "again.glb").read_bytes()  # input untouched
 
@@ -61,8 +64,8 @@ def test_style_map_and_obj_format(tmp_path, style, weights):
     source = two_object_glb(tmp_path / "two.glb")
     report = stylize_mesh_file(source, tmp_path / "out", tiny_opts(style, weights), {"Ball": [style]},
                                texture_size=32, export_format="obj", pool_size=2, held_out=1)
-    assert report["outputs"]["asset"].endswith("two_styled.obj")
-    assert sorted(t["group"] for t in report["textures"]) == [0, 1]
+    assert report.outputs["asset"].endswith("two_styled.obj")
+    assert sorted(t["group"] for t in report.details["textures"]) == [0, 1]
 
 
 def test_cancel_writes_nothing(tmp_path, style, weights):
