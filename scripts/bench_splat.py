@@ -133,7 +133,7 @@ def full_stylization(count: int, size: int, steps: int, views: int, weights: Pat
     from PIL import Image
 
     from nst3d.backends.splat.ply import save_gaussians
-    from nst3d.commands.splat import DEFAULTS, stylize_splat_file
+    from nst3d.pipelines.splat import DEFAULTS, stylize_splat_file
     from nst3d.options import StyleOptions, with_defaults
 
     s = torus_scene(count, degree=3)
@@ -153,11 +153,13 @@ def full_stylization(count: int, size: int, steps: int, views: int, weights: Pat
         torch.save({f"features.{k}": v for k, v in vgg.net.state_dict().items()}, path)
         opts.weights = path
     report = stylize_splat_file(workdir / "scene.ply", workdir / "styled.ply", opts, sheet=workdir / "sheet.png")
-    keys = ("gaussians", "seconds", "seconds_prepare", "seconds_optimise", "seconds_evaluate", "peak_memory_mb",
-            "steps", "size", "views_per_step", "renderer", "device")
-    out = {k: report[k] for k in keys}
-    out["style_distance"] = report["evaluation"]["style_distance"]
-    out["weights"] = report["weights"]
+    stages = report.seconds_by_stage
+    out = {"gaussians": report.details["gaussians"], "seconds": report.seconds,
+           "seconds_prepare": stages["load"] + stages["setup"], "seconds_optimise": stages["optimise"],
+           "seconds_evaluate": stages["evaluate"], "peak_memory_mb": report.peak_memory_mb, "steps": report.steps,
+           "size": report.details["size"], "views_per_step": report.details["views_per_step"],
+           "renderer": report.details["renderer"], "device": report.device,
+           "style_distance": report.evaluation["style_distance"], "weights": report.weights}
     return out
 
 

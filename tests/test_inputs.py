@@ -134,7 +134,7 @@ def test_float32_linspace_is_what_broke():
 
 
 def test_palette_samples_across_all_textures():
-    from nst3d.commands.mesh import _palette
+    from nst3d.pipelines.mesh import texture_palette as _palette
 
     shapes = [(4, 4), (2, 3), (5, 2)]
     textures = [torch.rand(3, h, w, generator=torch.Generator().manual_seed(k)) for k, (h, w) in enumerate(shapes)]

@@ -220,8 +220,8 @@ def test_cli_writes_stylized_ply_sheet_and_report(files, random_weights_file, tm
             source.vertices[name]).tobytes()
     assert not torch.equal(result.sh_dc(), source.sh_dc())
     report = json.loads((tmp_path / "styled.json").read_text())
-    assert report["output_check"]["geometry_and_opacity_identical"] is True
-    assert report["gaussians"] == 1500 and report["sh_degree"] == 1
+    assert report["details"]["output_check"]["geometry_and_opacity_identical"] is True
+    assert report["details"]["gaussians"] == 1500 and report["details"]["sh_degree"] == 1
     assert set(report["evaluation"]["style_distance"]) == {"before", "after"}
     assert Image.open(tmp_path / "styled.png").size[0] > 4 * 40
 

@@ -240,7 +240,7 @@ def test_cli_stylizes_spz_into_inria_ply_and_compressed_ply_into_compressed_ply(
             assert np.array_equal(result.vertices[column], decoded.vertices[column])
         assert not np.array_equal(result.vertices["f_dc_0"], decoded.vertices["f_dc_0"])
         report = json.loads(out.with_suffix(".json").read_text())
-        assert report["output_check"]["geometry_and_opacity_identical"] is True
+        assert report["details"]["output_check"]["geometry_and_opacity_identical"] is True
 
 
 def test_inria_splat_written_as_compressed_ply_is_morton_packed(tmp_path):

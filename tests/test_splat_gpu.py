@@ -125,8 +125,8 @@ def check_run(folder: Path, files: Path) -> dict:
     """The outputs of one `nst3d splat --view-dependent` run: geometry kept, colours and higher bands changed."""
     source, result = read_splat(files / "ball.ply"), read_splat(folder / "styled.ply")
     report = json.loads((folder / "styled.json").read_text())
-    assert report["output_check"]["geometry_and_opacity_identical"] is True
-    assert report["device"].startswith("cuda") and report["view_dependent"] is True
+    assert report["details"]["output_check"]["geometry_and_opacity_identical"] is True
+    assert report["device"].startswith("cuda") and report["details"]["view_dependent"] is True
     assert not torch.equal(result.sh_dc(), source.sh_dc()) and not torch.equal(result.sh_rest(), source.sh_rest())
     assert np.isfinite(report["evaluation"]["style_distance"]["after"])
     return report
@@ -139,7 +139,7 @@ def test_cli_on_cuda_with_gsplat(files, random_weights_file, extensions, tmp_pat
               "--weights", random_weights_file, "--quiet")
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr and "nst3d: warning" not in r.stderr, r.stderr
-    assert check_run(tmp_path, files)["renderer"] == "gsplat"
+    assert check_run(tmp_path, files)["details"]["renderer"] == "gsplat"
 
 
 @pytest.mark.gpu
@@ -160,7 +160,7 @@ def test_cli_on_cuda_with_the_compositor_when_gsplat_cannot_load(files, random_w
     assert [line for line in err.splitlines() if line.startswith("nst3d: warning:")] == [
         "nst3d: warning: gsplat's CUDA kernels cannot load (ImportError: simulated); rendering with nst3d's tiled "
         "PyTorch compositor on the GPU instead (slower)"]
-    assert check_run(tmp_path, files)["renderer"] == "nst3d tiled PyTorch compositor"
+    assert check_run(tmp_path, files)["details"]["renderer"] == "nst3d tiled PyTorch compositor"
 
 
 CHOOSE = """
