@@ -67,9 +67,9 @@ def generated_asset(triangles: int, texture_size: int):
 
 
 def objective_for(weights: str | None, size: int):
-    from nst3d.commands.mesh import DEFAULTS
     from nst3d.features import load_vgg, random_vgg
     from nst3d.losses import Objective, StyleTarget
+    from nst3d.pipelines.mesh import DEFAULTS
 
     vgg = load_vgg(weights) if weights else random_vgg(0, "relu3_4")
     style = procedural_texture(size).flip(0)

@@ -133,8 +133,8 @@ def full_stylization(count: int, size: int, steps: int, views: int, weights: Pat
     from PIL import Image
 
     from nst3d.backends.splat.ply import save_gaussians
-    from nst3d.pipelines.splat import DEFAULTS, stylize_splat_file
     from nst3d.options import StyleOptions, with_defaults
+    from nst3d.pipelines.splat import DEFAULTS, stylize_splat_file
 
     s = torus_scene(count, degree=3)
     dc = s["colors"][:, 0]

@@ -51,9 +51,12 @@ def test_image_writes_output_and_report(images, random_weights_file, tmp_path):
     assert r.returncode == 0, r.stderr
     assert load_image(out)[0].shape == (3, 27, 32)
     data = json.loads(report.read_text())
-    for key in ("style_distance", "content_distance", "seconds", "steps", "device", "peak_memory_mb"):
+    for key in ("seconds", "steps", "device", "peak_memory_mb", "evaluation", "details"):
         assert key in data
-    assert set(data["style_distance"]) == {"before", "after"} and data["steps"] == 4
+    evaluation = data["evaluation"]
+    assert set(evaluation["style_distance"]) == {"before", "after"} and data["steps"] == 4
+    assert evaluation["content_distance"] >= 0 and evaluation["consistency"] is None  # a 2D image has no views
+    assert data["outputs"]["image"] == str(out) and data["options"]["preserve_color"] == "luminance"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png", "run.json"]
 
 

@@ -106,7 +106,8 @@ def test_image_command_on_cuda_matches_the_cpu(tmp_path, content, style, random_
     a, b = load_image(tmp_path / "cpu.png", "image")[0], load_image(tmp_path / "cuda.png", "image")[0]
     assert (a - b).abs().mean() < 2 / 255
     for key in ("before", "after"):
-        assert cuda["style_distance"][key] == pytest.approx(cpu["style_distance"][key], rel=0.05)
+        assert cuda["evaluation"]["style_distance"][key] == pytest.approx(cpu["evaluation"]["style_distance"][key],
+                                                                          rel=0.05)
 
 
 def _mesh(source: Path, style: Path, weights: Path, out: Path, device: str) -> dict:
@@ -124,6 +125,7 @@ def test_mesh_command_with_baseline_on_cuda_matches_the_cpu(tmp_path, style, ran
     cuda = _mesh(source, style, random_weights_file, tmp_path / "cuda", "cuda")
     assert cuda["device"].startswith("cuda") and cuda["peak_device_memory_mb"] > 0
     assert (tmp_path / "cuda" / "two_styled.glb").is_file()
+    cpu, cuda = cpu["evaluation"], cuda["evaluation"]
     for block in ("style_distance", "half_pixel_style_distance"):
         for key, value in cpu[block].items():
             assert cuda[block][key] == pytest.approx(value, rel=0.05), (block, key)
@@ -172,5 +174,5 @@ def test_worker_runs_a_job_on_cuda(tmp_path, style, random_weights_file):
     assert cuda["event"] == "done" and cuda["report"]["device"].startswith("cuda")
     assert cuda["textures"] and cuda["report"]["peak_device_memory_mb"] > 0
     for key in ("before", "after"):
-        assert cuda["report"]["style_distance"][key] == pytest.approx(cpu["report"]["style_distance"][key],
-                                                                       rel=0.05)
+        assert cuda["report"]["evaluation"]["style_distance"][key] == pytest.approx(
+            cpu["report"]["evaluation"]["style_distance"][key], rel=0.05)

@@ -22,5 +22,6 @@ def test_real_photo_and_painting_style_distance_falls_by_more_than_half(real_wei
                         "--quiet"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     data = json.loads(report.read_text())
-    assert data["style_distance"]["after"] < 0.5 * data["style_distance"]["before"]
-    assert data["content_distance"] < 1.0  # still the photo, not a copy of the painting
+    evaluation = data["evaluation"]
+    assert evaluation["style_distance"]["after"] < 0.5 * evaluation["style_distance"]["before"]
+    assert evaluation["content_distance"] < 1.0  # still the photo, not a copy of the painting

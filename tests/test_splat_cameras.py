@@ -212,4 +212,5 @@ def test_cli_uses_a_3dgs_outputs_own_cameras_and_says_so(tmp_path, capsys, rando
     assert code == 0, err
     assert f"using the 3DGS training cameras in {(output / 'cameras.json').resolve()}" in err
     report = json.loads(out.with_suffix(".json").read_text())
-    assert report["details"]["cameras"] == "capture" and report["details"]["camera_file"] == str((output / "cameras.json").resolve())
+    details = report["details"]
+    assert details["cameras"] == "capture" and details["camera_file"] == str((output / "cameras.json").resolve())

@@ -13,9 +13,9 @@ from datetime import date
 import torch
 
 from nst3d.backends.image import ImageBackend
-from nst3d.commands.image import DEFAULTS
 from nst3d.files import write_json
 from nst3d.options import StyleOptions, build_objective, loop_config, resolve_device, vgg_for, with_defaults
+from nst3d.pipelines.image import DEFAULTS
 from nst3d.samples import content_picture, swirl_style
 from nst3d.stylize import stylize
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from nst3d.events import ProgressBar
-from nst3d.files import check_output, load_image, resize_to, save_image, write_json
+from nst3d.files import check_output, load_image, resize_to, save_image
 from nst3d.options import StyleOptions
 from nst3d.samples import write_samples
 
@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_scene(args: argparse.Namespace, out: Path) -> int:
-    from nst3d.commands.mesh import stylize_mesh_file
     from nst3d.commands.render import load_renderable, render_turntable
+    from nst3d.pipelines.mesh import stylize_mesh_file
     from nst3d.sample_scene import write_sample_scene
 
     inputs = out / "inputs"
@@ -58,29 +58,30 @@ def run_scene(args: argparse.Namespace, out: Path) -> int:
     report = stylize_mesh_file(scene, out, opts, on_event=bar)
     bar.close()
     turntable = out / "turntable.gif"
-    render_turntable(load_renderable(report["outputs"]["asset"]), turntable, frames=24, size=192,
+    render_turntable(load_renderable(report.outputs["asset"]), turntable, frames=24, size=192,
                      on_event=ProgressBar(quiet=args.quiet))
-    sd = report["style_distance"]
-    print(f"wrote {report['outputs']['asset']}, {out / 'contact_sheet.png'}, {turntable} and "
+    sd = report.evaluation["style_distance"]
+    print(f"wrote {report.outputs['asset']}, {out / 'contact_sheet.png'}, {turntable} and "
           f"{out / 'report.json'} (held-out style distance {sd['before']:.3g} -> {sd['after']:.3g}, "
-          f"{report['seconds']:.0f} s)")
+          f"{report.seconds:.0f} s)")
     return 0
 
 
 def run_image(args: argparse.Namespace, out: Path) -> int:
-    from nst3d.commands.image import DEFAULTS, stylize_image_files
     from nst3d.options import with_defaults
+    from nst3d.pipelines.image import DEFAULTS, stylize_image_files
 
     content, style = write_samples(out / "inputs", size=args.size or 256)
     opts = with_defaults(StyleOptions(styles=[style], steps=args.steps or 150, size=args.size or 256,
                                       weights=args.weights, device=args.device), DEFAULTS)
     result = out / "stylized.png"
-    report = stylize_image_files(content, [result], opts, on_event=ProgressBar(quiet=args.quiet))
+    report = stylize_image_files(content, [result], opts, on_event=ProgressBar(quiet=args.quiet),
+                                 report=out / "report.json")
     sheet = out / "contact_sheet.png"
     save_image(side_by_side([load_image(p)[0] for p in (content, style, result)]), sheet)
-    write_json(report, out / "report.json")
+    style = report.evaluation["style_distance"]
     print(f"wrote {result}, {sheet} and {out / 'report.json'} (style distance "
-          f"{report['style_distance']['before']:.3g} -> {report['style_distance']['after']:.3g})")
+          f"{style['before']:.3g} -> {style['after']:.3g})")
     return 0
 
 
