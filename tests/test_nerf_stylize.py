@@ -204,17 +204,18 @@ def test_nerf_command_writes_a_run_that_nerfstudio_reloads(scene, style_file, ra
     assert "warning: --size 12 leaves" in err  # views this small are warned about
     assert _snapshot(scene.config.parent) == before  # the original run is untouched
     report = json.loads(report_path.read_text())
-    config = Path(report["output"])
+    config = Path(report["outputs"]["run"])
     assert config.is_relative_to(out) and config.parent.parent.name == "nst3d-nerfacto"
     assert sorted(p.name for p in config.parent.iterdir()) == [
         "config.yml", "dataparser_transforms.json", "nerfstudio_models", "nst3d_preview.png", "nst3d_report.json"]
-    assert json.loads((config.parent / "nst3d_report.json").read_text())["output"] == str(config)
+    assert json.loads((config.parent / "nst3d_report.json").read_text())["outputs"]["run"] == str(config)
     evaluation = report["evaluation"]
     assert set(evaluation["style_distance"]) == {"before", "after"}
     assert {"short_range", "long_range"} <= set(evaluation["consistency"])
-    for key in ("seconds", "seconds_per_step", "peak_memory_mb", "peak_device_memory_mb", "patch_rays", "device",
-                "trainable_parameters"):
+    for key in ("seconds", "peak_memory_mb", "peak_device_memory_mb", "device"):
         assert key in report
+    for key in ("seconds_per_step", "patch_rays", "trainable_parameters"):
+        assert key in report["details"]
     assert report["peak_memory_mb"] > 0 and (report["peak_device_memory_mb"] is None) == (report["device"] == "cpu")
 
     # nerfstudio's own loader (what ns-viewer, ns-render and ns-export call) reloads and renders it, on the
