@@ -186,7 +186,7 @@ def run_job(job: Job, on_event: Callable[[Event], None],
     if job.kind != "mesh":
         raise UserError(f"job kind {job.kind!r} is not supported")
     try:
-        from nst3d.commands.mesh import stylize_mesh_file
+        from nst3d.pipelines.mesh import stylize_mesh_file
     except ModuleNotFoundError as exc:
         raise UserError(f"this nst3d installation cannot stylize meshes (missing module {exc.name}); "
                         "install it with: pip install 'nst3d[mesh]'") from None
@@ -198,11 +198,11 @@ def run_job(job: Job, on_event: Callable[[Event], None],
                                shading=job.shading, keep_uv_layouts=job.keep_uv_layouts,
                                on_event=_without_done(on_event), should_stop=should_stop)
     outputs = sorted(str(p) for p in job.output_dir.rglob("*") if p.is_file())
-    asset = Path(report.get("outputs", {}).get("asset", "")) if isinstance(report, dict) else Path()
+    asset = Path(report.outputs["asset"])
     textures = []
     if asset.suffix == ".glb" and asset.is_file():
         textures = extract_base_color_textures(asset, job.output_dir / "textures", source=job.input)
-    return {"event": "done", "outputs": outputs, "textures": textures, "report": report,
+    return {"event": "done", "outputs": outputs, "textures": textures, "report": report.to_dict(),
             "seconds": time.perf_counter() - started}
 
 

@@ -261,9 +261,9 @@ def summary(plan: jobs.Plan, assigned: dict[str, list[str]], result: dict) -> li
             parts.append(f"{source or '(no material)'} -> {material_name}{size}")
         uv = f"new UV map {jobs.UV_MAP_NAME} (Smart UV Project)" if name in unwrapped else "own UVs"
         lines.append(f"  {name}: {'; '.join(parts) or 'nothing assigned'}; {uv}")
-    report = result.get("report") or {}
-    style = report.get("style_distance") if isinstance(report, dict) else None
-    if isinstance(style, dict) and "before" in style and "after" in style:
+    report = result.get("report")  # nst3d.pipelines.report.Report as JSON: the same keys for every backend
+    if report:
+        style = report["evaluation"]["style_distance"]
         lines.append(f"  style distance {style['before']:.4g} -> {style['after']:.4g} (held-out views)")
     return lines
 

@@ -616,7 +616,7 @@ def test_batch_script_on_a_saved_blend(empty_file, style_image, real_weights, tm
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "reports" / "run.json").read_text())  # --report was accepted and ignored
-    assert set(report["style_distance"]) == {"before", "after"} and report["style_map"]
+    assert set(report["evaluation"]["style_distance"]) == {"before", "after"} and report["details"]["style_map"]
     assert "Textured: Painted -> Painted_styled 32x32; own UVs" in result.stderr
     assert scene.read_bytes() == scene_bytes  # the input is never touched
 

@@ -193,6 +193,8 @@ def test_nerf_command_writes_a_run_that_nerfstudio_reloads(scene, style_file, ra
     from nst3d.cli import main
     from nst3d.eval import held_out_views
     from nst3d.integrations.nerfstudio.model import StyleNerfactoModel
+    from nst3d.pipelines.report import REPORT_KEYS
+    from tests.test_report_schema import EVALUATION_KEYS
 
     before = _snapshot(scene.config.parent)
     out, report_path = tmp_path / "styled", tmp_path / "report.json"
@@ -209,7 +211,9 @@ def test_nerf_command_writes_a_run_that_nerfstudio_reloads(scene, style_file, ra
     assert sorted(p.name for p in config.parent.iterdir()) == [
         "config.yml", "dataparser_transforms.json", "nerfstudio_models", "nst3d_preview.png", "nst3d_report.json"]
     assert json.loads((config.parent / "nst3d_report.json").read_text())["outputs"]["run"] == str(config)
+    assert list(report) == list(REPORT_KEYS) and report["command"] == "nerf"  # the schema image/mesh/splat write
     evaluation = report["evaluation"]
+    assert EVALUATION_KEYS <= set(evaluation)
     assert set(evaluation["style_distance"]) == {"before", "after"}
     assert {"short_range", "long_range"} <= set(evaluation["consistency"])
     for key in ("seconds", "peak_memory_mb", "peak_device_memory_mb", "device"):

@@ -29,6 +29,7 @@ from typing import Any
 from nst3d.batch.jobs import Job
 from nst3d.errors import UserError
 from nst3d.files import map_json, write_json
+from nst3d.pipelines.report import read_report
 
 DONE_FILE = "job.json"
 SUMMARY_FILE = "summary.json"
@@ -257,10 +258,10 @@ def _record(job: Job, root: Path, status: str, attempts: int, outcome: dict[str,
         record.update({k: outcome[k] for k in ("seconds", "error", "returncode", "host") if k in outcome})
     report_path = root / job.folder / "report.json"
     if record["folder"] and report_path.is_file():
-        report = json.loads(report_path.read_text())
-        style = report.get("style_distance") or report.get("evaluation", {}).get("style_distance")
-        if style:
-            record["style_distance"] = style
+        try:
+            record["style_distance"] = read_report(report_path).evaluation["style_distance"]
+        except UserError as exc:  # e.g. a folder finished by an older nst3d: the batch still sums up
+            record["report_error"] = str(exc)
     return record
 
 
