@@ -95,11 +95,11 @@ class NerfAdapter(Adapter):
 
         self.steps_done = len(history)
         objective, done = self.style_objective, []
-        style = {"style_image": opts.styles[0], "loss": opts.loss, "style_weight": opts.strength,
+        style = {"style_image": opts.styles[0], "loss": opts.loss, "strength": opts.strength,
                  "content_weight": opts.content_weight, "tv_weight": opts.tv_weight, "size": opts.size,
-                 "style_size": opts.style_size, "views_per_step": opts.views, "jitter_degrees": self.jitter,
+                 "style_size": opts.style_size, "views": opts.views, "jitter_degrees": self.jitter,
                  "patch_rays": self.patch_rays, "geometry_cache_mb": self.geometry_cache_mb,
-                 "preserve_color": opts.preserve_color, "vgg_weights": opts.weights,
+                 "preserve_color": opts.preserve_color, "weights": opts.weights,
                  "preprocess": opts.preprocess, "style_layers": tuple(objective.target.layers),
                  "content_layer": objective.content_layer, "seed": opts.seed}
 
