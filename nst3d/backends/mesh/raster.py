@@ -25,7 +25,8 @@ import torch
 
 CHUNK_CPU = 1 << 18  # pixel candidates tested at once
 CHUNK_CUDA = 1 << 22
-LOG_MAX_STENCIL = 5  # stencils of up to 32 x 32 pixels; bigger triangles take several
+STENCILS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)  # stencil sides (pixels); bigger triangles take several stencils
+SMALLEST_POSITIVE = float(np.nextafter(np.float32(0), np.float32(1)))
 NO_HIT = torch.iinfo(torch.int64).max
 EDGES = ((1, 2), (2, 0), (0, 1))  # e_i uses the edge opposite corner i
 
@@ -65,8 +66,9 @@ class Hits:
 
 def edge_table(cam_vertices: torch.Tensor, faces: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     """Per triangle, one row [F, 16] of what the pixel test needs, for pixel centres p = (x, y, 1):
-    0-8 edge coefficients c_i: e_i = c_i . p, signed so that inside is e >= 0; 9-11 top-left flags (1 where
-    e_i = 0 counts as inside); 12-14 plane coefficients g: g . p = sum(e) > 0 in front; 15 h: depth = h / (g . p).
+    0-8 edge coefficients c_i: e_i = c_i . p, signed so that inside is e >= 0; 9-11 thresholds: inside is
+    e_i >= threshold_i, 0 on top-left edges, else the smallest positive float (e_i > 0); 12-14 plane
+    coefficients g: g . p = sum(e) > 0 in front; 15 h: depth = h / (g . p).
 
     cam_vertices [N, 3] camera space; faces [F, 3] int64; K [3, 3]. Each edge's normal is computed from its
     corners in a fixed (lexicographic) order, so the two triangles sharing an edge get exactly opposite
@@ -85,7 +87,8 @@ def edge_table(cam_vertices: torch.Tensor, faces: torch.Tensor, K: torch.Tensor)
     inv_k = torch.linalg.inv(K.to(plane))
     coef = _times_inverse_k(torch.stack(normals, 1), inv_k) * sign[:, None, None]
     top_left = (coef[..., 0] > 0) | ((coef[..., 0] == 0) & (coef[..., 1] > 0))
-    return torch.cat([coef.reshape(-1, 9), top_left.float(), _times_inverse_k(plane, inv_k) * sign[:, None],
+    threshold = torch.where(top_left, 0.0, SMALLEST_POSITIVE)  # inside: e >= threshold
+    return torch.cat([coef.reshape(-1, 9), threshold, _times_inverse_k(plane, inv_k) * sign[:, None],
                       (offset * sign)[:, None]], 1)
 
 
@@ -127,8 +130,9 @@ def rasterize(cam_vertices: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, 
     """The nearest hit per pixel centre (see Hits) of triangles faces [F, 3] with camera-space (OpenCV)
     vertices [N, 3] under intrinsics K [3, 3]; all on the vertices' device. count: also count every hit.
 
-    Each triangle's screen box is covered by stencils of sx x sy pixels (powers of two up to MAX_STENCIL,
-    chosen per triangle), and triangles with the same stencil are tested together, `chunk` pixels at a time.
+    Each triangle's screen box is covered by stencils of sx x sy pixels (sides from STENCILS, the smallest
+    that fit, chosen per triangle; stencils an edge misses entirely are dropped), and triangles with the same
+    stencil are tested together, `chunk` pixels at a time.
     """
     device = cam_vertices.device
     cam_vertices = cam_vertices.float()
@@ -139,15 +143,17 @@ def rasterize(cam_vertices: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, 
     size = (box[:, 2:] - box[:, :2] + 1).clamp(min=0)  # [F, 2] (w, h)
     live = ((size.prod(1) > 0) & (table[:, 15] > 0)).nonzero().squeeze(1)  # 0: edge-on, never hit
     size = size[live]
-    log_stencil = torch.log2(size.float()).ceil().long().clamp(0, LOG_MAX_STENCIL)  # [L, 2]
-    tiles = torch.div(size + (1 << log_stencil) - 1, 1 << log_stencil, rounding_mode="floor")  # [L, 2]
-    kind = log_stencil[:, 0] * (LOG_MAX_STENCIL + 1) + log_stencil[:, 1]
+    sides = torch.tensor(STENCILS, device=device)
+    kind_xy = torch.searchsorted(sides, size.clamp(max=STENCILS[-1]))  # [L, 2] smallest stencil >= the box
+    stencil = sides[kind_xy]
+    tiles = torch.div(size + stencil - 1, stencil, rounding_mode="floor")  # [L, 2]
+    kind = kind_xy[:, 0] * len(STENCILS) + kind_xy[:, 1]
     order = torch.argsort(kind, stable=True)
     live, kind, tiles, origin = live[order], kind[order], tiles[order], box[live[order], :2]
     tile_count = tiles.prod(1)
     ends = tile_count.cumsum(0)
     ends_host = ends.cpu().numpy()  # host copies once per view, at set-up
-    kinds_host = torch.bincount(kind, minlength=(LOG_MAX_STENCIL + 1) ** 2).cpu().numpy()
+    kinds_host = torch.bincount(kind, minlength=len(STENCILS) ** 2).cpu().numpy()
     zbuffer = torch.full((width * height,), NO_HIT, dtype=torch.int64, device=device)
     counts = torch.zeros(width * height, dtype=torch.int64, device=device) if count else None
     chunk = chunk or (CHUNK_CUDA if device.type == "cuda" else CHUNK_CPU)
@@ -155,7 +161,7 @@ def rasterize(cam_vertices: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, 
     for kind_id, members in enumerate(kinds_host):
         if members == 0:
             continue
-        stencil = (1 << (kind_id // (LOG_MAX_STENCIL + 1)), 1 << (kind_id % (LOG_MAX_STENCIL + 1)))
+        stencil = (STENCILS[kind_id // len(STENCILS)], STENCILS[kind_id % len(STENCILS)])
         start = int(ends_host[first_of_kind - 1]) if first_of_kind else 0
         stop = int(ends_host[first_of_kind + members - 1])
         first_of_kind += members
@@ -173,11 +179,28 @@ def rasterize(cam_vertices: torch.Tensor, faces: torch.Tensor, K: torch.Tensor, 
             corner = origin[which] + torch.stack([tile % across, torch.div(tile, across, rounding_mode="floor")],
                                                  1) * torch.tensor(stencil, device=device)
             face = live[which]
-            pixel, key = _test_stencils(table.index_select(0, face), face, corner, stencil, width, height)
+            rows = table.index_select(0, face)
+            if max(stencil) > 4:
+                keep = _stencil_may_hit(rows, corner, stencil).nonzero().squeeze(1)
+                rows, face, corner = rows[keep], face[keep], corner[keep]
+            pixel, key = _test_stencils(rows, face, corner, stencil, width, height)
             if counts is not None:
                 counts.index_add_(0, pixel, torch.ones_like(pixel))
             zbuffer.scatter_reduce_(0, pixel, key, "amin")
     return resolve(zbuffer, table, width, counts)
+
+
+def _stencil_may_hit(rows: torch.Tensor, corner: torch.Tensor, stencil: tuple[int, int]) -> torch.Tensor:
+    """[n] bool: False where some edge is negative at every pixel centre of the stencil (it misses)."""
+    x = corner[:, 0].float() + 0.5
+    y = corner[:, 1].float() + 0.5
+    may = torch.ones(len(rows), dtype=torch.bool, device=rows.device)
+    for i in range(3):
+        a, b, c = rows[:, 3 * i], rows[:, 3 * i + 1], rows[:, 3 * i + 2]
+        best = a * x + b * y + c + a.clamp(min=0) * (stencil[0] - 1) + b.clamp(min=0) * (stencil[1] - 1)
+        slack = 1e-5 * (a.abs() * (x + stencil[0]) + b.abs() * (y + stencil[1]) + c.abs())  # for rounding
+        may &= best >= -slack
+    return may
 
 
 def _test_stencils(rows: torch.Tensor, face: torch.Tensor, corner: torch.Tensor, stencil: tuple[int, int],
@@ -186,41 +209,38 @@ def _test_stencils(rows: torch.Tensor, face: torch.Tensor, corner: torch.Tensor,
     ids face [n]): (flat pixel index [m], z-buffer key [m]) of the hits, key = depth bits << 32 | face."""
     device = rows.device
     sx, sy = stencil
-    dx = torch.arange(sx, device=device).repeat(sy)
-    dy = torch.arange(sy, device=device).repeat_interleave(sx)
-    px = corner[:, :1] + dx  # [n, S] int64
-    py = corner[:, 1:] + dy
-    x, y = px.float() + 0.5, py.float() + 0.5
-    inside = (px < width) & (py < height)
+    dx = torch.arange(sx, device=device, dtype=torch.float32).repeat(sy) + 0.5
+    dy = torch.arange(sy, device=device, dtype=torch.float32).repeat_interleave(sx) + 0.5
+    x = corner[:, :1].float() + dx  # [n, S] pixel centres
+    y = corner[:, 1:].float() + dy
+    inside = (x < width) & (y < height)
     for i in range(3):
         e = rows[:, 3 * i:3 * i + 1] * x + rows[:, 3 * i + 1:3 * i + 2] * y + rows[:, 3 * i + 2:3 * i + 3]
-        inside &= (e > 0) | ((e == 0) & (rows[:, 9 + i:10 + i] > 0))
-    front = rows[:, 12:13] * x + rows[:, 13:14] * y + rows[:, 14:15]
-    inside &= front > 0
+        inside &= e >= rows[:, 9 + i:10 + i]
     hit = inside.reshape(-1).nonzero().squeeze(1)
     owner = torch.div(hit, sx * sy, rounding_mode="floor")
-    depth = rows[:, 15].index_select(0, owner) / front.reshape(-1).index_select(0, hit)
-    pixel = py.reshape(-1).index_select(0, hit) * width + px.reshape(-1).index_select(0, hit)
-    return pixel, (depth.view(torch.int32).long() << 32) | face.index_select(0, owner)
-
-
-def _evaluate(rows: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(e [n, 3], g . p [n]) for edge-table rows [n, >= 16] at pixel centres x, y [n]."""
-    edges = rows[:, :9].view(-1, 3, 3)
-    e = edges[..., 0] * x[:, None] + edges[..., 1] * y[:, None] + edges[..., 2]
-    return e, rows[:, 12] * x + rows[:, 13] * y + rows[:, 14]
+    x, y = x.reshape(-1).index_select(0, hit), y.reshape(-1).index_select(0, hit)
+    plane = rows.index_select(0, owner)[:, 12:16]
+    front = plane[:, 0] * x + plane[:, 1] * y + plane[:, 2]
+    ok = (front > 0).nonzero().squeeze(1)  # all e >= 0 imply it but for rounding on near edge-on triangles
+    depth = (plane[:, 3] / front).index_select(0, ok)
+    pixel = ((y - 0.5).long() * width + (x - 0.5).long()).index_select(0, ok)
+    return pixel, (depth.view(torch.int32).long() << 32) | face.index_select(0, owner.index_select(0, ok))
 
 
 def resolve(zbuffer: torch.Tensor, table: torch.Tensor, width: int, counts: torch.Tensor | None) -> Hits:
     """Hits from the z-buffer's packed keys: the winning triangle, its depth and barycentrics at the pixel."""
-    hit = zbuffer != NO_HIT
-    face = torch.where(hit, zbuffer & 0xFFFFFFFF, -1)
-    depth = torch.where(hit, (zbuffer >> 32).int().view(torch.float32), 0.0)
-    index = torch.arange(len(zbuffer), device=zbuffer.device)
-    x = (index % width).float() + 0.5
-    y = torch.div(index, width, rounding_mode="floor").float() + 0.5
-    e, front = _evaluate(table.index_select(0, face.clamp(min=0)), x, y)
-    bary = torch.where(hit[:, None], e[:, 1:] / front.clamp(min=1e-30)[:, None], 0.0)
+    hit = (zbuffer != NO_HIT).nonzero().squeeze(1)
+    key = zbuffer.index_select(0, hit)
+    face = torch.full_like(zbuffer, -1).index_copy_(0, hit, key & 0xFFFFFFFF)
+    depth = torch.zeros(len(zbuffer), device=zbuffer.device).index_copy_(
+        0, hit, (key >> 32).int().view(torch.float32))
+    x = (hit % width).float() + 0.5
+    y = torch.div(hit, width, rounding_mode="floor").float() + 0.5
+    rows = table[:, [3, 4, 5, 6, 7, 8, 12, 13, 14]].index_select(0, key & 0xFFFFFFFF)  # e1, e2, plane
+    values = rows.view(-1, 3, 3)
+    e = values[..., 0] * x[:, None] + values[..., 1] * y[:, None] + values[..., 2]  # [m, 3]: e1, e2, g . p
+    bary = torch.zeros(len(zbuffer), 2, device=zbuffer.device).index_copy_(0, hit, e[:, :2] / e[:, 2:])
     return Hits(face, bary, depth, counts)
 
 
