@@ -72,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uv-size", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="also time the torch rasterizer on this device (cuda)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     engines = [("open3d", "cpu")] if open3d_available() else []
     engines.append(("torch", "cpu"))
     if args.device != "cpu":
@@ -85,11 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, world in meshes(args.triangles):
         cameras = frame_on_silhouette(framing_points(world.vertices), fibonacci_directions(args.views),
                                       args.size, args.size)
-        seconds = []
-        for engine, device in engines:
-            def build(engine=engine, device=device):
-                Rasterizer(world, device, engine).rasterize(cameras, args.supersample)
-            seconds.append(best_of(args.repeat, build))
+        seconds = [best_of(args.repeat, lambda e=engine, d=device, w=world, c=cameras: Rasterizer(w, d, e).rasterize(
+            c, args.supersample)) for engine, device in engines]
         ratio = f"{seconds[1] / seconds[0]:.2f}x" if engines[0][0] == "open3d" else "-"
         print(f"| {name} | {len(world.faces):,} | " + " | ".join(f"{s:.2f}" for s in seconds) + f" | {ratio} |")
     _, world = meshes(args.triangles)[-1]

@@ -84,7 +84,7 @@ def edge_table(cam_vertices: torch.Tensor, faces: torch.Tensor, K: torch.Tensor)
     plane = torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0], dim=-1)
     offset = (plane * corners[:, 0]).sum(-1)  # the plane: plane . P = offset; det(v0, v1, v2) = offset
     sign = torch.where(offset < 0, -1.0, 1.0)
-    inv_k = torch.linalg.inv(K.to(plane))
+    inv_k = torch.linalg.inv(K.double().cpu()).to(plane)  # 3 x 3: on the host, once per view
     coef = _times_inverse_k(torch.stack(normals, 1), inv_k) * sign[:, None, None]
     top_left = (coef[..., 0] > 0) | ((coef[..., 0] == 0) & (coef[..., 1] > 0))
     threshold = torch.where(top_left, 0.0, SMALLEST_POSITIVE)  # inside: e >= threshold
@@ -111,7 +111,7 @@ def screen_boxes(cam_vertices: torch.Tensor, faces: torch.Tensor, K: torch.Tenso
     corners = cam_vertices[faces]  # [F, 3, 3]
     z = corners[..., 2]
     front = z > 0
-    projected = corners @ K.to(corners).T
+    projected = _times_rows(corners, K.to(corners))
     xy = projected[..., :2] / torch.where(front, z, 1.0)[..., None]
     low = (xy.amin(1) - 0.5 - 1e-4).ceil()
     high = (xy.amax(1) - 0.5 + 1e-4).floor()
@@ -248,7 +248,7 @@ def rasterize_camera(vertices: torch.Tensor, faces: torch.Tensor, world_to_cam: 
                      width: int, height: int) -> Hits:
     """rasterize for world-space vertices [N, 3] and one OpenCV camera (world_to_cam [4, 4], K [3, 3])."""
     w2c = world_to_cam.to(device=vertices.device, dtype=torch.float32)
-    return rasterize(vertices.float() @ w2c[:3, :3].T + w2c[:3, 3], faces, K, width, height)
+    return rasterize(_times_rows(vertices.float(), w2c[:3, :3]) + w2c[:3, 3], faces, K, width, height)
 
 
 def pixel_directions(world_to_cam: torch.Tensor, K: torch.Tensor, width: int, height: int,
@@ -260,7 +260,12 @@ def pixel_directions(world_to_cam: torch.Tensor, K: torch.Tensor, width: int, he
     ys, xs = torch.meshgrid(torch.arange(height, device=device, dtype=torch.float32) + 0.5,
                             torch.arange(width, device=device, dtype=torch.float32) + 0.5, indexing="ij")
     cam = torch.stack([(xs - K[0, 2]) / K[0, 0], (ys - K[1, 2]) / K[1, 1], torch.ones_like(xs)], -1)
-    return cam.reshape(-1, 3) @ w2c[:3, :3]  # R^T d, row vectors
+    return _times_rows(cam.reshape(-1, 3), w2c[:3, :3].T)  # R^T d
+
+
+def _times_rows(points: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """matrix [3, 3] applied to points [..., 3] elementwise in float32 (a CUDA matmul may round to TF32)."""
+    return (points[..., None, :] * matrix).sum(-1)
 
 
 # ---------------------------------------------------------------------------------------- UV layouts
