@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-CHUNK_CPU = 1 << 18  # pixel candidates tested at once
+CHUNK_CPU = 1 << 21  # pixel candidates tested at once (fewer, bigger kernels: threads wait less)
 CHUNK_CUDA = 1 << 22
 STENCILS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)  # stencil sides (pixels); bigger triangles take several stencils
 SMALLEST_POSITIVE = float(np.nextafter(np.float32(0), np.float32(1)))
