@@ -241,19 +241,28 @@ class Views:
     features: dict[str, torch.Tensor]
     content: torch.Tensor | None
 
+    @cached_property
+    def shown(self) -> torch.Tensor:
+        """[V, G]: 1 where view v shows any of group g, else 0 (needs groups)."""
+        return (self.groups.sum((2, 3)) > 0).to(self.groups.dtype)
+
+    @cached_property
+    def share(self) -> torch.Tensor:
+        """[G]: each group's share of the batch's pixels (needs groups)."""
+        area = self.groups.sum((0, 2, 3))
+        return area / area.sum().clamp(min=EPS)
+
     def over_groups(self, per_view: Callable[[int, torch.Tensor | None], torch.Tensor]) -> torch.Tensor:
-        """Σ_g share_g · (mean of per_view(g, groups[:, g:g+1]) [V] over the views that show group g), share_g
-        being the group's share of the batch's pixels. A view without the group adds nothing, by weight 0
-        rather than by indexing, so no value goes to the host. Without groups: the plain mean over views."""
+        """Σ_g share_g · (mean of per_view(g, groups[:, g:g+1]) [V] over the views that show group g). A view
+        without the group adds nothing, by weight 0 rather than by indexing, so no value goes to the host.
+        Without groups: the plain mean over views."""
         if self.groups is None:
             return per_view(0, None).mean()
-        area = self.groups.sum((2, 3))  # [V, G]
-        shown = (area > 0).to(area.dtype)
-        share = area.sum(0) / area.sum().clamp(min=EPS)
         total = None
         for g in range(self.groups.shape[1]):
-            mean = (per_view(g, self.groups[:, g:g + 1]) * shown[:, g]).sum() / shown[:, g].sum().clamp(min=1)
-            total = share[g] * mean if total is None else total + share[g] * mean
+            shown = self.shown[:, g]
+            mean = (per_view(g, self.groups[:, g:g + 1]) * shown).sum() / shown.sum().clamp(min=1)
+            total = self.share[g] * mean if total is None else total + self.share[g] * mean
         return total
 
 
