@@ -302,6 +302,7 @@ def test_jobs_get_gpus_from_the_parents_own_list():
 def test_local_jobs_use_the_parents_gpus_out_of_memory_is_kept_and_a_hung_job_is_stopped(
         assets, random_weights_file, tmp_path, launcher, monkeypatch):
     program, log = launcher
+    # oom.png at 1536 px passes nst3d's free-memory check (about 4 GB) but not the launcher's 2 GB limit
     jobs_csv = write_csv(assets, ["hang.png,style.png,2,", "a.png,style.png,2,", "oom.png,style.png,2,1536"],
                          header="input,style,steps,size")
     jobs = load_jobs(jobs_csv, ["--size", "24", "--weights", str(random_weights_file)], build_parser())
