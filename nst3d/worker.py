@@ -12,6 +12,7 @@ Events, one JSON object per line on stdout (everything else the process prints g
     {"event": "progress", "stage", "step", "total", "loss" (optimising only), "unit" (when not a step), ...}
     {"event": "message", "text"}   {"event": "warning", "text"} (bad but usable input, e.g. a missing texture)
     {"event": "done", "outputs": [...], "textures": [{"material", "path", "factor"}], "report": {...}}
+        (report: nst3d.pipelines.report.Report as JSON, the same keys as every command's report.json)
     {"event": "error", "message": "one line"}   {"event": "cancelled"}
 Exit status: 0 done, 2 bad job/input, 1 crash, 3 out of memory, 130 cancelled (SIGTERM/SIGINT). On any
 failure the output folder the worker created is removed: nothing is half-written.
