@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from nst3d import __version__
 from nst3d.errors import UserError
 from nst3d.events import CTRL_C
+from nst3d.schema import subcommand_parser
 
 COMMANDS = ("image", "mesh", "splat", "nerf", "render", "batch", "demo", "bench", "worker")
 
@@ -66,14 +67,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         CTRL_C.clear()
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-
-
-def subcommand_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser | None:
-    """The parser of sub-command `name` in build_parser()'s parser, or None if there is no such command."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction) and name in action.choices:
-            return action.choices[name]
-    return None
 
 
 OUT_OF_MEMORY = "nst3d: error: out of memory; lower --size, --style-size or --views"

@@ -24,6 +24,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from nst3d.errors import UserError
+
 LOSS_KINDS = ("gram", "adain", "nnfm")
 PRESERVE_MODES = ("none", "luminance", "histogram")
 OPTIMIZERS = ("adam", "lbfgs")
@@ -261,10 +263,29 @@ def _csv_type(spec: Spec):
     return parse
 
 
+def subcommand_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser | None:
+    """The parser of sub-command `name` in build_parser()'s parser, or None if there is no such command."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+            return action.choices[name]
+    return None
+
+
 def from_args(cls: type, args: argparse.Namespace) -> Any:
     """An options instance from parsed arguments (fields not given keep their declared defaults)."""
     values = {name: getattr(args, name) for name in specs(cls) if getattr(args, name, None) is not None}
     return cls(**values)
+
+
+def parse_style_map(entries: list[str] | None) -> dict[str, list[Path]]:
+    """MeshOptions.style_map ["Wood=b.jpg", "Wood=c.jpg", "Body=d.png"] -> {"Wood": [b.jpg, c.jpg], "Body": [d.png]}."""
+    out: dict[str, list[Path]] = {}
+    for entry in entries or []:
+        name, sep, image = entry.partition("=")
+        if not sep or not name.strip() or not image.strip():
+            raise UserError(f"--style-map expects NAME=IMAGE, got '{entry}'")
+        out.setdefault(name.strip(), []).append(Path(image.strip()))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------

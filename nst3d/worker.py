@@ -160,8 +160,8 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
 def job_fields_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The job fields ("options", "texture_size", "style_map", "shading") from add_job_options' arguments, and
     "report": where the batch script writes the run's report (--report), or None."""
-    from nst3d.commands.mesh import parse_style_map
     from nst3d.options import options_from_args
+    from nst3d.schema import parse_style_map
 
     style_map = {name: [str(Path(p).expanduser().resolve()) for p in paths]
                  for name, paths in parse_style_map(args.style_map).items()}
@@ -244,7 +244,7 @@ def check(device: str = "auto", weights: str | None = None) -> Event:
     except UserError as exc:
         problems.append(str(exc))
     try:
-        import nst3d.commands.mesh  # noqa: F401 - only checks that the mesh backend imports
+        import nst3d.pipelines.mesh  # noqa: F401 - only checks that the mesh backend imports
         report["mesh"] = True
     except ImportError as exc:
         report["mesh"] = False

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from nst3d.cli import main
-from nst3d.commands.mesh import parse_style_map
 from nst3d.errors import UserError
 from nst3d.files import save_image
 from nst3d.options import StyleOptions
 from nst3d.pipelines.mesh import stylize_mesh_file
+from nst3d.schema import parse_style_map
 from nst3d.stylize import Cancelled
 from tests.mesh_data import textured_quad_glb, two_object_glb
 

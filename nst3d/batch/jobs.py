@@ -27,8 +27,8 @@ from typing import Any
 
 from nst3d import __version__
 from nst3d.backends.splat.formats import SPLAT_SUFFIXES, splat_format
-from nst3d.cli import subcommand_parser
 from nst3d.errors import UserError
+from nst3d.schema import subcommand_parser
 
 BACKENDS = ("mesh", "splat", "image", "nerf")
 MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".stl", ".off", ".ply")

@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nst3d.errors import UserError
 from nst3d.events import ProgressBar
 from nst3d.options import add_style_options, options_from_args
 from nst3d.pipelines.mesh import DEFAULTS, stylize_mesh_file
-from nst3d.schema import MeshOptions, add_arguments, from_args
+from nst3d.schema import MeshOptions, add_arguments, from_args, parse_style_map
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,17 +28,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_arguments(p, MeshOptions, title="mesh")
     add_style_options(p, DEFAULTS)
     p.set_defaults(run=run)
-
-
-def parse_style_map(entries: list[str] | None) -> dict[str, list[Path]]:
-    """["Wood=b.jpg", "Wood=c.jpg", "Body=d.png"] -> {"Wood": [b.jpg, c.jpg], "Body": [d.png]}."""
-    out: dict[str, list[Path]] = {}
-    for entry in entries or []:
-        name, sep, image = entry.partition("=")
-        if not sep or not name.strip() or not image.strip():
-            raise UserError(f"--style-map expects NAME=IMAGE, got '{entry}'")
-        out.setdefault(name.strip(), []).append(Path(image.strip()))
-    return out
 
 
 def run(args: argparse.Namespace) -> int:
