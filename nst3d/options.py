@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import torch
 
@@ -130,7 +130,10 @@ def build_objective(opts: StyleOptions, vgg: VGGFeatures, styles: list[torch.Ten
 
 
 def loop_config(opts: StyleOptions, stage: str = "stylizing") -> LoopConfig:
-    return LoopConfig(steps=opts.steps, optimizer=opts.optimizer, lr=opts.lr, seed=opts.seed, stage=stage)
+    """The loop's settings: every LoopConfig field that StyleOptions declares, by name (a new loop option declared
+    in the schema reaches the loop with no change here)."""
+    shared = {f.name: getattr(opts, f.name) for f in fields(LoopConfig) if hasattr(opts, f.name)}
+    return LoopConfig(**shared, stage=stage)
 
 
 # VGG's working set per pixel of a view (forward + backward to relu3, float32): about 2 KB measured (BENCHMARKS,

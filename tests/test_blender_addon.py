@@ -210,7 +210,7 @@ def test_panel_properties_agree_with_the_schema(addon):
             assert prop.default == default, name
             continue
         assert prop.default == (0 if default is None else default), name
-        low = 1 if spec.positive else spec.minimum
+        low = (1 if spec.kind is int else 0.0) if spec.positive else spec.minimum  # Blender has no "> 0"
         assert prop.hard_min == (0 if default is None else low if low is not None else prop.hard_min), name
         if spec.maximum is not None:
             assert prop.hard_max == spec.maximum, name
