@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 
-from nst3d.backends.image import MIN_LEVEL_PX, stylize_image
 from nst3d.color import gray, keep_content_chroma
 from nst3d.errors import UserError
 from nst3d.events import ProgressBar
@@ -28,6 +27,7 @@ from nst3d.options import (
     with_defaults,
 )
 from nst3d.schema import DEFAULTS as BACKEND_DEFAULTS
+from nst3d.stylize import MIN_LEVEL_PX, stylize_image
 
 DEFAULTS = BACKEND_DEFAULTS["image"]
 

@@ -53,8 +53,8 @@ from nst3d.cameras import (
 )
 from nst3d.color import keep_content_chroma
 from nst3d.errors import UserError
-from nst3d.eval import HeldOutViews, held_out_views
-from nst3d.events import ignore
+from nst3d.events import Cancelled, ignore
+from nst3d.held_out import HeldOutViews, held_out_views
 
 FOV_DEGREES = 40.0
 FRAME_MARGIN = 1.08
@@ -316,8 +316,6 @@ class SplatBackend:
         starts = range(0, len(pool), views_per_step)
         for key, start in enumerate(starts):
             if should_stop is not None and should_stop():
-                from nst3d.stylize import Cancelled
-
                 raise Cancelled()
             index = list(range(start, min(start + views_per_step, len(pool))))
             self.batches.append(self._prepare(key, pool[index], backgrounds[index]))
