@@ -109,8 +109,9 @@ def stylize_nerf_run(config_path: Path, output: Path, opts: StyleOptions, *, dat
                      compare_baseline: bool = False, on_event: EventSink = ignore, should_stop=None
                      ) -> dict[str, Any]:
     """Stylize the run at config_path; writes the stylized run under `output`; returns the report."""
-    from nst3d.backends.nerf import backend_for_run, content_palette, load_run, save_run
+    from nst3d.backends.nerf import backend_for_run, content_palette
     from nst3d.eval import baseline_config, evaluate_with_renders, held_out_views
+    from nst3d.integrations.nerfstudio.run import load_run, save_run
     from nst3d.preview import contact_sheet
     from nst3d.stylize import stylize
 
