@@ -1,5 +1,6 @@
 """Style, content and smoothness losses: pure functions over VGG features, plus the StyleTarget that holds
-the style images' statistics (computed once per run) and the Objective that combines the named terms.
+the style images' statistics (computed once per run) and the Objective that combines the named terms (one
+objective for one style and for several styles by region, `--style-map`).
 
 Feature maps are [B, C, H, W]; masks are [B, 1, H, W] in [0, 1] (1 = asset pixel) or None (all pixels).
 Every style term is normalised by the size of its target, so each layer weighs about the same.
@@ -7,8 +8,9 @@ Every style term is normalised by the size of its target, so each layer weighs a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -81,23 +83,36 @@ def mean_std(features: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[
     return mean, (var + 1e-5).sqrt()
 
 
-def gram_loss(features: torch.Tensor, target_gram: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Squared Frobenius distance between Gram matrices relative to the target's, averaged over B."""
+def gram_distances(features: torch.Tensor, target_gram: torch.Tensor,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per view [B]: squared Frobenius distance between Gram matrices relative to the target's."""
     diff = gram(features, mask) - target_gram
-    return (diff.pow(2).sum((-2, -1)) / target_gram.pow(2).sum().clamp(min=EPS)).mean()
+    return diff.pow(2).sum((-2, -1)) / target_gram.pow(2).sum().clamp(min=EPS)
+
+
+def gram_loss(features: torch.Tensor, target_gram: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """gram_distances averaged over B."""
+    return gram_distances(features, target_gram, mask).mean()
+
+
+def mean_std_distances(features: torch.Tensor, target_mean: torch.Tensor, target_std: torch.Tensor,
+                       mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per view [B]: AdaIN statistic matching, squared distance of means and stds relative to the target's."""
+    mean, std = mean_std(features, mask)
+    scale = (target_mean.pow(2).sum() + target_std.pow(2).sum()).clamp(min=EPS)
+    return ((mean - target_mean).pow(2).sum(-1) + (std - target_std).pow(2).sum(-1)) / scale
 
 
 def mean_std_loss(features: torch.Tensor, target_mean: torch.Tensor, target_std: torch.Tensor,
                   mask: torch.Tensor | None = None) -> torch.Tensor:
-    """AdaIN statistic matching: squared distance of means and stds relative to the target's, mean over B."""
-    mean, std = mean_std(features, mask)
-    scale = (target_mean.pow(2).sum() + target_std.pow(2).sum()).clamp(min=EPS)
-    return (((mean - target_mean).pow(2).sum(-1) + (std - target_std).pow(2).sum(-1)) / scale).mean()
+    """mean_std_distances averaged over B."""
+    return mean_std_distances(features, target_mean, target_std, mask).mean()
 
 
-def nnfm_loss(features: torch.Tensor, style_tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Nearest-neighbour feature matching (ARF): mean over (masked) positions of the cosine distance
-    from each feature to its nearest style feature. style_tokens: [N, C], unit length."""
+def nnfm_distances(features: torch.Tensor, style_tokens: torch.Tensor,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per view [B]: nearest-neighbour feature matching (ARF), the mean over (masked) positions of the cosine
+    distance from each feature to its nearest style feature. style_tokens: [N, C], unit length."""
     b, c = features.shape[:2]
     tokens = F.normalize(features.reshape(b, c, -1).transpose(1, 2), dim=-1)  # [B, P, C]
     mask = resize_mask(mask, features)
@@ -109,7 +124,12 @@ def nnfm_loss(features: torch.Tensor, style_tokens: torch.Tensor, mask: torch.Te
             index = (chunk @ style_tokens.T).argmax(-1)  # [B, p]
         nearest.append((chunk * style_tokens[index]).sum(-1))  # cosine similarity to the nearest, [B, p]
     cosine = torch.cat(nearest, dim=1)
-    return (((1 - cosine) * weights).sum(-1) / weights.sum(-1).clamp(min=EPS)).mean()
+    return ((1 - cosine) * weights).sum(-1) / weights.sum(-1).clamp(min=EPS)
+
+
+def nnfm_loss(features: torch.Tensor, style_tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """nnfm_distances averaged over B."""
+    return nnfm_distances(features, style_tokens, mask).mean()
 
 
 def content_loss(features: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -193,24 +213,82 @@ def _accumulate(store: dict[str, torch.Tensor], key: str, value: torch.Tensor) -
     store[key] = value if key not in store else store[key] + value
 
 
-def style_term(kind: str, features: torch.Tensor, target: StyleTarget, key: str,
-               mask: torch.Tensor | None) -> torch.Tensor:
-    """One layer's style loss of the given kind (gram | adain | nnfm)."""
+def style_distances(kind: str, features: torch.Tensor, target: StyleTarget, key: str,
+                    mask: torch.Tensor | None) -> torch.Tensor:
+    """One layer's style loss of the given kind (gram | adain | nnfm), per view [B]."""
     if kind == "gram":
-        return gram_loss(features, target.grams[key], mask)
+        return gram_distances(features, target.grams[key], mask)
     if kind == "adain":
-        return mean_std_loss(features, target.means[key], target.stds[key], mask)
+        return mean_std_distances(features, target.means[key], target.stds[key], mask)
     if kind == "nnfm":
-        return nnfm_loss(features, target.tokens[key], mask)
+        return nnfm_distances(features, target.tokens[key], mask)
     raise ValueError(f"unknown style loss {kind!r}; use one of {LOSS_KINDS}")
 
 
 @dataclass
-class Objective:
-    """The weighted sum of style, content and TV terms for rendered views.
+class Views:
+    """One batch of rendered views as every term sees it. Device rule: everything here lives on rgb's device
+    (the mask comes from the same render, the features from the VGG that rgb was sent to, the content features
+    from that VGG too).
 
-    call(rgb [V, 3, H, W], mask [V, 1, H, W] | None, content {tap: features} | None) -> named terms,
-    including "total" (the one to minimise).
+    rgb [V, 3, H, W]; groups [V, G, H, W]: the pixels of each style group (None: one group, every pixel);
+    union [V, 1, H, W]: the asset's pixels (None: all); features {tap, or "tap@scale" for scale != 1:
+    [V, C, h, w]}; content: the content target features [V, C, h, w] or None.
+    """
+
+    rgb: torch.Tensor
+    groups: torch.Tensor | None
+    union: torch.Tensor | None
+    features: dict[str, torch.Tensor]
+    content: torch.Tensor | None
+
+    @cached_property
+    def shown(self) -> torch.Tensor:
+        """[V, G]: 1 where view v shows any of group g, else 0 (needs groups)."""
+        return (self.groups.sum((2, 3)) > 0).to(self.groups.dtype)
+
+    @cached_property
+    def share(self) -> torch.Tensor:
+        """[G]: each group's share of the batch's pixels (needs groups)."""
+        area = self.groups.sum((0, 2, 3))
+        return area / area.sum().clamp(min=EPS)
+
+    def over_groups(self, per_view: Callable[[int, torch.Tensor | None], torch.Tensor]) -> torch.Tensor:
+        """Σ_g share_g · (mean of per_view(g, groups[:, g:g+1]) [V] over the views that show group g). A view
+        without the group adds nothing, by weight 0 rather than by indexing, so no value goes to the host.
+        Without groups: the plain mean over views."""
+        if self.groups is None:
+            return per_view(0, None).mean()
+        total = None
+        for g in range(self.groups.shape[1]):
+            shown = self.shown[:, g]
+            mean = (per_view(g, self.groups[:, g:g + 1]) * shown).sum() / shown.sum().clamp(min=1)
+            total = self.share[g] * mean if total is None else total + self.share[g] * mean
+        return total
+
+
+@dataclass(frozen=True)
+class Term:
+    """A named loss term: value(views) -> scalar tensor, or None where it does not apply to this batch
+    (decided from shapes and settings, never from tensor values). The objective's total is Σ weight · value."""
+
+    name: str
+    weight: float
+    value: Callable[[Views], torch.Tensor | None]
+
+
+@dataclass
+class Objective:
+    """The weighted sum of named terms for rendered views: style (per style group, per tap and scale), the NNFM
+    colour term (per group), content and TV (on the union of the groups' pixels), plus any `extra_terms`
+    (e.g. a multi-view consistency term that needs the backend's warps).
+
+    call(rgb [V, 3, H, W], mask [V, G, H, W] | None, content features | None) -> named terms, including
+    "total" (the one to minimise). One style: G = 1 (or no mask). Several (`--style-map`): `channel_targets`
+    gives the StyleTarget of each mask channel; channels that share a StyleTarget object are one style group
+    (its mask the sum of theirs), so a map that gives every channel the same target is the single-style
+    objective. Groups weigh by their share of the batch's pixels; a view that does not show a group adds
+    nothing to that group's terms. `target` is the first group's (for reports); all groups use its taps.
     """
 
     vgg: VGGFeatures
@@ -221,42 +299,106 @@ class Objective:
     content_weight: float = 0.1
     tv_weight: float = 0.0
     style_scales: tuple[float, ...] = (1.0,)
+    channel_targets: tuple[StyleTarget, ...] = ()
+    extra_terms: tuple[Term, ...] = ()
+
+    def __post_init__(self) -> None:
+        if any(t.layers != self.target.layers for t in self.channel_targets):
+            raise ValueError("every style group's target must use the same style taps")
 
     @property
     def taps(self) -> list[str]:
         return list(dict.fromkeys([*self.target.layers, self.content_layer]))
+
+    @cached_property
+    def style_groups(self) -> list[tuple[StyleTarget, list[int]]]:
+        """(target, its mask channels) per style group, in order of first appearance."""
+        groups: dict[int, tuple[StyleTarget, list[int]]] = {}
+        for channel, target in enumerate(self.channel_targets or (self.target,)):
+            groups.setdefault(id(target), (target, []))[1].append(channel)
+        return list(groups.values())
 
     @torch.no_grad()
     def content_features(self, rgb: torch.Tensor) -> torch.Tensor:
         """Content target features [V, C, h, w] of the original appearance."""
         return self.vgg(rgb, [self.content_layer])[self.content_layer]
 
-    def __call__(self, rgb: torch.Tensor, mask: torch.Tensor | None,
-                 content: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        feats = self.vgg(rgb, self.taps)
-        style = sum(style_term(self.loss, feats[tap], self.target, tap, mask) for tap in self.target.layers)
-        for scale in self.style_scales:
-            if scale == 1.0:
-                continue
-            small = self.vgg(downsample(rgb, scale), self.target.layers)
-            small_mask = None if mask is None else downsample(mask, scale)
-            style = style + sum(style_term(self.loss, small[tap], self.target, f"{tap}@{scale:g}", small_mask)
-                                for tap in self.target.layers)
-        style = style / (len(self.target.layers) * len(self.style_scales))
-        terms = {"style": style}
+    def terms(self) -> list[Term]:
+        terms = [Term("style", self.style_weight, self._style)]
         if self.loss == "nnfm":
             # NNFM matches textures at relu3 only; like ARF's colour transfer, also match the style's palette.
-            terms["color"] = mean_std_loss(rgb, self.target.means["rgb"], self.target.stds["rgb"], mask)
-            style = style + terms["color"]
-        total = self.style_weight * style
-        if content is not None and self.content_weight > 0:
-            terms["content"] = content_loss(feats[self.content_layer], content, mask)
-            total = total + self.content_weight * terms["content"]
+            terms.append(Term("color", self.style_weight, self._color))
+        if self.content_weight > 0:
+            terms.append(Term("content", self.content_weight, self._content))
         if self.tv_weight > 0:
-            terms["tv"] = tv_loss(rgb, mask)
-            total = total + self.tv_weight * terms["tv"]
+            terms.append(Term("tv", self.tv_weight, self._tv))
+        return [*terms, *self.extra_terms]
+
+    def views(self, rgb: torch.Tensor, mask: torch.Tensor | None, content: torch.Tensor | None,
+              taps: list[str], scales: tuple[float, ...]) -> Views:
+        """The Views record for rgb [V, 3, H, W]: VGG features at `taps` (and the style taps at each scale)."""
+        channels = len(self.channel_targets) or 1
+        if (mask is None and channels > 1) or (mask is not None and mask.shape[1] != channels):
+            raise ValueError(f"this objective needs a [V, {channels}, H, W] mask (one channel per style group)")
+        groups = mask
+        if mask is not None and channels > 1:
+            groups = torch.cat([sum(mask[:, c:c + 1] for c in chans) for _, chans in self.style_groups], dim=1)
+        union = mask if mask is None or mask.shape[1] == 1 else mask.sum(1, keepdim=True).clamp(max=1)
+        features = self.vgg(rgb, taps)
+        for scale in scales:
+            if scale != 1.0:
+                small = self.vgg(downsample(rgb, scale), self.target.layers)
+                features.update({f"{tap}@{scale:g}": f for tap, f in small.items()})
+        return Views(rgb, groups, union, features, content)
+
+    def __call__(self, rgb: torch.Tensor, mask: torch.Tensor | None,
+                 content: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        views = self.views(rgb, mask, content, self.taps, self.style_scales)
+        terms, total = {}, None
+        for term in self.terms():
+            value = term.value(views)
+            if value is not None:
+                terms[term.name] = value
+                total = term.weight * value if total is None else total + term.weight * value
         terms["total"] = total
         return terms
+
+    def _style(self, views: Views) -> torch.Tensor:
+        return views.over_groups(lambda g, mask: self._group_style(views, self.loss, self.style_scales, g, mask))
+
+    def _group_style(self, views: Views, kind: str, scales: tuple[float, ...], group: int,
+                     mask: torch.Tensor | None) -> torch.Tensor:
+        """Group `group`'s style distance per view [V], averaged over its taps and scales."""
+        target, layers = self.style_groups[group][0], self.target.layers
+        total = 0
+        for scale in scales:
+            suffix, small = ("", mask) if scale == 1.0 else (f"@{scale:g}", None if mask is None else
+                                                             downsample(mask, scale))
+            for tap in layers:
+                total = total + style_distances(kind, views.features[tap + suffix], target, tap + suffix, small)
+        return total / (len(layers) * len(scales))
+
+    def _color(self, views: Views) -> torch.Tensor:
+        def per_view(group: int, mask: torch.Tensor | None) -> torch.Tensor:
+            target = self.style_groups[group][0]
+            return mean_std_distances(views.rgb, target.means["rgb"], target.stds["rgb"], mask)
+        return views.over_groups(per_view)
+
+    def _content(self, views: Views) -> torch.Tensor | None:
+        if views.content is None:
+            return None
+        return content_loss(views.features[self.content_layer], views.content, views.union)
+
+    def _tv(self, views: Views) -> torch.Tensor:
+        return tv_loss(views.rgb, views.union)
+
+    @torch.no_grad()
+    def style_distance(self, rgb: torch.Tensor, mask: torch.Tensor | None) -> float:
+        """The report's metric: each group's Gram distance to its own style over its own pixels (relative,
+        averaged over the style taps at full scale and the views that show the group), weighted by pixel
+        share. One style: nst3d.losses.style_distance."""
+        views = self.views(rgb, mask, None, self.target.layers, (1.0,))
+        return float(views.over_groups(lambda g, m: self._group_style(views, "gram", (1.0,), g, m)))
 
 
 @torch.no_grad()

@@ -12,7 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from nst3d import __version__
+from nst3d.batch.execute import execute_job
+from nst3d.batch.executors import LocalExecutor, RayExecutor, ray_version_mismatch, visible_gpus
 from nst3d.batch.jobs import infer_backend, line_ranges, load_jobs
+from nst3d.batch.runner import run_batch
 from nst3d.cli import build_parser
 from nst3d.errors import UserError
 
@@ -190,7 +194,6 @@ def test_ray_local_runs_images_a_mesh_and_a_splat(assets, random_weights_file, t
 def test_a_lost_worker_is_retried_and_bad_input_is_not(assets, random_weights_file, tmp_path):
     from concurrent.futures import Future
 
-    from nst3d.batch.runner import LocalExecutor, run_batch
 
     class FlakyWorkers(LocalExecutor):
         """Real local execution, except that the first attempt of every job loses its worker."""
@@ -230,3 +233,228 @@ def test_the_scenes_folder_holds_what_the_generators_make_and_a_valid_job_list(t
         assert (scenes / name).read_bytes() == (tmp_path / name).read_bytes(), f"scenes/{name} is stale"
     jobs = load_jobs(scenes / "jobs.csv", [], build_parser())
     assert [(job.name, job.backend) for job in jobs] == [("scene", "mesh"), ("picture", "image")]
+
+
+LAUNCHER = '''"""Starts a batch job the way the runner does (python -m nst3d ARGS), first noting what it was given.
+
+argv: LOG ARGS. Appends {"input", "cuda", "pid"} to LOG. An input named hang*.png stands for a job that hangs: it
+starts a child that sleeps, writes half of its output and sleeps too. One named oom*.png runs nst3d under a 2 GB
+address-space limit, so that a large --size really runs out of memory.
+"""
+import json, os, resource, subprocess, sys, time
+
+log, *args = sys.argv[1:]
+name = os.path.basename(args[1])
+note = {"input": name, "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid()}
+if name.startswith("hang"):
+    note["child"] = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"]).pid
+    with open(args[args.index("-o") + 1], "w") as half:
+        half.write("half")
+with open(log, "a") as f:
+    f.write(json.dumps(note) + "\\n")
+if name.startswith("hang"):
+    time.sleep(600)
+if name.startswith("oom"):
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+os.execv(sys.executable, [sys.executable, "-m", "nst3d", *args])
+'''
+
+
+@pytest.fixture()
+def launcher(assets):
+    """(program, log): a job program for the executors that runs the real nst3d after noting each job's
+    environment in log, plus hang.png and oom.png inputs (copies of a.png) for the jobs it treats specially."""
+    script = assets / "launch_job.py"
+    script.write_text(LAUNCHER)
+    for name in ("hang", "oom"):
+        (assets / f"{name}.png").write_bytes((assets / "a.png").read_bytes())
+    log = assets / "launched.jsonl"
+    return [sys.executable, str(script), str(log)], log
+
+
+def launched(log: Path) -> list[dict]:
+    """What the launcher noted, one entry per job attempt."""
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+
+
+def running(pid: int) -> bool:
+    """True while process pid exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_jobs_get_gpus_from_the_parents_own_list():
+    assert visible_gpus("2,3", 2) == ["2", "3"]
+    assert visible_gpus(None, 2) == ["0", "1"] and visible_gpus(None, 0) == []
+    assert visible_gpus("", 4) == [] and visible_gpus(" ", 4) == []  # set but empty: no GPU
+    uuids = "GPU-8f6a1c2e-0b1d-4c3e-9f00-1234567890ab, MIG-GPU-8f6a1c2e-0b1d-4c3e-9f00-1234567890ab/1/0"
+    assert visible_gpus(uuids, 2) == ["GPU-8f6a1c2e-0b1d-4c3e-9f00-1234567890ab",
+                                      "MIG-GPU-8f6a1c2e-0b1d-4c3e-9f00-1234567890ab/1/0"]
+    assert visible_gpus("MIG-4b0f3c5d-6e7f-5a8b-9c0d-ef1234567890", 1) == ["MIG-4b0f3c5d-6e7f-5a8b-9c0d-ef1234567890"]
+    assert visible_gpus("1,-1,0", 2) == ["1"]  # CUDA ignores everything from an invalid index on
+    assert visible_gpus("0,1,7", 2) == ["0", "1"]  # 7 does not exist: torch sees 2
+
+
+@pytest.mark.slow
+def test_local_jobs_use_the_parents_gpus_out_of_memory_is_kept_and_a_hung_job_is_stopped(
+        assets, random_weights_file, tmp_path, launcher, monkeypatch):
+    program, log = launcher
+    # oom.png at 1536 px passes nst3d's free-memory check (about 4 GB) but not the launcher's 2 GB limit
+    jobs_csv = write_csv(assets, ["hang.png,style.png,2,", "a.png,style.png,2,", "oom.png,style.png,2,1536"],
+                         header="input,style,steps,size")
+    jobs = load_jobs(jobs_csv, ["--size", "24", "--weights", str(random_weights_file)], build_parser())
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # this machine's batch may use GPUs 2 and 3 only
+    results = tmp_path / "results"
+    results.mkdir()
+    timeout = 45.0  # above what a 2-step job takes on a busy 2-core machine
+    executor = LocalExecutor(results, workers=2, gpus=visible_gpus(os.environ["CUDA_VISIBLE_DEVICES"], 2),
+                             timeout=timeout, program=program)
+    started = time.perf_counter()
+    summary = run_batch(jobs, results, executor, retries=2)
+    seconds = time.perf_counter() - started
+    by_name = {j["name"]: j for j in summary["jobs"]}
+    notes = launched(log)
+    assert sorted(n["input"] for n in notes) == ["a.png", "hang.png", "oom.png"]  # each ran once: none retried
+    assert {n["cuda"] for n in notes} == {"2", "3"}  # two at once, each on one of the parent's GPUs
+    assert by_name["a"]["status"] == "done" and by_name["a"]["device"] == "cpu"  # no CUDA here: torch ran on CPU
+    oom = by_name["oom"]
+    assert oom["status"] == "out of memory" and oom["attempts"] == 1 and oom["returncode"] == 3
+    assert "out of memory" in oom["error"] and "not retried" in oom["hint"] and "size" in oom["hint"]
+    hang = by_name["hang"]
+    assert hang["status"] == "timed out" and hang["attempts"] == 1 and "45 s" in hang["error"]
+    assert timeout <= hang["seconds"] < timeout + 15 and seconds < timeout + 60
+    note = next(n for n in notes if n["input"] == "hang.png")
+    assert not running(note["pid"]) and not running(note["child"])  # the job and the child it started
+    assert summary["counts"] == {"timed out": 1, "done": 1, "out of memory": 1}
+    assert sorted(p.name for p in results.iterdir()) == sorted([Path(by_name["a"]["folder"]).name, "summary.json"])
+
+
+def test_cli_job_timeout_stops_a_long_job_and_retries_it_only_when_asked(assets, random_weights_file, tmp_path):
+    jobs_csv = write_csv(assets, ["a.png,style.png,100000,"])
+    results = tmp_path / "results"
+    common = ["--size", 24, "--weights", random_weights_file]
+    r = nst3d("batch", jobs_csv, "-o", results, "--job-timeout", 0, *common)
+    assert r.returncode == 2 and "--job-timeout must be a positive number" in r.stderr and not results.exists()
+    r = nst3d("batch", jobs_csv, "-o", results, "--job-timeout", 2, "--retry-timeouts", "--retries", 1, *common)
+    assert r.returncode == 1 and "1 timed out" in r.stdout, r.stderr
+    assert "line 2 (a): timed out: still running after the job timeout (2 s)" in r.stderr
+    job = json.loads((results / "summary.json").read_text())["jobs"][0]
+    assert job["status"] == "timed out" and job["attempts"] == 2 and job["folder"] is None
+    assert sorted(p.name for p in results.iterdir()) == ["contact_sheet.png", "summary.json"]  # no job folder
+
+
+def test_version_mismatches_say_what_each_side_runs(assets, tmp_path):
+    import platform
+
+    ray_utils = pytest.importorskip("ray._private.utils")
+    import ray
+
+    with pytest.raises(RuntimeError) as info:  # Ray's own check, given a cluster of other versions
+        ray_utils.check_version_info({"ray_version": "2.9.3", "python_version": "3.10.12"}, "node 10.0.0.7")
+    message = ray_version_mismatch(str(info.value), "ray://head:10001")
+    assert message.startswith("the Ray cluster at 'ray://head:10001' runs Ray 2.9.3 on Python 3.10.12, but this "
+                              f"driver runs Ray {ray.__version__} on Python {platform.python_version()}; ")
+    assert "pip install 'ray==2.9.3'" in message and "\n" not in message
+    job = load_jobs(write_csv(assets, ["a.png,style.png,2,"]), [], build_parser())[0]
+    results = tmp_path / "results"
+    results.mkdir()
+    outcome = execute_job(job.to_dict(), str(results), driver_version="0.0.1")
+    assert outcome["status"] == "failed" and not outcome["transient"]
+    assert f"runs nst3d {__version__} but the driver runs nst3d 0.0.1" in outcome["error"]
+    assert not list(results.iterdir())
+
+
+@pytest.mark.slow
+def test_ray_jobs_see_only_the_gpus_they_asked_for_and_a_cluster_of_other_versions_is_named(
+        assets, random_weights_file, tmp_path, launcher, monkeypatch):
+    ray = pytest.importorskip("ray")
+    from ray._common.usage.usage_constants import CLUSTER_METADATA_KEY
+    from ray._private.ray_constants import KV_NAMESPACE_CLUSTER
+    from ray.experimental.internal_kv import _internal_kv_put
+
+    program, log = launcher
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # the node's processes inherit this: "every GPU"
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        address = ray.get_runtime_context().gcs_address
+        common = ["--size", "24", "--weights", str(random_weights_file)]
+        jobs = {job.name: job for job in load_jobs(write_csv(assets, [f"{name}.png,style.png,2," for name in
+                                                                      ("a", "b", "c", "hang")]), common,
+                                                   build_parser())}
+        results = tmp_path / "results"
+        results.mkdir()
+        cpu_only = RayExecutor(results, address, cpus=1, gpus=0, program=program)
+        assert cpu_only.description.endswith("1 CPU / 0 GPU per job")
+        summary = run_batch([jobs["a"]], results, cpu_only)
+        assert summary["jobs"][0]["status"] == "done" and summary["jobs"][0]["device"] == "cpu"
+        half = RayExecutor(results, address, cpus=1, gpus=0.5, program=program)
+        summary = run_batch([jobs["b"], jobs["c"]], results, half)
+        assert [j["status"] for j in summary["jobs"]] == ["done", "done"]
+        timed = RayExecutor(results, address, cpus=1, gpus=0.5, timeout=3, program=program)
+        hang = run_batch([jobs["hang"]], results, timed)["jobs"][0]
+        assert hang["status"] == "timed out" and hang["attempts"] == 1 and 3 <= hang["seconds"] < 20
+        notes = {n["input"]: n for n in launched(log)}
+        assert notes["a.png"]["cuda"] == ""  # asked for no GPU: sees none
+        assert {notes[name]["cuda"] for name in ("b.png", "c.png", "hang.png")} <= {"0", "1"}  # Ray's half GPU
+        assert not running(notes["hang.png"]["pid"]) and not running(notes["hang.png"]["child"])
+        assert not list(results.glob(".*"))
+        # The cluster now says it runs other versions: a driver joining it is told what each side runs.
+        metadata = {"ray_version": "2.9.3", "python_version": "3.10.12"}
+        _internal_kv_put(CLUSTER_METADATA_KEY, json.dumps(metadata), overwrite=True, namespace=KV_NAMESPACE_CLUSTER)
+        r = nst3d("batch", assets / "jobs.csv", "-o", tmp_path / "joined", "--ray", address, *common)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and not (tmp_path / "joined").exists(), r.stderr
+        assert f"the Ray cluster at '{address}' runs Ray 2.9.3 on Python 3.10.12, but this driver runs Ray " \
+               f"{ray.__version__}" in r.stderr
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.gpu
+def test_local_batch_on_cuda_gives_each_job_one_of_this_processs_gpus(assets, random_weights_file, tmp_path,
+                                                                      launcher):
+    import torch
+
+    program, log = launcher
+    gpus = visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count())
+    jobs = load_jobs(write_csv(assets, ["a.png,style.png,4,", "b.png,style.png,4,"]),
+                     ["--size", "32", "--weights", str(random_weights_file)], build_parser())
+    on_cuda, on_cpu = tmp_path / "cuda", tmp_path / "cpu"
+    on_cuda.mkdir()
+    on_cpu.mkdir()
+    cuda = run_batch(jobs, on_cuda, LocalExecutor(on_cuda, program=program))  # this process's own GPU list
+    cpu = run_batch(jobs, on_cpu, LocalExecutor(on_cpu, gpus=[], program=program))
+    notes = launched(log)
+    assert gpus and all(n["cuda"] in gpus for n in notes[:2])  # one GPU each, from this process's list
+    assert [n["cuda"] for n in notes[2:]] == ["", ""]
+    for on_gpu, on_host in zip(cuda["jobs"], cpu["jobs"], strict=True):
+        assert on_gpu["status"] == on_host["status"] == "done"
+        assert on_gpu["device"].startswith("cuda") and on_host["device"] == "cpu"
+        before_gpu, before_cpu = on_gpu["style_distance"]["before"], on_host["style_distance"]["before"]
+        assert abs(before_gpu - before_cpu) <= 1e-2 * before_cpu  # the same start on either device (TF32 convs)
+        assert on_gpu["style_distance"]["after"] < before_gpu
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_ray_batch_shares_a_gpu_between_fractional_jobs_and_keeps_cpu_jobs_off_it(assets, random_weights_file,
+                                                                                  tmp_path, launcher):
+    ray = pytest.importorskip("ray")
+    program, log = launcher
+    jobs = load_jobs(write_csv(assets, ["a.png,style.png,4,", "b.png,style.png,4,", "c.png,style.png,4,"]),
+                     ["--size", "32", "--weights", str(random_weights_file)], build_parser())
+    results = tmp_path / "results"
+    results.mkdir()
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, configure_logging=False)  # the real GPUs
+    try:
+        address = ray.get_runtime_context().gcs_address
+        shared = run_batch(jobs[:2], results, RayExecutor(results, address, cpus=1, gpus=0.5, program=program))
+        cpu_only = run_batch(jobs[2:], results, RayExecutor(results, address, cpus=1, gpus=0, program=program))
+    finally:
+        ray.shutdown()
+    assert all(j["status"] == "done" and j["device"].startswith("cuda") for j in shared["jobs"])
+    assert cpu_only["jobs"][0]["status"] == "done" and cpu_only["jobs"][0]["device"] == "cpu"
+    notes = {n["input"]: n["cuda"] for n in launched(log)}
+    assert notes["a.png"] and notes["b.png"] and notes["c.png"] == ""

@@ -68,24 +68,3 @@ def test_objective_reports_named_terms_and_gradients_reach_the_image(vgg):
         terms["total"].backward()
         assert x.grad is not None and x.grad.abs().sum() > 0
 
-
-def test_region_objective_counts_each_group_only_in_the_views_that_show_it(vgg):
-    from nst3d.backends.mesh.regions import RegionObjective
-
-    g = torch.Generator().manual_seed(5)
-    target = StyleTarget.from_images(vgg, [torch.rand(3, 32, 32, generator=g)], ["relu1_1", "relu2_1"])
-    objective = RegionObjective([Objective(vgg, target, "relu2_1"), Objective(vgg, target, "relu2_1")])
-    rgb = torch.rand(2, 3, 32, 32, generator=g)
-    mask = torch.zeros(2, 2, 32, 32)
-    mask[:, 0, :, :16] = 1
-    mask[0, 1, :, 16:] = 1  # group 1 is seen in view 0 only
-
-    def distance(views: torch.Tensor, m: torch.Tensor) -> float:
-        feats = vgg(views, target.layers)
-        return float(sum(gram_loss(feats[t], target.grams[t], m) for t in target.layers)) / len(target.layers)
-
-    share = objective._weights(mask)
-    # View 1, which does not show group 1, is no evidence about group 1's style (not a distance of 1).
-    expected = share[0] * distance(rgb, mask[:, :1]) + share[1] * distance(rgb[:1], mask[:1, 1:])
-    assert abs(objective.style_distance(rgb, mask) - expected) < 1e-5
-    assert abs(float(objective(rgb, mask, None)["style"]) - expected) < 1e-5

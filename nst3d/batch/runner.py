@@ -1,197 +1,41 @@
-"""Running a batch: each job is one `nst3d` subprocess that writes into a hidden `.NAME.part` folder, renamed to
-its final name only when the job succeeds. So a finished job is exactly a folder with a job.json in it, a re-run
-skips those, and Ctrl-C or a killed worker loses at most the jobs in flight.
+"""Running a batch: every job not finished yet goes to an executor (executors.py: a local thread pool or Ray
+tasks), each as one `nst3d` subprocess (execute.py) whose results appear only when it succeeds. So a finished job
+is exactly a folder with a job.json in it, a re-run skips those, and Ctrl-C or a killed worker loses at most the
+jobs in flight.
 
-The same `execute_job` runs in a local thread pool (one worker per GPU, or per CPU share) or as a Ray task
-(`--ray auto|local|ADDRESS`), with the resources each job asks for; the driver retries transient failures
-(crashes, lost workers) and records permanent ones (bad input: exit code 2) without stopping the rest.
+The driver retries transient failures (crashes, lost workers), and timed-out jobs when asked, and records the
+permanent ones (bad input: exit 2; out of memory: exit 3) without stopping the rest. summary.json lists them all.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import ctypes
 import json
-import os
-import queue
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from nst3d.batch.execute import DONE_FILE
+from nst3d.batch.executors import LocalExecutor, RayExecutor
 from nst3d.batch.jobs import Job
-from nst3d.errors import UserError
-from nst3d.files import map_json, write_json
+from nst3d.files import write_json
 
-DONE_FILE = "job.json"
 SUMMARY_FILE = "summary.json"
 SHEET_FILE = "contact_sheet.png"
-USER_ERROR_CODES = (2, 130)  # bad input, cancelled: retrying cannot help
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGKILL when the parent dies (Linux), so no job outlives its worker."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-def execute_job(job_data: dict[str, Any], out_root: str, env: dict[str, str] | None = None,
-                processes: set[subprocess.Popen] | None = None) -> dict[str, Any]:
-    """Run one job to the end and return its outcome; the result folder appears only on success.
-
-    job_data: Job.to_dict(); env: extra environment (e.g. CUDA_VISIBLE_DEVICES); processes: a registry the
-    local runner uses to kill children on Ctrl-C. Runs unchanged in a thread or as a Ray task.
-    """
-    job = Job.from_dict(job_data)
-    root = Path(out_root)
-    final, part = root / job.folder, root / f".{job.folder}.part"
-    shutil.rmtree(part, ignore_errors=True)
-    part.mkdir(parents=True)
-    started = time.perf_counter()
-    command = [sys.executable, "-m", "nst3d", *job.argv(part)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})}, preexec_fn=_die_with_parent)
-    if processes is not None:
-        processes.add(proc)
-    try:
-        stdout, stderr = proc.communicate()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        shutil.rmtree(part, ignore_errors=True)
-        raise
-    finally:
-        if processes is not None:
-            processes.discard(proc)
-    seconds = time.perf_counter() - started
-    outcome = {"returncode": proc.returncode, "seconds": seconds, "host": socket.gethostname()}
-    if proc.returncode != 0:
-        shutil.rmtree(part, ignore_errors=True)
-        return {**outcome, "status": "failed", "error": _error_line(stderr, proc.returncode),
-                "transient": proc.returncode not in USER_ERROR_CODES}
-    record = {**job.to_dict(), **outcome, "status": "done", "command": command[3:],
-              "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "stdout": stdout.strip()[-2000:]}
-    for report in part.rglob("*.json"):  # the job wrote paths in the hidden folder, renamed below
-        write_json(_moved(json.loads(report.read_text()), part, final), report)
-    write_json(_moved(record, part, final), part / DONE_FILE)
-    if final.exists():  # an older result for the same key without its job.json: replace it
-        shutil.rmtree(final)
-    os.rename(part, final)
-    return {**outcome, "status": "done"}
-
-
-def _moved(value: Any, old: Path, new: Path) -> Any:
-    """JSON data with every path under `old` in its strings pointing under `new` instead."""
-    return map_json(value, lambda v: v.replace(str(old), str(new)) if isinstance(v, str) else v)
-
-
-def _error_line(stderr: str, returncode: int) -> str:
-    """The job's one-line error, or a short description of a crash."""
-    lines = [line for line in stderr.strip().splitlines() if line.strip()]
-    for line in reversed(lines):
-        if line.startswith("nst3d: error:"):
-            return line[len("nst3d: error:"):].strip()
-    if returncode < 0:
-        return f"killed by signal {-returncode}"
-    return lines[-1][-300:] if lines else f"exit code {returncode}"
-
-
-class LocalExecutor:
-    """Threads that each run one job subprocess at a time; GPUs are handed out one per running job."""
-
-    def __init__(self, root: Path, workers: int | None = None):
-        import torch
-
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        self.workers = workers or max(1, gpus)
-        self.gpus: queue.Queue[int] | None = None
-        if gpus:
-            self.gpus = queue.Queue()
-            for index in range(gpus):
-                self.gpus.put(index)
-        self.threads_per_job = max(1, (os.cpu_count() or 1) // self.workers)
-        self.root = root
-        self.pool = cf.ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="nst3d-job")
-        self.processes: set[subprocess.Popen] = set()
-        self.description = f"local, {self.workers} worker(s)" + (f", {gpus} GPU(s)" if gpus else ", CPU")
-
-    def _run(self, job: Job) -> dict[str, Any]:
-        env = {"OMP_NUM_THREADS": str(self.threads_per_job), "MKL_NUM_THREADS": str(self.threads_per_job)}
-        if self.gpus is None:
-            return execute_job(job.to_dict(), str(self.root), env, self.processes)
-        gpu = self.gpus.get()
-        try:
-            return execute_job(job.to_dict(), str(self.root), {**env, "CUDA_VISIBLE_DEVICES": str(gpu)},
-                               self.processes)
-        finally:
-            self.gpus.put(gpu)
-
-    def submit(self, job: Job) -> cf.Future:
-        return self.pool.submit(self._run, job)
-
-    def cancel_all(self) -> None:
-        for proc in list(self.processes):
-            proc.kill()
-
-    def shutdown(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-class RayExecutor:
-    """One Ray task per job, asking for `cpus` CPUs and `gpus` GPUs (default: 1 if the cluster has any)."""
-
-    def __init__(self, root: Path, address: str, cpus: float = 1.0, gpus: float | None = None):
-        try:
-            import ray
-        except ImportError:
-            raise UserError("--ray needs Ray: pip install 'ray>=2.9' (or nst3d[batch])") from None
-        self.ray = ray
-        self.started_here = address == "local"
-        try:
-            # address "local" always starts a new instance (never joins one that happens to be running).
-            ray.init(address=address, include_dashboard=False,
-                     log_to_driver=False, ignore_reinit_error=True, configure_logging=False)
-        except ConnectionError as exc:
-            raise UserError(f"cannot reach the Ray cluster at '{address}': {exc}; start one with `ray start "
-                            "--head` or use --ray local") from None
-        resources = ray.cluster_resources()
-        if gpus is None:
-            gpus = 1.0 if resources.get("GPU", 0) > 0 else 0.0
-        self.remote = ray.remote(execute_job).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
-        self.root = root
-        self.refs: dict[cf.Future, Any] = {}
-        self.description = (f"ray ({'local' if self.started_here else address}), {resources.get('CPU', 0):g} CPUs, "
-                            f"{resources.get('GPU', 0):g} GPUs; {cpus:g} CPU / {gpus:g} GPU per job")
-
-    def submit(self, job: Job) -> cf.Future:
-        ref = self.remote.remote(job.to_dict(), str(self.root))
-        future = ref.future()
-        self.refs[future] = ref
-        return future
-
-    def cancel_all(self) -> None:
-        for ref in self.refs.values():
-            self.ray.cancel(ref, force=True)
-
-    def shutdown(self) -> None:
-        if self.started_here:
-            self.ray.shutdown()
+PROBLEMS = ("failed", "out of memory", "timed out")  # statuses that make the batch exit 1
 
 
 def run_batch(jobs: list[Job], root: Path, executor: LocalExecutor | RayExecutor, retries: int = 2,
-              force: bool = False, on_job: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+              force: bool = False, on_job: Callable[[dict[str, Any]], None] | None = None,
+              retry_timeouts: bool = False) -> dict[str, Any]:
     """Run every job not already finished under root; returns (and writes) the summary.
 
-    on_job(record) is called as each job ends (done, skipped or failed).
+    retries: re-runs of a job after a transient failure (and after a timeout when retry_timeouts);
+    on_job(record) is called as each job ends (done, skipped, failed, out of memory or timed out).
     """
     started = time.perf_counter()
     for stale in root.glob(".*.part"):  # left by a killed run
@@ -211,7 +55,7 @@ def run_batch(jobs: list[Job], root: Path, executor: LocalExecutor | RayExecutor
             for future in finished:
                 job, attempt = futures.pop(future)
                 outcome = _outcome(future)
-                if outcome["status"] == "failed" and outcome.get("transient") and attempt <= retries:
+                if _retryable(outcome, retry_timeouts) and attempt <= retries:
                     futures[executor.submit(job)] = (job, attempt + 1)
                     continue
                 records[job.folder] = _record(job, root, outcome["status"], attempt, outcome)
@@ -235,6 +79,13 @@ def _ignore(record: dict[str, Any]) -> None:
     pass
 
 
+def _retryable(outcome: dict[str, Any], retry_timeouts: bool) -> bool:
+    """A crash or lost worker may go better next time; bad input and out-of-memory would not."""
+    if outcome["status"] == "timed out":
+        return retry_timeouts
+    return outcome["status"] == "failed" and bool(outcome.get("transient"))
+
+
 def _outcome(future: cf.Future) -> dict[str, Any]:
     """A job's outcome; a lost worker or a Ray error counts as a transient failure."""
     try:
@@ -254,13 +105,15 @@ def _record(job: Job, root: Path, status: str, attempts: int, outcome: dict[str,
               "status": status, "attempts": attempts,
               "folder": str((root / job.folder).resolve()) if finished else None}
     if outcome:
-        record.update({k: outcome[k] for k in ("seconds", "error", "returncode", "host") if k in outcome})
+        record.update({k: outcome[k] for k in ("seconds", "error", "hint", "returncode", "host") if k in outcome})
     report_path = root / job.folder / "report.json"
     if record["folder"] and report_path.is_file():
         report = json.loads(report_path.read_text())
         style = report.get("style_distance") or report.get("evaluation", {}).get("style_distance")
         if style:
             record["style_distance"] = style
+        if report.get("device"):
+            record["device"] = report["device"]
     return record
 
 

@@ -19,11 +19,12 @@ import torch
 from nst3d.backends.mesh.backend import MeshBackend
 from nst3d.backends.mesh.export import FORMATS, export_asset
 from nst3d.backends.mesh.load import load_mesh
-from nst3d.backends.mesh.regions import RegionObjective, match_style_map
+from nst3d.backends.mesh.regions import match_style_map
 from nst3d.errors import UserError
 from nst3d.eval import baseline_config, evaluate_with_renders, held_out_views
 from nst3d.events import EventSink, ProgressBar, ignore
 from nst3d.files import check_output, write_json
+from nst3d.losses import Objective
 from nst3d.options import (
     StyleOptions,
     add_style_options,
@@ -90,16 +91,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _objective(opts: StyleOptions, style_map: dict[str, list[Path]], vgg, palette: torch.Tensor):
-    """One Objective, or a RegionObjective with one per --style-map group (group 0: the --style images)."""
+def _objective(opts: StyleOptions, style_map: dict[str, list[Path]], vgg, palette: torch.Tensor) -> Objective:
+    """The Objective; with --style-map, one StyleTarget per style group (group 0: the --style images). Groups
+    that name the same images with the same weights share one target, so they are one style over their
+    pixels together (every name mapped to the --style images is the run without --style-map)."""
     main = build_objective(opts, vgg, load_styles(opts), palette, DEFAULTS)
     if not style_map:
         return main
-    objectives = [main]
+
+    def style_key(paths: list[Path], weights: list[float] | None) -> tuple:
+        weights = [1.0] * len(paths) if weights is None else weights
+        return tuple(str(Path(p).resolve()) for p in paths), tuple(w / sum(weights) for w in weights)
+
+    targets = {style_key(list(opts.styles), opts.style_weights): main.target}
+    channel_targets = [main.target]
     for paths in style_map.values():
-        group_opts = replace(opts, styles=list(paths), style_weights=None)
-        objectives.append(build_objective(group_opts, vgg, load_styles(group_opts), palette, DEFAULTS))
-    return RegionObjective(objectives)
+        key = style_key(paths, None)
+        if key not in targets:
+            group_opts = replace(opts, styles=list(paths), style_weights=None)
+            targets[key] = build_objective(group_opts, vgg, load_styles(group_opts), palette, DEFAULTS).target
+        channel_targets.append(targets[key])
+    return replace(main, channel_targets=tuple(channel_targets))
 
 
 def _palette(textures: list[torch.Tensor], limit: int = 65536) -> torch.Tensor:

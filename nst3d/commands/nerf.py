@@ -141,11 +141,11 @@ def stylize_nerf_run(config_path: Path, output: Path, opts: StyleOptions, *, dat
                                                 baseline_config=baseline, on_event=on_event,
                                                 should_stop=should_stop)
     evaluated = time.perf_counter()
-    style = {"style_image": opts.styles[0], "loss": opts.loss, "style_weight": opts.strength,
+    style = {"style_image": opts.styles[0], "loss": opts.loss, "strength": opts.strength,
              "content_weight": opts.content_weight, "tv_weight": opts.tv_weight, "size": opts.size,
-             "style_size": opts.style_size, "views_per_step": opts.views, "jitter_degrees": jitter,
+             "style_size": opts.style_size, "views": opts.views, "jitter_degrees": jitter,
              "patch_rays": patch_rays, "geometry_cache_mb": geometry_cache_mb,
-             "preserve_color": opts.preserve_color, "vgg_weights": opts.weights,
+             "preserve_color": opts.preserve_color, "weights": opts.weights,
              "preprocess": opts.preprocess, "style_layers": tuple(objective.target.layers),
              "content_layer": objective.content_layer, "seed": opts.seed}
     report: dict[str, Any] = {

@@ -159,7 +159,7 @@ class MeshRenderer:
     def __init__(self, asset: MeshAsset, supersample: int = 2, shading: str = "lambert",
                  device: torch.device | str = "cpu", background: tuple[float, float, float] = (1.0, 1.0, 1.0)):
         self.asset = asset
-        self.rasterizer = Rasterizer(asset.world())
+        self.rasterizer = Rasterizer(asset.world(), device)
         self.points = framing_points(self.rasterizer.mesh.vertices)
         self.mips = [mip_chain(s.texture.to(device)[None]) for s in asset.slots]
         self.supersample, self.shading, self.device = supersample, shading, torch.device(device)
@@ -213,7 +213,7 @@ class MeshBackend:
         self.groups = groups or [0] * len(asset.slots)
         self.group_count = max(self.groups) + 1
         world = asset.world()
-        self.rasterizer = Rasterizer(world)
+        self.rasterizer = Rasterizer(world, self.device)
         self.points = framing_points(world.vertices)
         self.originals = [s.texture.to(self.device) for s in asset.slots]
         self.original_mips = [mip_chain(t[None]) for t in self.originals]

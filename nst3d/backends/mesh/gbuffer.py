@@ -1,5 +1,6 @@
-"""Rasterize once, shade every step: open3d's RaycastingScene (Embree) casts one ray per (sub-)pixel into the
-fixed geometry and the hits are kept in a G-buffer; every optimisation step then only samples the textures
+"""Rasterize once, shade every step: one ray per (sub-)pixel is cast into the fixed geometry (open3d's
+RaycastingScene (Embree) on the CPU, nst3d's PyTorch rasterizer on CUDA or without open3d: see raster.py) and
+the hits are kept in a G-buffer; every optimisation step then only samples the textures
 through it with `grid_sample` (differentiable, CPU or CUDA), as pytorch3d/nvdiffrast split rasterize and
 shade.
 
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from nst3d.backends.mesh.load import WorldMesh
+from nst3d.backends.mesh.raster import choose_engine, pixel_directions, rasterize_camera
 from nst3d.cameras import Cameras
 
 MIN_SLANT = 0.25  # |cos| floor for the level of detail: grazing triangles are blurred, not erased
@@ -26,6 +28,7 @@ MIN_SLANT = 0.25  # |cos| floor for the level of detail: grazing triangles are b
 @dataclass
 class GBuffer:
     """A batch of V views of H x W pixels, rasterized once. Background pixels: face = slot = -1, depth = 0.
+    All fields live on the device of the Rasterizer that made it.
 
     face:     [V, H, W] int64   triangle index into the WorldMesh (-1 = background)
     bary:     [V, H, W, 2]      barycentrics (u, v) of the hit: point = (1-u-v) p0 + u p1 + v p2
@@ -67,15 +70,25 @@ def scale_cameras(cameras: Cameras, factor: int) -> Cameras:
 
 
 class Rasterizer:
-    """The fixed geometry in an open3d RaycastingScene plus the per-triangle data shading needs."""
+    """The fixed geometry ready for ray casting, plus the per-triangle data shading needs.
 
-    def __init__(self, mesh: WorldMesh):
-        import open3d as o3d
+    Device rule: every G-buffer lives on `device` (the backend's device; cameras may be anywhere). The engine
+    is raster.choose_engine(device) unless given: "open3d" (a RaycastingScene on the CPU, results moved to
+    `device`) or "torch" (nst3d.backends.mesh.raster on `device` itself).
+    """
 
+    def __init__(self, mesh: WorldMesh, device: torch.device | str = "cpu", engine: str | None = None):
         self.mesh = mesh
-        self.scene = o3d.t.geometry.RaycastingScene()
-        self.scene.add_triangles(o3d.core.Tensor(mesh.vertices.astype(np.float32)),
-                                 o3d.core.Tensor(mesh.faces.astype(np.uint32)))
+        self.device = torch.device(device)
+        self.engine = engine or choose_engine(self.device)
+        if self.engine == "open3d":
+            import open3d as o3d
+
+            self.scene = o3d.t.geometry.RaycastingScene()
+            self.scene.add_triangles(o3d.core.Tensor(mesh.vertices.astype(np.float32)),
+                                     o3d.core.Tensor(mesh.faces.astype(np.uint32)))
+        elif self.engine != "torch":
+            raise ValueError(f"unknown rasterizer engine {self.engine!r}; use open3d or torch")
         v, f = mesh.vertices, mesh.faces
         cross = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
         world_area = 0.5 * np.linalg.norm(cross, axis=1)
@@ -86,44 +99,54 @@ class Rasterizer:
         density = np.where(world_area > 1e-30, uv_area / np.maximum(world_area, 1e-30), 1e-12)
         # Per-triangle rows gathered with one index_select per view (advanced indexing is slow on CPU):
         # corner UVs (6), corner normals (9), face normal (3), log2 density (1), slot (1).
-        self.face_table = torch.from_numpy(np.concatenate([
+        face_table = torch.from_numpy(np.concatenate([
             uv[f].reshape(-1, 6), mesh.normals[f].reshape(-1, 9), face_normal,
             np.log2(np.maximum(density, 1e-12))[:, None], mesh.face_slot[:, None].astype(np.float64)],
             axis=1).astype(np.float32))
-        background = torch.zeros(1, self.face_table.shape[1])
+        background = torch.zeros(1, face_table.shape[1])
         background[0, 19] = -1  # the row misses read: slot -1
-        self.face_table = torch.cat([self.face_table, background])
+        self.face_table = torch.cat([face_table, background]).to(self.device)
         self.wraps = bool(uv.size and (uv.min() < 0 or uv.max() > 1))
-        self.faces = torch.from_numpy(f.astype(np.int64))
+        self.vertices = torch.from_numpy(v.astype(np.float32)).to(self.device)
+        self.faces = torch.from_numpy(f.astype(np.int64)).to(self.device)
 
     def cast(self, cameras: Cameras, normals: bool = True) -> GBuffer:
         """One ray through each pixel centre of each view (views cast one at a time: bounded memory)."""
-        import open3d as o3d
-
         parts = []
         for index in range(len(cameras)):
             cam = cameras[index]
-            # open3d's pinhole rays match Cameras.rays(): pixel centres, directions with camera z = 1, so
-            # t_hit is the camera-space depth.
-            rays = o3d.t.geometry.RaycastingScene.create_rays_pinhole(
-                o3d.core.Tensor(cam.K[0].double().numpy()), o3d.core.Tensor(cam.world_to_cam[0].double().numpy()),
-                cam.width, cam.height).reshape((-1, 6))
-            result = self.scene.cast_rays(rays)
-            t = torch.from_numpy(result["t_hit"].numpy())
-            ids = torch.from_numpy(result["primitive_ids"].numpy().astype(np.int64))
-            bary = torch.from_numpy(result["primitive_uvs"].numpy())
-            dirs = torch.from_numpy(rays.numpy()[:, 3:])
+            t, ids, bary, dirs = self._cast_open3d(cam) if self.engine == "open3d" else self._cast_torch(cam)
             parts.append(self._shade_data(cam, t, ids, bary, dirs, normals))
         return GBuffer(**{k: None if getattr(parts[0], k) is None else torch.cat([getattr(p, k) for p in parts])
                           for k in GBuffer.__dataclass_fields__})
 
+    def _cast_open3d(self, cam: Cameras) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(depth [P], face [P] int64 (-1 = miss), bary [P, 2], world directions with camera z = 1 [P, 3])."""
+        import open3d as o3d
+
+        # open3d's pinhole rays match Cameras.rays(): pixel centres, directions with camera z = 1, so
+        # t_hit is the camera-space depth.
+        rays = o3d.t.geometry.RaycastingScene.create_rays_pinhole(
+            o3d.core.Tensor(cam.K[0].double().cpu().numpy()),
+            o3d.core.Tensor(cam.world_to_cam[0].double().cpu().numpy()), cam.width, cam.height).reshape((-1, 6))
+        result = self.scene.cast_rays(rays)
+        ids = result["primitive_ids"].numpy().astype(np.int64)
+        ids[ids == self.scene.INVALID_ID] = -1
+        return tuple(torch.from_numpy(x).to(self.device) for x in (
+            result["t_hit"].numpy(), ids, result["primitive_uvs"].numpy(), rays.numpy()[:, 3:].copy()))
+
+    def _cast_torch(self, cam: Cameras) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As _cast_open3d, by the PyTorch rasterizer on the rasterizer's device."""
+        hits = rasterize_camera(self.vertices, self.faces, cam.world_to_cam[0], cam.K[0], cam.width, cam.height)
+        dirs = pixel_directions(cam.world_to_cam[0], cam.K[0], cam.width, cam.height, self.device)
+        return hits.depth, hits.face, hits.bary, dirs
+
     def _shade_data(self, cam: Cameras, t: torch.Tensor, ids: torch.Tensor, bary: torch.Tensor,
                     dirs: torch.Tensor, normals: bool) -> GBuffer:
         h, w = cam.height, cam.width
-        background = len(self.face_table) - 1  # the table's last row: slot -1, zeros
-        safe = ids.clamp(max=background)  # misses are 2^32 - 1
-        hit = safe < background
-        face = torch.where(hit, safe, -1)
+        hit = ids >= 0
+        face = ids
+        safe = torch.where(hit, ids, len(self.face_table) - 1)  # misses read the last row: slot -1, zeros
         rows = self.face_table.index_select(0, safe)  # [P, 21]
         b1, b2 = bary[:, 0:1], bary[:, 1:2]
         uv = _interpolate(rows, b1, b2, 0, 2)
@@ -136,9 +159,9 @@ class Rasterizer:
             normal = torch.where((normal * unit_dirs).sum(-1, keepdim=True) > 0, -normal, normal).view(1, h, w, 3)
         slant = (rows[:, 15:18] * unit_dirs).sum(-1).abs().clamp(min=MIN_SLANT)
         depth = torch.where(hit, t, 0.0)
-        K = cam.K[0].float()
+        focal = float(cam.K[0, 0, 0]) * float(cam.K[0, 1, 1])
         # Pixel footprint on the surface: (z / f)^2 / slant world units^2; times the UV density -> UV area.
-        log_area = rows[:, 18] + torch.log2(depth.square().clamp(min=1e-24) / slant) - torch.log2(K[0, 0] * K[1, 1])
+        log_area = rows[:, 18] + torch.log2(depth.square().clamp(min=1e-24) / slant) - math.log2(focal)
         return GBuffer(face=face.view(1, h, w), bary=bary.view(1, h, w, 2), depth=depth.view(1, h, w),
                        normal=normal, slot=rows[:, 19].long().view(1, h, w), uv=uv.view(1, h, w, 2),
                        lod=(0.5 * log_area).view(1, h, w), coverage=hit.float().view(1, h, w))

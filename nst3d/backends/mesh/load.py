@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from nst3d.backends.mesh import gltf as G
+from nst3d.backends.mesh.raster import rasterize_uv
 from nst3d.errors import UserError
 
 SUPPORTED = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
@@ -156,40 +157,6 @@ def resize_texture(texture: torch.Tensor, size: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------- UV helpers
-
-
-def rasterize_uv(uv: np.ndarray, faces: np.ndarray, height: int, width: int, count: bool = False
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Which triangle covers each texel centre, by casting rays at the UV layout (open3d).
-
-    uv: [n, 2] image convention; faces: [f, 3]. Layouts that stray outside [0, 1] are wrapped (the texture
-    repeats). Returns (face [H, W] int64, -1 = none; bary [H, W, 2]) or, with count, (hits [H, W], None).
-    """
-    import open3d as o3d
-
-    shifts = [(0.0, 0.0)]
-    if uv.size and (uv.min() < -1e-6 or uv.max() > 1 + 1e-6):
-        shifts = [(dx, dy) for dx in (-1.0, 0.0, 1.0) for dy in (-1.0, 0.0, 1.0)]
-    verts, tris = [], []
-    for k, (dx, dy) in enumerate(shifts):
-        v = np.zeros((len(uv), 3), dtype=np.float32)
-        v[:, 0] = (uv[:, 0] + dx) * width
-        v[:, 1] = (uv[:, 1] + dy) * height
-        verts.append(v)
-        tris.append(faces + k * len(uv))
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(o3d.core.Tensor(np.concatenate(verts)), o3d.core.Tensor(np.concatenate(tris).astype(np.uint32)))
-    ys, xs = np.meshgrid(np.arange(height, dtype=np.float32) + 0.5, np.arange(width, dtype=np.float32) + 0.5,
-                         indexing="ij")
-    rays = np.stack([xs, ys, np.ones_like(xs), np.zeros_like(xs), np.zeros_like(xs), -np.ones_like(xs)], axis=-1)
-    rays = o3d.core.Tensor(rays.reshape(-1, 6))
-    if count:
-        return scene.count_intersections(rays).numpy().reshape(height, width), None
-    result = scene.cast_rays(rays)
-    ids = result["primitive_ids"].numpy().astype(np.int64)
-    ids[ids == scene.INVALID_ID] = -1
-    face = np.where(ids >= 0, ids % max(len(faces), 1), -1).reshape(height, width)
-    return face, result["primitive_uvs"].numpy().reshape(height, width, 2)
 
 
 def uv_layout_ok(uv: np.ndarray | None, faces: np.ndarray, size: int = 256) -> bool:
