@@ -58,136 +58,24 @@ Objectives: any nst3d.losses.Objective works; an objective with its own `style_d
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from nst3d.backends.base import Render
-from nst3d.cameras import Cameras, cameras_around, framing_distance
+from nst3d.cameras import Cameras
 from nst3d.events import EventSink, ignore
+from nst3d.held_out import HeldOutViews as HeldOutViews  # re-exported: eval's public API
+from nst3d.held_out import held_out_directions as held_out_directions  # re-exported
+from nst3d.held_out import held_out_views as held_out_views  # re-exported
+from nst3d.held_out import sphere_framer as sphere_framer  # re-exported
 from nst3d.losses import content_distance, style_distance
 from nst3d.stylize import LoopConfig, stylize
-
-FULL_COVERAGE = 0.999
-
-
-@dataclass
-class HeldOutViews:
-    """Held-out cameras (never optimised on): `count` anchors and, for each, a partner turned
-    `short_degrees` and one turned `long_degrees` about the up axis through the object."""
-
-    anchors: Cameras
-    short: Cameras
-    long: Cameras
-    short_degrees: float = 5.0
-    long_degrees: float = 45.0
-
-    @property
-    def count(self) -> int:
-        return len(self.anchors)
-
-    def all(self) -> Cameras:
-        """Cameras [3N]: anchors, then short partners, then long partners."""
-        parts = (self.anchors, self.short, self.long)
-        return Cameras(torch.cat([c.world_to_cam for c in parts]), torch.cat([c.K for c in parts]),
-                       self.anchors.width, self.anchors.height)
-
-    def split(self, render: Render) -> tuple[Render, Render, Render]:
-        """A Render of `all()` -> (anchors, short partners, long partners)."""
-        n = self.count
-        return tuple(_slice(render, slice(k * n, (k + 1) * n)) for k in range(3))  # type: ignore[return-value]
-
-
-def _slice(render: Render, index: slice) -> Render:
-    pick = (lambda t: None if t is None else t[index])
-    return Render(render.rgb[index], pick(render.mask), pick(render.depth))
-
-
-def _turn(directions: torch.Tensor, degrees: float) -> torch.Tensor:
-    """Rotate directions [N, 3] about the y (up) axis by `degrees`."""
-    a = math.radians(degrees)
-    c, s = math.cos(a), math.sin(a)
-    rotation = torch.tensor([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
-    return directions @ rotation.T
-
-
-def held_out_directions(count: int = 4, short_degrees: float = 5.0, long_degrees: float = 45.0,
-                        elevations: tuple[float, ...] = (12.0, 32.0), start_degrees: float = 17.0
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Unit view directions (from the object towards the camera, y up), each [N, 3]: anchors evenly spread
-    in azimuth (offset so they do not coincide with an orbit starting at 0) at alternating elevations, and
-    their partners turned by short_degrees and long_degrees."""
-    azimuth = torch.deg2rad(torch.arange(count, dtype=torch.float32) * 360.0 / count + start_degrees)
-    elevation = torch.deg2rad(torch.tensor([elevations[k % len(elevations)] for k in range(count)]))
-    anchors = torch.stack([torch.cos(elevation) * torch.sin(azimuth), torch.sin(elevation),
-                           torch.cos(elevation) * torch.cos(azimuth)], dim=-1)
-    return anchors, _turn(anchors, short_degrees), _turn(anchors, long_degrees)
-
-
-def held_out_views(frame: Callable[[torch.Tensor], Cameras], count: int = 4, short_degrees: float = 5.0,
-                   long_degrees: float = 45.0) -> HeldOutViews:
-    """Held-out cameras framed by the backend's `frame(directions [V, 3]) -> Cameras`."""
-    anchors, short, long = held_out_directions(count, short_degrees, long_degrees)
-    return HeldOutViews(frame(anchors), frame(short), frame(long), short_degrees, long_degrees)
-
-
-def sphere_framer(center: torch.Tensor, radius: float, width: int, height: int,
-                  fov_y_degrees: float = 40.0) -> Callable[[torch.Tensor], Cameras]:
-    """A `frame` for held_out_views: cameras looking at center [3] from where a sphere of `radius` fits."""
-    distance = framing_distance(radius, fov_y_degrees)
-    return lambda directions: cameras_around(center, distance, directions, width, height, fov_y_degrees)
-
-
-def _pixel_grid(height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel-centre coordinates (x + 0.5, y + 0.5), each [H, W] (the convention of Cameras.rays)."""
-    ys, xs = torch.meshgrid(torch.arange(height, device=device, dtype=torch.float32) + 0.5,
-                            torch.arange(width, device=device, dtype=torch.float32) + 0.5, indexing="ij")
-    return xs, ys
-
-
-@torch.no_grad()
-def backward_warp(rgb_j: torch.Tensor, depth_j: torch.Tensor, mask_j: torch.Tensor | None, cameras_j: Cameras,
-                  depth_i: torch.Tensor, mask_i: torch.Tensor | None, cameras_i: Cameras,
-                  depth_tolerance: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
-    """Warp view j into view i with known depths and cameras.
-
-    rgb_j: [V, 3, H, W]; depth_*: [V, 1, H, W] camera-space z (0 = nothing); mask_*: [V, 1, H, W] or None.
-    Returns (warped [V, 3, H, W]: view j's colour bilinearly sampled where view i's pixel lands in view j,
-    valid [V, 1, H, W] bool: the pixel is covered in i, lands fully covered in j, and passes the depth test).
-    """
-    device = rgb_j.device
-    v, _, h, w = depth_i.shape
-    xs, ys = _pixel_grid(h, w, device)
-    K_i, K_j = cameras_i.K.to(device).float(), cameras_j.K.to(device).float()
-    z = depth_i[:, 0]  # [V, H, W]
-    x_cam = (xs[None] - K_i[:, 0, 2, None, None]) / K_i[:, 0, 0, None, None] * z
-    y_cam = (ys[None] - K_i[:, 1, 2, None, None]) / K_i[:, 1, 1, None, None] * z
-    points_i = torch.stack([x_cam, y_cam, z, torch.ones_like(z)], dim=-1)  # [V, H, W, 4]
-    w2c_i, w2c_j = cameras_i.world_to_cam.to(device).float(), cameras_j.world_to_cam.to(device).float()
-    i_to_j = w2c_j @ torch.linalg.inv(w2c_i)
-    points_j = torch.einsum("vab,vhwb->vhwa", i_to_j, points_i)[..., :3]  # [V, H, W, 3]
-    z_j = points_j[..., 2]
-    safe_z = z_j.clamp(min=1e-8)
-    u = K_j[:, 0, 0, None, None] * points_j[..., 0] / safe_z + K_j[:, 0, 2, None, None]
-    vv = K_j[:, 1, 1, None, None] * points_j[..., 1] / safe_z + K_j[:, 1, 2, None, None]
-    grid = torch.stack([2 * u / cameras_j.width - 1, 2 * vv / cameras_j.height - 1], dim=-1)  # [V, H, W, 2]
-    sample = (lambda image: F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros",
-                                          align_corners=False))
-    warped = sample(rgb_j)
-    sampled_depth = sample(depth_j)[:, 0]
-    covered_j = (depth_j > 0).float() if mask_j is None else mask_j * (depth_j > 0).float()
-    sampled_cover = sample(covered_j)[:, 0]
-    covered_i = z > 0
-    if mask_i is not None:
-        covered_i = covered_i & (mask_i[:, 0] >= FULL_COVERAGE)
-    inside = (grid.abs() <= 1).all(-1) & (z_j > 0)
-    depth_ok = (sampled_depth - z_j).abs() <= depth_tolerance * z_j
-    valid = covered_i & inside & (sampled_cover >= FULL_COVERAGE) & depth_ok
-    return warped, valid[:, None]
+from nst3d.warp import FULL_COVERAGE as FULL_COVERAGE  # re-exported
+from nst3d.warp import backward_warp as backward_warp  # re-exported
 
 
 @torch.no_grad()

@@ -19,6 +19,11 @@ EventSink = Callable[[Event], None]
 CTRL_C = threading.Event()
 
 
+class Cancelled(KeyboardInterrupt):
+    """The user asked to stop (Cancel button, Esc, or a stop callback); handled like Ctrl-C. Defined here (not
+    in nst3d.stylize, which re-exports it) so that backends preparing views can raise it without the loop."""
+
+
 def ignore(event: Event) -> None:
     """A sink that drops every event."""
 

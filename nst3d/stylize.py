@@ -6,21 +6,20 @@ import functools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from nst3d.backends.base import Backend
+from nst3d.backends.image import ImageBackend
 from nst3d.errors import UserError
 from nst3d.events import CTRL_C, EventSink, ignore
+from nst3d.events import Cancelled as Cancelled  # re-exported: its old home
 from nst3d.losses import Objective
 
 OPTIMIZERS = ("adam", "lbfgs")
-
-
-class Cancelled(KeyboardInterrupt):
-    """The user asked to stop (Cancel button, Esc, or a stop callback); handled like Ctrl-C."""
+MIN_LEVEL_PX = 16  # stylize_image's coarsest level: smaller images carry too few VGG features
 
 
 @dataclass
@@ -134,3 +133,28 @@ def _content_features(backend: Backend, objective: Objective, views: Any,
     if key is not None:
         cache[key] = features
     return features
+
+
+def stylize_image(content: torch.Tensor, objective, config, init: str = "content", levels: int = 1,
+                  on_event=None, should_stop=None) -> torch.Tensor:
+    """Stylize content [3, H, W] with `objective`; coarse-to-fine over `levels` scales (each half the next).
+
+    config: a LoopConfig whose steps are shared between the levels. Returns [3, H, W] in [0, 1].
+    """
+    from nst3d.files import resize_to
+
+    size = max(content.shape[-2:])
+    previous = None
+    for level in range(levels):
+        level_size = max(MIN_LEVEL_PX, size // 2 ** (levels - 1 - level))
+        level_content = resize_to(content, level_size) if level < levels - 1 else content
+        backend = ImageBackend(level_content, init=init, seed=config.seed)
+        if previous is not None:
+            upsampled = torch.nn.functional.interpolate(previous[None], size=level_content.shape[-2:],
+                                                        mode="bilinear", align_corners=False)
+            backend.pixels.data.copy_(upsampled)
+        steps = config.steps // levels + (config.steps % levels if level == levels - 1 else 0)
+        stage = config.stage if levels == 1 else f"{config.stage} {level_size}px"
+        stylize(backend, objective, replace(config, steps=steps, stage=stage), on_event or ignore, should_stop)
+        previous = backend.pixels.detach()[0]
+    return previous.clamp(0, 1)

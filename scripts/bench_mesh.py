@@ -58,7 +58,8 @@ def procedural_texture(size: int) -> torch.Tensor:
 
 
 def generated_asset(triangles: int, texture_size: int):
-    from nst3d.backends.mesh.load import Instance, MeshAsset, Primitive, Slot, vertex_normals
+    from nst3d.backends.mesh.asset import Instance, MeshAsset, Primitive, Slot
+    from nst3d.backends.mesh.uv import vertex_normals
 
     positions, faces, uv = bumpy_sphere(triangles)
     prim = Primitive("sphere", positions, faces, uv, vertex_normals(positions, faces), 0, ("bench",))

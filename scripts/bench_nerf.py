@@ -58,8 +58,9 @@ def measure(config: Path, size: int, patch_rays: int, mode: str, steps: int, dev
     """One measurement in this process: `steps` stylization steps (the first untimed) at `size`."""
     import torch
 
-    from nst3d.backends.nerf import backend_for_run, load_run
+    from nst3d.backends.nerf import backend_for_run
     from nst3d.features import load_vgg, random_vgg
+    from nst3d.integrations.nerfstudio.run import load_run
     from nst3d.losses import Objective, StyleTarget
     from nst3d.options import resolve_device
     from nst3d.samples import swirl_style

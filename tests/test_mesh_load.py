@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from nst3d.backends.mesh.load import bake_texture, load_mesh, make_atlas, rasterize_uv, uv_layout_ok
+from nst3d.backends.mesh.load import load_mesh
+from nst3d.backends.mesh.raster import rasterize_uv
 from nst3d.backends.mesh.regions import match_style_map
+from nst3d.backends.mesh.uv import bake_texture, make_atlas, uv_layout_ok
 from nst3d.errors import UserError
 from nst3d.files import save_image
 from tests.mesh_data import (

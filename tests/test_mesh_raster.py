@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from nst3d.backends.mesh.asset import WorldMesh
 from nst3d.backends.mesh.gbuffer import GBuffer, Rasterizer
-from nst3d.backends.mesh.load import WorldMesh, vertex_normals
 from nst3d.backends.mesh.raster import choose_engine, open3d_available, rasterize, rasterize_uv
+from nst3d.backends.mesh.uv import vertex_normals
 from nst3d.cameras import Cameras, cameras_around, fibonacci_directions, look_at
 from tests.conftest import REPO, SHARED
 from tests.mesh_data import icosphere, textured_quad_glb, two_object_glb

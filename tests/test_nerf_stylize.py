@@ -56,7 +56,7 @@ def style_file(tmp_path_factory) -> Path:
 
 def _plain_nerfacto(config_path: Path):
     """The run's own NerfactoModel (nerfstudio's class, not ours), weights loaded."""
-    from nst3d.backends.nerf import latest_checkpoint, load_checkpoint, model_state, read_config
+    from nst3d.integrations.nerfstudio.checkpoint import latest_checkpoint, load_checkpoint, model_state, read_config
 
     config = read_config(config_path)
     outputs = config.pipeline.datamanager.dataparser.setup().get_dataparser_outputs(split="train")
@@ -75,7 +75,8 @@ def _perturb_appearance(model, scale: float = 0.3, seed: int = 1) -> None:
 
 
 def test_style_model_starts_as_the_trained_nerfacto_and_changes_only_colours(scene):
-    from nst3d.backends.nerf import from_nerfstudio, load_run, render
+    from nst3d.backends.nerf import from_nerfstudio, render
+    from nst3d.integrations.nerfstudio.run import load_run
 
     run = load_run(scene.config, "cpu")
     cams = from_nerfstudio(run.train_cameras[0:2], 12, 10)
@@ -113,7 +114,7 @@ def _samples_at(points: torch.Tensor, direction: torch.Tensor):
 def test_stylized_colour_changes_the_same_from_every_direction(scene):
     from nerfstudio.field_components.field_heads import FieldHeadNames
 
-    from nst3d.backends.nerf import load_run
+    from nst3d.integrations.nerfstudio.run import load_run
 
     run = load_run(scene.config, "cpu")
     _perturb_appearance(run.model, scale=1.0)
@@ -134,7 +135,8 @@ def test_stylized_colour_changes_the_same_from_every_direction(scene):
 
 
 def test_deferred_backpropagation_gives_the_direct_gradients(scene, vgg):
-    from nst3d.backends.nerf import backend_for_run, load_run, render
+    from nst3d.backends.nerf import backend_for_run, render
+    from nst3d.integrations.nerfstudio.run import load_run
     from nst3d.losses import Objective, StyleTarget
     from nst3d.stylize import accumulate_gradients
 
@@ -189,10 +191,11 @@ def test_nerf_command_writes_a_run_that_nerfstudio_reloads(scene, style_file, ra
 
     from nerfstudio.utils.eval_utils import eval_setup
 
-    from nst3d.backends.nerf import load_run, render, to_nerfstudio
+    from nst3d.backends.nerf import render, to_nerfstudio
     from nst3d.cli import main
     from nst3d.eval import held_out_views
     from nst3d.integrations.nerfstudio.model import StyleNerfactoModel
+    from nst3d.integrations.nerfstudio.run import load_run
     from nst3d.pipelines.report import REPORT_KEYS
     from tests.test_report_schema import EVALUATION_KEYS
 
@@ -275,7 +278,8 @@ def ns_train_stylized(scene, style_file, weights, output_dir: Path, device_type:
 
 
 def test_ns_train_method_stylizes_a_trained_run(scene, style_file, random_weights_file, tmp_path):
-    from nst3d.backends.nerf import from_nerfstudio, load_run, render
+    from nst3d.backends.nerf import from_nerfstudio, render
+    from nst3d.integrations.nerfstudio.run import load_run
 
     saved = ns_train_stylized(scene, style_file, random_weights_file, tmp_path / "outputs", "cpu")
     start = load_run(scene.config, "cpu")
@@ -291,9 +295,9 @@ def test_ns_train_method_stylizes_a_trained_run(scene, style_file, random_weight
 def test_bad_inputs_are_one_line_errors(scene, style_file, random_weights_file, tmp_path, capsys):
     from nerfstudio.models.splatfacto import SplatfactoModelConfig
 
-    from nst3d.backends.nerf import style_model_config
     from nst3d.cli import main
     from nst3d.errors import UserError
+    from nst3d.integrations.nerfstudio.run import style_model_config
 
     assert main(["nerf", "--load-config", str(tmp_path / "missing.yml"), "--style", str(style_file),
                  "-o", str(tmp_path / "out")]) == 2
@@ -324,7 +328,8 @@ def test_plugin_module_is_light_and_the_torchvision_hook_works():
         "from nst3d.integrations.nerfstudio.method import nst3d_nerfacto\n"
         "assert 'torchvision' in sys.modules\n"
         "heavy = [m for m in ('nst3d.integrations.nerfstudio.model', 'nst3d.integrations.nerfstudio.pipeline',\n"
-        "                     'nst3d.backends.nerf', 'nst3d.options', 'nst3d.features') if m in sys.modules]\n"
+        "                     'nst3d.backends.nerf', 'nst3d.integrations.nerfstudio.run', 'nst3d.options',\n"
+        "                     'nst3d.features') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
         "print(nst3d_nerfacto.config.method_name)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -379,7 +384,8 @@ def test_nerf_command_with_baseline_on_cuda_matches_the_cpu(scene, style_file, r
 
 @pytest.mark.gpu
 def test_ns_train_method_on_cuda_matches_the_cpu(scene, style_file, random_weights_file, tmp_path):
-    from nst3d.backends.nerf import from_nerfstudio, load_run, render
+    from nst3d.backends.nerf import from_nerfstudio, render
+    from nst3d.integrations.nerfstudio.run import load_run
 
     on_cpu = ns_train_stylized(scene, style_file, random_weights_file, tmp_path / "cpu", "cpu")
     on_cuda = ns_train_stylized(scene, style_file, random_weights_file, tmp_path / "cuda", "cuda")

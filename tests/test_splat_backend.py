@@ -13,16 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from nst3d.backends.splat.backend import (
-    SplatBackend,
-    SplatScene,
-    canonical_to_world,
-    capture_cameras,
-    cleanup_mask,
-    robust_bounds,
-    up_vector,
-)
+from nst3d.backends.splat.backend import SplatBackend
+from nst3d.backends.splat.capture import capture_cameras
 from nst3d.backends.splat.ply import read_splat, save_gaussians
+from nst3d.backends.splat.scene import SplatScene, canonical_to_world, cleanup_mask, robust_bounds, up_vector
 from nst3d.errors import UserError
 from nst3d.eval import evaluate
 from nst3d.losses import Objective, StyleTarget
@@ -76,7 +70,7 @@ def test_cleanup_drops_huge_and_needle_gaussians():
 
 
 def test_color_field_shares_colour_between_stacked_gaussians():
-    from nst3d.backends.splat.backend import ColorField
+    from nst3d.backends.splat.color_field import ColorField
 
     positions = torch.tensor([[0.10, 0.10, 0.10], [0.101, 0.10, 0.10], [0.9, 0.9, 0.9]])
     field = ColorField(positions, torch.zeros(3), torch.ones(3), finest=8, levels=3)
@@ -120,7 +114,7 @@ def test_stylization_lowers_held_out_style_distance(vgg):
 
 
 def test_consistency_term_between_overlapping_training_views(vgg):
-    from nst3d.backends.splat.backend import ConsistentObjective, consistency_loss
+    from nst3d.backends.splat.consistency import ConsistentObjective, consistency_loss
 
     backend = SplatBackend(scene_from(ball()), size=48, views_per_step=2, pool_size=4)
     batch = backend.batches[0]

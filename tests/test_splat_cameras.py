@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
-from nst3d.backends.splat.backend import SplatScene, render_scene
 from nst3d.backends.splat.capture import cameras_beside, capture_cameras
 from nst3d.backends.splat.ply import save_gaussians
+from nst3d.backends.splat.scene import SplatScene, render_scene
 from nst3d.cameras import look_at
 from nst3d.cli import main
 from nst3d.errors import UserError

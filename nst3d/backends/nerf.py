@@ -1,10 +1,10 @@
 """The NeRF backend: a trained nerfstudio nerfacto scene, stylized with its geometry frozen.
 
-- Load: `load_run(config.yml)` reads a nerfstudio run (nerfacto and its variants) and builds the model on CUDA
-  or CPU as a `StyleNerfactoModel` (nst3d.integrations.nerfstudio.model): same weights, density field and
-  proposal networks frozen, a trainable appearance branch (a twin of the hash-grid MLP that feeds the colour
-  head, plus the colour head) that starts equal to the original. Only the dataparser runs (for the cameras
-  and the scene box); no images are loaded.
+- Load (nst3d.integrations.nerfstudio.run): `load_run(config.yml)` reads a nerfstudio run (nerfacto and its
+  variants) and builds the model on CUDA or CPU as a `StyleNerfactoModel` (nst3d.integrations.nerfstudio.model):
+  same weights, density field and proposal networks frozen, a trainable appearance branch (a twin of the
+  hash-grid MLP that feeds the colour head, plus the colour head) that starts equal to the original. Only the
+  dataparser runs (for the cameras and the scene box); no images are loaded.
 - Render: rays from nerfstudio's own camera model, through the model's own forward (collider, proposal
   sampler, field, renderers), in eval mode so that sampling is deterministic. Render gives rgb, mask
   (accumulation) and depth (expected depth as camera z).
@@ -20,7 +20,8 @@
   a small fixed rotation about the scene centre (their content renders are kept); held-out cameras come from
   nst3d.eval around the same centre.
 - Save: `save_run` writes a normal nerfstudio run (config.yml + step-N.ckpt) beside the original, which
-  ns-viewer, ns-render and ns-export load. (Loading and saving: nst3d.backends.nerf_run, same names here.)
+  ns-viewer, ns-render and ns-export load (also nst3d.integrations.nerfstudio.run). This module keeps
+  only the model-facing side: rendering, back-propagation, views; it never reads or writes a run's files.
 
 Devices: the model, its renders (rgb, mask, depth) and kept geometry live on the model's device; nst3d Cameras
 on the CPU become rays there; the pool's content renders are kept on the CPU and returned on the model's device.
@@ -35,24 +36,11 @@ import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from nst3d.backends.base import Render
-from nst3d.backends.nerf_run import (  # noqa: F401 - the run I/O, under this module's names as before
-    METHOD_NAME,
-    LoadedRun,
-    latest_checkpoint,
-    load_checkpoint,
-    load_run,
-    model_state,
-    read_config,
-    resolve_data,
-    save_run,
-    style_model_config,
-    stylized_config,
-)
 from nst3d.cameras import Cameras, cameras_around, opengl_to_opencv
 from nst3d.sampling import evenly_spaced_indices
 
@@ -438,7 +426,14 @@ def _in_pool(views: NerfViews | Cameras) -> bool:
     return isinstance(views, NerfViews) and views.pool_index is not None
 
 
-def backend_for_run(run: LoadedRun, size: int, views_per_step: int = 1, jitter_degrees: float = JITTER_DEGREES,
+class TrainedRun(Protocol):
+    """What backend_for_run needs of a loaded run (nst3d.integrations.nerfstudio.run.LoadedRun)."""
+
+    model: Any  # StyleNerfactoModel
+    train_cameras: Any  # nerfstudio Cameras [N] of the training split
+
+
+def backend_for_run(run: TrainedRun, size: int, views_per_step: int = 1, jitter_degrees: float = JITTER_DEGREES,
                     patch_rays: int = PATCH_RAYS, lr: float | None = None, pool_size: int | None = None,
                     seed: int = 0, geometry_cache_mb: float = GEOMETRY_CACHE_MB) -> NerfBackend:
     """A NerfBackend over a loaded run's training cameras at working size `size` (longer side, px)."""

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nst3d.backends.image import MIN_LEVEL_PX
 from nst3d.errors import UserError
 from nst3d.events import ProgressBar
 from nst3d.files import IMAGE_SUFFIXES, check_output
 from nst3d.options import add_style_options, options_from_args, with_defaults
 from nst3d.pipelines.image import DEFAULTS, stylize_image_files
+from nst3d.stylize import MIN_LEVEL_PX
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -11,14 +11,13 @@ from typing import Any
 
 import torch
 
-from nst3d.backends.image import stylize_image
 from nst3d.color import gray, keep_content_chroma
 from nst3d.events import EventSink
 from nst3d.files import load_image, resize_to, save_image
 from nst3d.losses import Objective, content_distance, style_distance
 from nst3d.options import StyleOptions
 from nst3d.schema import DEFAULTS as BACKEND_DEFAULTS
-from nst3d.stylize import LoopConfig
+from nst3d.stylize import LoopConfig, stylize_image
 
 from .report import Report
 from .run import Adapter, Finish, run

@@ -16,9 +16,9 @@ from nst3d.backends.mesh.export import FORMATS, export_asset
 from nst3d.backends.mesh.load import load_mesh
 from nst3d.backends.mesh.regions import match_style_map
 from nst3d.errors import UserError
-from nst3d.eval import HeldOutViews, held_out_views
 from nst3d.events import EventSink
 from nst3d.files import check_output
+from nst3d.held_out import HeldOutViews, held_out_views
 from nst3d.losses import Objective
 from nst3d.options import StyleOptions, build_objective, load_styles
 from nst3d.sampling import evenly_spaced_indices

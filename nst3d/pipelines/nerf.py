@@ -13,8 +13,8 @@ import torch
 
 from nst3d.backends.nerf import GEOMETRY_CACHE_MB, JITTER_DEGREES, PATCH_RAYS
 from nst3d.errors import UserError
-from nst3d.eval import HeldOutViews, held_out_views
 from nst3d.events import EventSink, ignore
+from nst3d.held_out import HeldOutViews, held_out_views
 from nst3d.options import StyleOptions
 from nst3d.schema import DEFAULTS as BACKEND_DEFAULTS
 
@@ -46,7 +46,7 @@ class NerfAdapter(Adapter):
             raise UserError("--init noise is not supported for NeRFs (the appearance starts from the scene)")
 
     def load(self, opts: StyleOptions, device: torch.device, on_event: EventSink) -> None:
-        from nst3d.backends.nerf import load_run
+        from nst3d.integrations.nerfstudio.run import load_run
 
         self.run = load_run(self.input, device, self.data)
         if opts.size < SMALL_VIEW:  # said once the inputs are known good, so it does not precede their errors
@@ -91,7 +91,7 @@ class NerfAdapter(Adapter):
 
     def export(self, opts: StyleOptions, history: list, finish: Finish) -> Report:
         """save_run writes the run in a hidden folder; the preview and report go in before it appears."""
-        from nst3d.backends.nerf import save_run
+        from nst3d.integrations.nerfstudio.run import save_run
 
         self.steps_done = len(history)
         objective, done = self.style_objective, []

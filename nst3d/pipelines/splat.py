@@ -22,8 +22,8 @@ from nst3d.backends.splat.compressed import write_compressed_ply
 from nst3d.backends.splat.formats import read_any_splat
 from nst3d.backends.splat.ply import GAUSSIAN_PROPERTIES, read_splat, write_splat
 from nst3d.errors import UserError
-from nst3d.eval import HeldOutViews
 from nst3d.events import EventSink, ignore
+from nst3d.held_out import HeldOutViews
 from nst3d.options import StyleOptions
 from nst3d.schema import DEFAULTS as BACKEND_DEFAULTS
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from nst3d.backends.base import Render, pool_backgrounds
+from nst3d.backends.mesh.asset import MeshAsset
 from nst3d.backends.mesh.gbuffer import (
     CoveredSamples,
     GBuffer,
@@ -34,7 +35,6 @@ from nst3d.backends.mesh.gbuffer import (
     pool,
     shade,
 )
-from nst3d.backends.mesh.load import MeshAsset
 from nst3d.backends.mesh.texture import TexturePyramid, dilate, matched_size
 from nst3d.cameras import (
     Cameras,

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from nst3d.backends.mesh import gltf as G
-from nst3d.backends.mesh.load import MeshAsset, Slot
+import nst3d.backends.mesh.gltf as G
+from nst3d.backends.mesh.asset import MeshAsset, Slot
 from nst3d.files import atomic_path
 
 FORMATS = ("glb", "obj")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nst3d.backends.mesh.load import WorldMesh
+from nst3d.backends.mesh.asset import WorldMesh
 from nst3d.backends.mesh.raster import choose_engine, pixel_directions, rasterize_camera
 from nst3d.cameras import Cameras
 

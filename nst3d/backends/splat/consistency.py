@@ -8,16 +8,16 @@ from typing import Any
 import torch
 
 from nst3d.cameras import Cameras
+from nst3d.warp import backward_warp
 
 
 @torch.no_grad()
 def pair_warp(cameras: Cameras, depth: torch.Tensor, mask: torch.Tensor, i: int, j: int
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Where view i's pixels land in view j: (grid [H, W, 2] for grid_sample, align_corners=False; valid
-    [1, H, W]), by eval's own depth-tested warp applied to view j's pixel coordinates (bilinear sampling of
-    a linear ramp returns the sample position itself), so training and the metric agree on co-visibility."""
-    from nst3d.eval import backward_warp
-
+    [1, H, W]), by the depth-tested warp of eval's metric (nst3d.warp) applied to view j's pixel coordinates
+    (bilinear sampling of a linear ramp returns the sample position itself), so training and the metric agree
+    on co-visibility."""
     h, w = depth.shape[-2:]
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=depth.device) + 0.5,
                             torch.arange(w, dtype=torch.float32, device=depth.device) + 0.5, indexing="ij")

@@ -113,7 +113,7 @@ class StylePipeline(VanillaPipeline):
 
 def checkpoint_to_load(config: Any) -> Path | None:
     """The checkpoint file --load-dir/--load-step or --load-checkpoint point at (None if neither)."""
-    from nst3d.backends.nerf import latest_checkpoint
+    from nst3d.integrations.nerfstudio.checkpoint import latest_checkpoint
 
     if config.load_dir is not None:
         return latest_checkpoint(Path(config.load_dir), config.load_step)
@@ -126,7 +126,7 @@ def adopt_trained_settings(config: Any, checkpoint: Path) -> None:
     """Copy the model settings and dataparser of the run that wrote `checkpoint` (its config.yml, one folder
     up) into `config`, keeping --data if given: the stylized model must have the trained model's shape, and
     the cameras must be in the frame it was trained in."""
-    from nst3d.backends.nerf import read_config
+    from nst3d.integrations.nerfstudio.checkpoint import read_config
 
     original_path = checkpoint.parent.parent / "config.yml"
     if not original_path.is_file():
@@ -160,7 +160,7 @@ class StyleTrainer(Trainer):
     def _load_checkpoint(self) -> None:
         from nerfstudio.utils.rich_utils import CONSOLE
 
-        from nst3d.backends.nerf import load_checkpoint
+        from nst3d.integrations.nerfstudio.checkpoint import load_checkpoint
 
         path = checkpoint_to_load(self.config)
         state = load_checkpoint(path)
