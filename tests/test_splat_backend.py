@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,14 +36,18 @@ def ball(n: int = 1500, seed: int = 0) -> dict:
             "sh_dc": (colour - 0.5) / 0.28209479177387814, "sh_rest": torch.zeros(n, 3, 3)}
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("splat")
+def write_ball_and_style(folder: Path) -> Path:
+    """folder/ball.ply (a small splat ball) and folder/style.png (diagonal stripes); returns the folder."""
     save_gaussians(folder / "ball.ply", **ball())
     stripes = (np.indices((64, 64)).sum(0) // 6 % 2).astype(np.uint8)
     style = np.stack([stripes * 230, stripes * 40 + 20, 200 - stripes * 180], -1).astype(np.uint8)
     Image.fromarray(style).save(folder / "style.png")
     return folder
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return write_ball_and_style(tmp_path_factory.mktemp("splat"))
 
 
 def test_framing_is_robust_to_floaters_and_finds_up():

@@ -15,12 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from nst3d.backends.splat.engine import COMPILING, GSPLAT, TORCH, choose_engine
-from nst3d.backends.splat.ply import read_splat, save_gaussians
+from nst3d.backends.splat.ply import read_splat
 from nst3d.backends.splat.render import rasterize
-from tests.test_splat_backend import ball, scene_from
+from tests.test_splat_backend import ball, scene_from, write_ball_and_style
 from tests.test_splat_render import cameras, scene
 
 PREBUILT = importlib.util.find_spec("gsplat.csrc") is not None  # kernels built at install time: nothing can fail
@@ -113,12 +112,7 @@ def nst3d(*args, env: dict | None = None):
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("splat-gpu")
-    save_gaussians(folder / "ball.ply", **ball())
-    stripes = (np.indices((64, 64)).sum(0) // 6 % 2).astype(np.uint8)
-    style = np.stack([stripes * 230, stripes * 40 + 20, 200 - stripes * 180], -1).astype(np.uint8)
-    Image.fromarray(style).save(folder / "style.png")
-    return folder
+    return write_ball_and_style(tmp_path_factory.mktemp("splat-gpu"))
 
 
 def check_run(folder: Path, files: Path) -> dict:
