@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# Set up everything the tests use, then run them. Extra arguments go to pytest (e.g. -m "not slow").
+# Set up everything the tests use, then run them: the main job (Python 3.11, numpy 1.26, every extra), then the
+# core job (Python 3.12, numpy 2, no nerfstudio/bpy/open3d; scripts/test_core312.sh). Extra arguments go to the
+# main job's pytest alone (e.g. -m "not slow") and skip the core job. Exit status: the first job that failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --all
 export XDG_CACHE_HOME="${XDG_CACHE_HOME:-$PWD/.cache}"           # Mesa shader cache (bpy), pip, etc.
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}"
 export MPLBACKEND=Agg
-exec .venv/bin/python -m pytest -q "$@"
+status=0
+.venv/bin/python -m pytest -q "$@" || status=$?
+if (( $# == 0 )); then
+  bash scripts/test_core312.sh || { core=$?; (( status )) || status=$core; }
+fi
+exit "$status"

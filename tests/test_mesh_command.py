@@ -121,7 +121,7 @@ def test_a_still_frames_a_long_asset_whole(tmp_path):
     border = np.concatenate([drawn[0], drawn[-1], drawn[:, 0], drawn[:, -1]])
     assert not border.any()  # nothing cut off at the edges
     columns, rows = drawn.any(0).nonzero()[0], drawn.any(1).nonzero()[0]
-    assert max(columns.ptp(), rows.ptp()) > 0.8 * 64  # and tight, not shrunk to fit
+    assert max(np.ptp(columns), np.ptp(rows)) > 0.8 * 64  # and tight, not shrunk to fit
 
 
 def test_render_still_and_turntable(tmp_path, capsys):

@@ -93,7 +93,8 @@ class Rasterizer:
         cross = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
         world_area = 0.5 * np.linalg.norm(cross, axis=1)
         uv = mesh.uv
-        uv_area = 0.5 * np.abs(np.cross(uv[f[:, 1]] - uv[f[:, 0]], uv[f[:, 2]] - uv[f[:, 0]]))
+        e1, e2 = uv[f[:, 1]] - uv[f[:, 0]], uv[f[:, 2]] - uv[f[:, 0]]  # np.cross of 2-vectors fails on numpy 2
+        uv_area = 0.5 * np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])
         face_normal = cross / np.maximum(2 * world_area[:, None], 1e-30)
         # UV area per unit of world area: how many texels a square of surface holds (log2, per triangle).
         density = np.where(world_area > 1e-30, uv_area / np.maximum(world_area, 1e-30), 1e-12)
