@@ -68,7 +68,8 @@ def uv_layout_ok(uv: np.ndarray | None, faces: np.ndarray, size: int = 256) -> b
         return False
     if uv.min() < -0.01 or uv.max() > 1.01:
         return False
-    e1, e2 = uv[faces[:, 1]] - uv[faces[:, 0]], uv[faces[:, 2]] - uv[faces[:, 0]]  # np.cross of 2-vectors fails on numpy 2
+    # np.cross of 2-vectors fails on numpy 2: the 2-D cross written out
+    e1, e2 = uv[faces[:, 1]] - uv[faces[:, 0]], uv[faces[:, 2]] - uv[faces[:, 0]]
     area = 0.5 * np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]).sum()
     if area < 1e-4:
         return False
