@@ -70,7 +70,7 @@ def write_colmap_text(folder: Path, w2c: torch.Tensor, model: str = "PINHOLE") -
     lines = ["# Image list with two lines of data per image:"]
     for i, m in enumerate(w2c):
         q, t = colmap_pose(m)
-        lines += [f"{i + 1} {' '.join(map(repr, q))} {' '.join(map(repr, t))} 1 {i:02d}.png",
+        lines += [f"{i + 1} {' '.join(repr(float(v)) for v in q)} {' '.join(repr(float(v)) for v in t)} 1 {i:02d}.png",
                   "10.5 20.5 -1 30.0 12.0 7" if i % 2 else ""]
     (folder / "images.txt").write_text("\n".join(lines) + "\n")
     (folder / "points3D.txt").write_text("")
