@@ -69,8 +69,11 @@ def run_batch(jobs: list[Job], root: Path, executor: LocalExecutor | RayExecutor
         raise
     finally:
         executor.shutdown()
-        for job in jobs:  # jobs that never ended are listed too
-            records.setdefault(job.folder, _record(job, root, "interrupted" if interrupted else "not run", 0))
+        for job in jobs:  # jobs that never ended are listed too; one whose result folder appeared is done
+            if job.folder not in records:
+                done = (root / job.folder / DONE_FILE).is_file()
+                status = "done" if done else "interrupted" if interrupted else "not run"
+                records[job.folder] = _record(job, root, status, int(done))
         summary = _summary(jobs, records, executor.description, time.perf_counter() - started, interrupted)
         write_json(summary, root / SUMMARY_FILE)
     return summary
