@@ -318,11 +318,14 @@ def from_mapping(cls: type, data: Any, base: Path, what: str = "job option") -> 
     return cls(**values)
 
 
-def _resolved(value: Path | list[Path], base: Path) -> Path | list[Path]:
-    if isinstance(value, list):
-        return [_resolved(v, base) for v in value]  # type: ignore[misc]
+def resolve_path(value: Path, base: Path) -> Path:
+    """`value` with ~ expanded, relative to `base` unless absolute (a job file's paths are relative to its folder)."""
     value = value.expanduser()
     return value if value.is_absolute() else base / value
+
+
+def _resolved(value: Path | list[Path], base: Path) -> Path | list[Path]:
+    return [resolve_path(v, base) for v in value] if isinstance(value, list) else resolve_path(value, base)
 
 
 def to_mapping(options: Any) -> dict[str, Any]:

@@ -173,8 +173,9 @@ def job_fields_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def _path(value: Any, base: Path) -> Path:
     if not isinstance(value, str) or not value:
         raise UserError(f"job file: expected a path string, got {value!r}")
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else base / path
+    from nst3d.schema import resolve_path
+
+    return resolve_path(Path(value), base)
 
 
 # ----------------------------------------------------------------------------------------------------------
