@@ -34,6 +34,15 @@ PANEL_OPTIONS = {'loss': {'label': 'Loss',
           'group': 'options',
           'soft_maximum': 4096,
           'minimum': 1},
+ 'stroke_scale': {'label': 'Stroke Scale',
+                  'help': "the finest scale the style is laid onto the surface at, in the asset's units (glTF: "
+                          "metres; the Blender scene's units): the height of the closest training views, so "
+                          "strokes hold up that close (default: a fifth of the asset's bounding diagonal; a scene "
+                          'shares one); 3D backends',
+                  'kind': 'float',
+                  'default': None,
+                  'group': 'options',
+                  'minimum': 0.0},
  'views': {'label': 'Views',
            'help': 'views per step, 3D backends',
            'kind': 'int',

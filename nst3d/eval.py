@@ -261,7 +261,7 @@ def evaluate_with_renders(render: Callable[[Cameras], Render], render_content: C
     renders = {"content": content, "stylized": stylized}
     report = evaluate_renders(stylized, content, held, objective, depth_tolerance)
     report["held_out"] = {"count": held.count, "short_degrees": held.short_degrees,
-                          "long_degrees": held.long_degrees}
+                          "long_degrees": held.long_degrees, "view_height": held.view_height}
     if baseline_config is None:
         return report, renders
     floor = consistency(Render(content.rgb, _union(content.mask), content.depth), held, depth_tolerance)

@@ -7,7 +7,6 @@ so both import it and neither imports the other. Cameras stay on the CPU (nst3d.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,18 +14,22 @@ import torch
 
 from nst3d.backends.base import Render
 from nst3d.cameras import Cameras, cameras_around, framing_distance
+from nst3d.scales import surface_cameras, turn_about_up
 
 
 @dataclass
 class HeldOutViews:
     """Held-out cameras (never optimised on): `count` anchors and, for each, a partner turned
-    `short_degrees` and one turned `long_degrees` about the up axis through the object."""
+    `short_degrees` and one turned `long_degrees` about the up axis through the object (whole-object views) or
+    through the anchor's surface point (close-ups: `view_height` is then the world length each view's height
+    covers there)."""
 
     anchors: Cameras
     short: Cameras
     long: Cameras
     short_degrees: float = 5.0
     long_degrees: float = 45.0
+    view_height: float | None = None
 
     @property
     def count(self) -> int:
@@ -49,14 +52,6 @@ def _slice(render: Render, index: slice) -> Render:
     return Render(render.rgb[index], pick(render.mask), pick(render.depth))
 
 
-def _turn(directions: torch.Tensor, degrees: float) -> torch.Tensor:
-    """Rotate directions [N, 3] about the y (up) axis by `degrees`."""
-    a = math.radians(degrees)
-    c, s = math.cos(a), math.sin(a)
-    rotation = torch.tensor([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
-    return directions @ rotation.T
-
-
 def held_out_directions(count: int = 4, short_degrees: float = 5.0, long_degrees: float = 45.0,
                         elevations: tuple[float, ...] = (12.0, 32.0), start_degrees: float = 17.0
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -67,7 +62,7 @@ def held_out_directions(count: int = 4, short_degrees: float = 5.0, long_degrees
     elevation = torch.deg2rad(torch.tensor([elevations[k % len(elevations)] for k in range(count)]))
     anchors = torch.stack([torch.cos(elevation) * torch.sin(azimuth), torch.sin(elevation),
                            torch.cos(elevation) * torch.cos(azimuth)], dim=-1)
-    return anchors, _turn(anchors, short_degrees), _turn(anchors, long_degrees)
+    return anchors, turn_about_up(anchors, short_degrees), turn_about_up(anchors, long_degrees)
 
 
 def held_out_views(frame: Callable[[torch.Tensor], Cameras], count: int = 4, short_degrees: float = 5.0,
@@ -82,3 +77,17 @@ def sphere_framer(center: torch.Tensor, radius: float, width: int, height: int,
     """A `frame` for held_out_views: cameras looking at center [3] from where a sphere of `radius` fits."""
     distance = framing_distance(radius, fov_y_degrees)
     return lambda directions: cameras_around(center, distance, directions, width, height, fov_y_degrees)
+
+
+def close_up_views(points: torch.Tensor, normals: torch.Tensor, view_height: float, width: int, height: int,
+                   fov_y_degrees: float = 40.0, short_degrees: float = 5.0, long_degrees: float = 45.0
+                   ) -> HeldOutViews:
+    """Close-up held-out views: anchors looking along -normals [N, 3] at surface points [N, 3] from where
+    the image height covers view_height, partners turned about the up axis through each point (same distance).
+    The backend picks the points (area-sampled and visible; see nst3d.scales)."""
+    def frame(directions: torch.Tensor) -> Cameras:
+        return surface_cameras(points, directions, view_height, width, height, fov_y_degrees)
+
+    unit = torch.nn.functional.normalize(normals, dim=-1)
+    short, long = turn_about_up(unit, short_degrees), turn_about_up(unit, long_degrees)
+    return HeldOutViews(frame(unit), frame(short), frame(long), short_degrees, long_degrees, view_height)

@@ -91,6 +91,12 @@ class StyleOptions:
     size: int | None = option(None, "working/render resolution in px", kind=int, positive=True, soft_maximum=4096,
                               label="Resolution", panel=True)
     style_size: int | None = option(None, "style image resolution in px (default: --size)", kind=int, positive=True)
+    stroke_scale: float | None = option(None, "the finest scale the style is laid onto the surface at, in the asset's "
+                                              "units (glTF: metres; the Blender scene's units): the height of the "
+                                              "closest training views, so strokes hold up that close (default: a "
+                                              "fifth of the asset's bounding diagonal; a scene shares one); 3D "
+                                              "backends", kind=float, positive=True, metavar="LENGTH",
+                                        label="Stroke Scale", panel=True)
     views: int | None = option(None, "views per step, 3D backends", kind=int, positive=True, soft_maximum=64,
                                label="Views", panel=True)
     optimizer: str = option("adam", "the optimiser", choices=OPTIMIZERS)

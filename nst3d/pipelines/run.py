@@ -92,6 +92,11 @@ class Adapter:
         """The held-out views to evaluate on, or None (a 2D image: see evaluate_output)."""
         raise NotImplementedError
 
+    def close_ups(self) -> HeldOutViews | None:
+        """Close-up held-out views (nst3d.held_out.close_up_views at a fifth of the bounding diagonal), evaluated
+        as evaluation["close_up"] and shown in the contact sheet's last rows; None for none."""
+        return None
+
     def render_stylized(self, cameras: Any) -> Any:
         raise NotImplementedError
 
@@ -165,18 +170,29 @@ def run(adapter: Adapter, options: StyleOptions, on_event: EventSink | None = No
     history = adapter.optimise(adapter.training_objective(objective), loop_config(opts), send, should_stop)
     adapter.after_optimise(opts)
     stage("evaluate")
-    held, renders = adapter.held_out(), {}
+    held, renders, close, close_renders = adapter.held_out(), {}, None, {}
     if held is None:
         evaluation = adapter.evaluate_output(objective)
     else:
         baseline = baseline_config(opts.steps, opts.seed, adapter.baseline_stage) if adapter.compare_baseline else None
         evaluation, renders = evaluate_with_renders(adapter.render_stylized, adapter.render_original, held, objective,
                                                     baseline_config=baseline, on_event=send, should_stop=should_stop)
+        close = adapter.close_ups()
+        if close is not None:
+            send({"event": "message", "stage": "evaluate", "text": "evaluating on close-up held-out views"})
+            close_baseline = None if baseline is None else baseline_config(
+                opts.steps, opts.seed, f"{adapter.baseline_stage} (close-ups)")
+            evaluation["close_up"], close_renders = evaluate_with_renders(
+                adapter.render_stylized, adapter.render_original, close, objective, baseline_config=close_baseline,
+                on_event=send, should_stop=should_stop)
     stage("export")
 
     def finish(outputs: dict[str, Any], sheet_at: Path | None, report_at: Path | None) -> Report:
         if sheet_at is not None:
             rows, labels = adapter.sheet_rows(held, renders)
+            if close is not None:
+                rows += [close_renders["content"].rgb[:close.count], close_renders["stylized"].rgb[:close.count]]
+                labels += ["close-up original", "close-up stylized"]
             contact_sheet(rows, sheet_at, labels)
         memory = peak_memory(device)
         report = Report(
