@@ -51,7 +51,11 @@ def test_stylize_mesh_file_writes_everything_and_reports(tmp_path, style, weight
     saved = json.loads((out / "report.json").read_text())
     assert set(saved) == set(report.to_dict()) and saved["details"]["triangles"] == report.details["triangles"]
     for key in ("style_distance", "content_distance", "consistency", "floor", "baseline"):
-        assert key in saved["evaluation"]
+        assert key in saved["evaluation"] and key in saved["evaluation"]["close_up"]  # both scales, same block
+    diagonal = saved["details"]["bounding_diagonal"]
+    assert saved["details"]["stroke_scale"] == pytest.approx(0.2 * diagonal)
+    assert saved["evaluation"]["close_up"]["held_out"]["view_height"] == pytest.approx(0.2 * diagonal)
+    assert any("stroke scale" in e.get("text", "") for e in events)
     assert saved["seconds"] > 0 and saved["peak_memory_mb"] > 0
     assert set(saved["seconds_by_stage"]) == {"load", "setup", "optimise", "evaluate", "export"}
     assert set(saved["evaluation"]["consistency"]) >= {"short_range", "long_range"}

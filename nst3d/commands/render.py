@@ -4,7 +4,9 @@ splat, e.g. a stylized result, as a turntable or a single view.
 Assets are dispatched by kind (`asset_kind`) to a loader in LOADERS, `loader(path, shading, device)`, that
 returns a Renderable working on `device` (--device; auto: a CUDA GPU when there is one): anything with
 `render(cameras) -> Render` (on the CPU), `turntable(frames, size, elevation_degrees) -> Cameras` and
-`still(size, elevation_degrees, azimuth_degrees) -> Cameras`.
+`still(size, elevation_degrees, azimuth_degrees) -> Cameras` and `diagonal() -> float` (the bounding
+diagonal, for close-ups: `--close-up F` zooms the still onto the surface point nearest its centre until the
+view's height covers F x the diagonal there, as the reports' close-up held-out views do with F = 0.2).
 Adding a kind is one function and one LOADERS entry.
 """
 
@@ -24,6 +26,7 @@ from nst3d.errors import UserError
 from nst3d.events import EventSink, ProgressBar, ignore
 from nst3d.files import check_output, save_image
 from nst3d.preview import STILL_SUFFIXES, TURNTABLE_SUFFIXES, composite, write_turntable
+from nst3d.scales import bounding_diagonal, zoomed
 
 MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
 
@@ -34,6 +37,8 @@ class Renderable(Protocol):
     def turntable(self, frames: int, size: int, elevation_degrees: float = 20.0) -> Cameras: ...
 
     def still(self, size: int, elevation_degrees: float = 20.0, azimuth_degrees: float = 30.0) -> Cameras: ...
+
+    def diagonal(self) -> float: ...
 
 
 def asset_kind(path: Path) -> str:
@@ -81,6 +86,9 @@ class _Splat:
 
         return still_camera(self.scene, size, elevation_degrees, azimuth_degrees)
 
+    def diagonal(self) -> float:
+        return bounding_diagonal(self.scene.means.detach().cpu())
+
 
 LOADERS: dict[str, Callable[[Path, str, torch.device], Renderable]] = {
     "mesh": _load_mesh,
@@ -92,6 +100,23 @@ def load_renderable(path: str | Path, shading: str = "lambert", device: torch.de
     """The Renderable for an asset file (see LOADERS), working on `device`."""
     path = Path(path)
     return LOADERS[asset_kind(path)](path, shading, torch.device(device))
+
+
+def close_up_camera(asset: Renderable, still: Cameras, fraction: float) -> Cameras:
+    """The still [1] magnified (scales.zoomed) onto the covered pixel nearest its centre, so that the view's
+    height covers `fraction` of the asset's bounding diagonal at that pixel's depth."""
+    probe = asset.render(still)
+    if probe.depth is None:
+        raise UserError("this asset renders no depth; a close-up needs one")
+    depth = probe.depth[0, 0]
+    covered = torch.nonzero(depth > 0)
+    if covered.numel() == 0:
+        raise UserError("the asset is not in view; try another --azimuth or --elevation")
+    centre = torch.tensor([still.height / 2, still.width / 2])
+    row, col = covered[((covered + 0.5) - centre).norm(dim=1).argmin()].tolist()
+    seen = float(depth[row, col]) * still.height / float(still.K[0, 1, 1])  # the still's height at that depth
+    factor = max(1.0, seen / (fraction * asset.diagonal()))
+    return zoomed(still, factor, torch.tensor([[col + 0.5, row + 0.5]]))
 
 
 def render_turntable(asset: Renderable, path: Path, frames: int = 48, size: int = 384, elevation: float = 20.0,
@@ -119,6 +144,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=384, help="image size in px (default 384)")
     p.add_argument("--elevation", type=float, default=20.0, help="camera elevation in degrees (default 20)")
     p.add_argument("--azimuth", type=float, default=30.0, help="still: camera azimuth in degrees (default 30)")
+    p.add_argument("--close-up", type=float, metavar="F",
+                   help="still: zoom onto the surface at the view's centre until the image height covers F x the "
+                        "bounding diagonal (the reports' close-ups: 0.2)")
     p.add_argument("--shading", choices=("lambert", "none"), default="lambert",
                    help="meshes: Lambert shading from a fixed light, or the plain base colour")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -133,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
     if args.turntable and not animated:
         raise UserError(f"--turntable writes .gif or .mp4, not '{args.output.suffix}'")
     check_output(args.output, [args.asset], TURNTABLE_SUFFIXES + STILL_SUFFIXES)
+    if args.close_up is not None and (animated or not 0 < args.close_up <= 1):
+        raise UserError("--close-up F makes a still (.png) and needs 0 < F <= 1, e.g. 0.2")
     for option, value, low, high in (("--size", args.size, 16, 4096), ("--frames", args.frames, 1, 1000),
                                      ("--fps", args.fps, 1, 120), ("--elevation", args.elevation, -90, 90)):
         if not low <= value <= high:
@@ -145,6 +175,8 @@ def run(args: argparse.Namespace) -> int:
                          ProgressBar("rendering", quiet=args.quiet))
     else:
         cameras = asset.still(args.size, args.elevation, args.azimuth)
+        if args.close_up is not None:
+            cameras = close_up_camera(asset, cameras, args.close_up)
         save_image(composite(asset.render(cameras))[0], args.output)
     print(f"wrote {args.output}")
     return 0

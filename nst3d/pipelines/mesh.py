@@ -15,13 +15,15 @@ from nst3d.backends.mesh.backend import MeshBackend
 from nst3d.backends.mesh.export import FORMATS, export_asset
 from nst3d.backends.mesh.load import load_mesh
 from nst3d.backends.mesh.regions import match_style_map
+from nst3d.backends.mesh.surface import visible_surface_views
 from nst3d.errors import UserError
 from nst3d.events import EventSink
 from nst3d.files import check_output
-from nst3d.held_out import HeldOutViews, held_out_views
+from nst3d.held_out import HeldOutViews, close_up_views, held_out_views
 from nst3d.losses import Objective
 from nst3d.options import StyleOptions, build_objective, load_styles
 from nst3d.sampling import evenly_spaced_indices
+from nst3d.scales import CLOSE_UP_FRACTION
 from nst3d.schema import DEFAULTS as BACKEND_DEFAULTS
 
 from .report import Report
@@ -29,6 +31,7 @@ from .run import Adapter, Finish, run
 
 DEFAULTS = BACKEND_DEFAULTS["mesh"]
 HELD_OUT = 4
+CLOSE_UP_SEED = 1_000_003  # close-up held-out points come from their own stream, not the training pool's
 CONTACT_SHEET = "contact_sheet.png"
 REPORT = "report.json"
 
@@ -122,9 +125,11 @@ class MeshAdapter(Adapter):
     def make_backend(self, opts: StyleOptions, device: torch.device, on_event: EventSink,
                      should_stop: Callable[[], bool] | None) -> MeshBackend:
         self.opts = opts
-        return MeshBackend(self.asset, size=opts.size, views_per_step=opts.views, pool_size=self.pool_size,
-                           lr=opts.lr, shading=self.shading, groups=self.groups, device=device, seed=opts.seed,
-                           init=opts.init)
+        backend = MeshBackend(self.asset, size=opts.size, views_per_step=opts.views, pool_size=self.pool_size,
+                              lr=opts.lr, shading=self.shading, groups=self.groups, device=device, seed=opts.seed,
+                              init=opts.init, stroke_scale=opts.stroke_scale)
+        on_event({"event": "message", "stage": "setup", "text": stroke_scale_text(backend, opts.stroke_scale)})
+        return backend
 
     def objective(self, opts: StyleOptions, vgg, styles: list[torch.Tensor]):
         return mesh_objective(opts, self.style_map, vgg, texture_palette([s.texture for s in self.asset.slots]))
@@ -135,6 +140,15 @@ class MeshAdapter(Adapter):
     def held_out(self) -> HeldOutViews:
         self.held = held_out_views(self.backend.frame, self.held_out_count)
         return self.held
+
+    def close_ups(self) -> HeldOutViews:
+        """Close-ups at area-sampled visible points, never trained on (their own random stream)."""
+        backend = self.backend
+        height = CLOSE_UP_FRACTION * backend.diagonal
+        generator = torch.Generator().manual_seed(CLOSE_UP_SEED + self.opts.seed)
+        points, normals = visible_surface_views(backend.rasterizer, self.held_out_count, height, backend.size,
+                                                generator)
+        return close_up_views(points, normals, height, backend.size, backend.size)
 
     def render_stylized(self, cameras):
         return self.backend.render_cameras(cameras, self.textures)
@@ -165,7 +179,21 @@ class MeshAdapter(Adapter):
         return {"style_map": {name: [str(p) for p in paths] for name, paths in self.style_map.items()},
                 "size": self.opts.size, "views_per_step": self.opts.views, "training_views": self.pool_size,
                 "triangles": self.asset.face_count, "textures": self.backend.texture_report(),
-                "shading": self.shading}
+                "shading": self.shading, **scale_details(self.backend)}
+
+
+def stroke_scale_text(backend: MeshBackend, given: float | None) -> str:
+    """The line that says which stroke scale a run uses and where it came from."""
+    source = "--stroke-scale" if given else "a fifth of the bounding diagonal; set --stroke-scale to change it"
+    return (f"stroke scale {backend.stroke_scale:.4g} ({source}); bounding diagonal {backend.diagonal:.4g}, "
+            f"{len(backend.view_heights)} training views in {len(scale_details(backend)['view_scales'])} scales")
+
+
+def scale_details(backend: MeshBackend) -> dict[str, Any]:
+    """The report's stroke scale, bounding diagonal and training views per scale (view height, 0 = whole)."""
+    heights = backend.view_heights.tolist()
+    return {"stroke_scale": backend.stroke_scale, "bounding_diagonal": backend.diagonal,
+            "view_scales": {("whole" if h == 0 else f"{h:.4g}"): heights.count(h) for h in sorted(set(heights))}}
 
 
 def stylize_mesh_file(input_path: str | Path, out_dir: str | Path, opts: StyleOptions,

@@ -192,7 +192,7 @@ def run(adapter: Adapter, options: StyleOptions, on_event: EventSink | None = No
             rows, labels = adapter.sheet_rows(held, renders)
             if close is not None:
                 rows += [close_renders["content"].rgb[:close.count], close_renders["stylized"].rgb[:close.count]]
-                labels += ["close-up original", "close-up stylized"]
+                labels += ["original, close-up", "stylized, close-up"]
             contact_sheet(rows, sheet_at, labels)
         memory = peak_memory(device)
         report = Report(

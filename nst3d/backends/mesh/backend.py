@@ -1,7 +1,11 @@
 """The mesh backend: textures are the parameters, geometry is fixed.
 
-A pool of training views (Fibonacci directions with jitter, each framed on the object's silhouette with a
-random zoom) is rasterized ONCE at start-up. For each pool view the original textures are rendered once, with
+A pool of training views is rasterized ONCE at start-up, in scales (nst3d.scales): whole-object views
+(Fibonacci directions with jitter, each framed on the object's silhouette with a random zoom) and, for each
+octave from half the object down to the stroke scale, views whose height covers the octave's length at
+area-sampled visible surface points, looking along directions near the outward normal. The batches mix the
+scales, and the residual's texel density follows the finest octave (about one texel per pixel there).
+For each pool view the original textures are rendered once, with
 supersampling and trilinear mip filtering, over white (as the report, the contact sheet and most viewers show
 it: VGG features near the silhouette see the background, and on Spot training over random colours left the
 held-out style distance over white twice the training one; `white_share` < 1 draws random colours for the
@@ -35,6 +39,7 @@ from nst3d.backends.mesh.gbuffer import (
     pool,
     shade,
 )
+from nst3d.backends.mesh.surface import surface_area, visible_surface_views
 from nst3d.backends.mesh.texture import TexturePyramid, dilate, matched_size
 from nst3d.cameras import (
     Cameras,
@@ -47,12 +52,15 @@ from nst3d.cameras import (
     orbit_directions,
 )
 from nst3d.color import keep_content_chroma
+from nst3d.scales import bounding_diagonal, octave_heights, stroke_scale_or_default, surface_cameras
 
 FOV_DEGREES = 40.0
 FRAME_MARGIN = 1.06
 LIGHT = (0.35, 0.8, 0.5)  # world-space direction towards the light for Lambert shading
 AMBIENT = 0.35
 MAX_FRAMING_POINTS = 50_000
+CLOSE_JITTER_DEGREES = 25.0  # close views look along directions this near the outward normal
+WHOLE_SHARE = 0.4  # of the training pool: whole-object views (the rest: close octaves)
 
 
 @dataclass
@@ -66,6 +74,19 @@ class ViewBatch:
     depth: torch.Tensor  # [V, 1, H, W]
     index: list[SampleIndex]  # per slot: the residual's gathers into this batch's pixels
     pixels: torch.Tensor  # [N] every gather's flat pixel indices, concatenated in (slot, entry) order
+
+
+def close_shares(count: int, heights: list[float], area: float) -> list[int]:
+    """Views per close octave (heights, finest first) out of a pool of `count`: WHOLE_SHARE of the pool stays
+    whole-object, the rest goes to the octaves in proportion to the views each needs to tile the surface
+    (area / height^2), so the finest octave, which must reach every part of the surface, gets the most."""
+    if not heights:
+        return []
+    close = count - max(1, round(count * WHOLE_SHARE)) if count > 1 else 0
+    tiles = torch.tensor([area / h ** 2 for h in heights])
+    share = torch.floor(close * tiles / tiles.sum()).long().clamp(min=1 if close >= len(heights) else 0)
+    share[0] += close - int(share.sum())  # the rounding's leftovers go to (or come from) the finest octave
+    return share.tolist()
 
 
 def lambert(normal: torch.Tensor) -> torch.Tensor:
@@ -173,6 +194,9 @@ class MeshRenderer:
         shared distance, looking at the bounding-box centre, can crop a single view of a long asset)."""
         return frame_on_silhouette(self.points, orbit_directions(1, elevation_degrees, azimuth_degrees), size, size)
 
+    def diagonal(self) -> float:
+        return bounding_diagonal(self.points)
+
     @torch.no_grad()
     def render(self, cameras: Cameras, batch: int = 4) -> Render:
         """rgb [V, 3, H, W] over the background, mask [V, 1, H, W] (coverage), depth [V, 1, H, W]; CPU."""
@@ -197,11 +221,14 @@ class MeshBackend:
                  shading: str = "none", groups: list[int] | None = None, device: torch.device | str = "cpu",
                  seed: int = 0, jitter_degrees: float = 12.0, zoom_range: tuple[float, float] = (0.85, 1.1),
                  residual_side: int | None = None, residual_scale: float = 1.0, upsample: str = "smooth",
-                 init: str = "content", white_share: float = 1.0):
+                 init: str = "content", white_share: float = 1.0, stroke_scale: float | None = None,
+                 multi_scale: bool = True):
         """groups: style group of each slot (for --style-map; default all 0); residual_side: force the
-        residual's resolution (default: where one texel covers one pixel of the training views, median over
-        the pool); residual_scale: the finest parameters' resolution relative to it (smoothly enlarged);
-        white_share: share of pool views rendered over white (the others over a random colour each)."""
+        residual's resolution (default: where one texel covers one pixel of the finest training views, median
+        over them); residual_scale: the finest parameters' resolution relative to it (smoothly enlarged);
+        white_share: share of pool views rendered over white (the others over a random colour each);
+        stroke_scale: the closest views' height in world units (default: nst3d.scales.STROKE_FRACTION of the
+        bounding diagonal); multi_scale: False keeps whole-object views only (the pool before stroke scales)."""
         if shading not in ("none", "lambert"):
             raise ValueError(f"unknown shading {shading!r}; use none or lambert")
         self.asset = asset
@@ -215,18 +242,23 @@ class MeshBackend:
         world = asset.world()
         self.rasterizer = Rasterizer(world, self.device)
         self.points = framing_points(world.vertices)
+        self.diagonal = bounding_diagonal(self.points)
+        self.stroke_scale = stroke_scale_or_default(stroke_scale, self.diagonal)
         self.originals = [s.texture.to(self.device) for s in asset.slots]
         self.original_mips = [mip_chain(t[None]) for t in self.originals]
         generator = torch.Generator().manual_seed(seed)
-        directions = jitter_directions(fibonacci_directions(pool_size), jitter_degrees, generator)
-        directions = directions[torch.randperm(pool_size, generator=generator)]
-        zoom = zoom_range[0] + (zoom_range[1] - zoom_range[0]) * torch.rand(pool_size, generator=generator)
+        heights = octave_heights(self.stroke_scale, self.diagonal) if multi_scale else []
+        cameras, self.view_heights = self._pool_cameras(pool_size, heights, jitter_degrees, zoom_range, generator)
+        pool_size = len(cameras)
         backgrounds = pool_backgrounds(pool_size, white_share, generator)
-        cameras = frame_on_silhouette(self.points, directions, size, size, zoom=zoom)
         built = [self._content_batch(cameras[list(range(s, min(s + views_per_step, pool_size)))],
                                      backgrounds[s:s + views_per_step])
                  for s in range(0, pool_size, views_per_step)]
-        self.residual_sides = self._residual_sides([b[1] for b in built], residual_side)
+        finest = self.view_heights == min(heights) if heights else torch.ones(pool_size, dtype=torch.bool)
+        if not finest.any():  # no close view could be placed: the whole-object views set the density
+            finest = ~finest
+        self.residual_sides = self._residual_sides([b[1] for b in built], residual_side,
+                                                   finest.split(views_per_step))
         noise = torch.Generator().manual_seed(seed) if init == "noise" else None
         self.pyramids = []
         for texture, side in zip(self.originals, self.residual_sides, strict=True):
@@ -244,6 +276,32 @@ class MeshBackend:
         """Cameras framed on the silhouette for view directions [V, 3] (for held-out views, previews)."""
         return frame_on_silhouette(self.points, directions, width or self.size, height or self.size)
 
+    def _pool_cameras(self, count: int, heights: list[float], jitter_degrees: float,
+                      zoom_range: tuple[float, float], generator: torch.Generator) -> tuple[Cameras, torch.Tensor]:
+        """`count` training cameras: whole-object views and the close octaves `heights` (close_shares; views an
+        octave cannot place, e.g. all occluded, go to whole-object views), interleaved so that each batch mixes
+        the scales. Returns (cameras, view heights [count], 0 for whole-object views)."""
+        share = close_shares(count, heights, surface_area(self.rasterizer.mesh))
+        close = []
+        for height, wanted in zip(heights, share, strict=True):
+            if wanted == 0:
+                continue
+            points, directions = visible_surface_views(self.rasterizer, wanted, height, self.size, generator,
+                                                       CLOSE_JITTER_DEGREES)
+            close.append((surface_cameras(points, directions, height, self.size, self.size, FOV_DEGREES),
+                          torch.full((len(points),), height)))
+        whole_count = count - sum(len(c) for c, _ in close)
+        directions = jitter_directions(fibonacci_directions(whole_count), jitter_degrees, generator)
+        directions = directions[torch.randperm(whole_count, generator=generator)]
+        zoom = zoom_range[0] + (zoom_range[1] - zoom_range[0]) * torch.rand(whole_count, generator=generator)
+        scales = [(frame_on_silhouette(self.points, directions, self.size, self.size, zoom=zoom),
+                   torch.zeros(whole_count)), *close]
+        order = sorted(((k / max(len(c), 1), s, k) for s, (c, _) in enumerate(scales) for k in range(len(c))))
+        pick = [(s, k) for _, s, k in order]  # round-robin by rank within each scale
+        w2c = torch.stack([scales[s][0].world_to_cam[k] for s, k in pick])
+        K = torch.stack([scales[s][0].K[k] for s, k in pick])
+        return Cameras(w2c, K, self.size, self.size), torch.stack([scales[s][1][k] for s, k in pick])
+
     def _shade_scale(self, gbuf: GBuffer) -> torch.Tensor | None:
         return lambert(gbuf.normal) if self.shading == "lambert" else None
 
@@ -252,14 +310,17 @@ class MeshBackend:
                                                          self.supersample, backgrounds, self.shading, self.device)
         return cameras, base, rgb, covered_samples(shaded, self.supersample, self._shade_scale(shaded))
 
-    def _residual_sides(self, gbufs: list[GBuffer], forced: int | None) -> list[int]:
-        """Per slot, the residual resolution at which a texel covers about one pixel (median over the pool)."""
+    def _residual_sides(self, gbufs: list[GBuffer], forced: int | None, finest: tuple[torch.Tensor, ...]
+                        ) -> list[int]:
+        """Per slot, the residual resolution at which a texel covers about one pixel of the finest views (the
+        median over them; finest: per batch, [V] bool, which of its views are of the finest scale)."""
         sides = []
         for slot, texture in enumerate(self.originals):
             if forced:
                 sides.append(forced)
                 continue
-            lods = torch.cat([g.lod[g.slot == slot] for g in gbufs])
+            lods = torch.cat([g.lod[pick.to(g.lod.device)][g.slot[pick.to(g.lod.device)] == slot]
+                              for g, pick in zip(gbufs, finest, strict=True)])
             if len(lods) == 0:
                 sides.append(16)
                 continue

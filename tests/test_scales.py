@@ -1,0 +1,142 @@
+"""Scales in world units (nst3d.scales), close-up held-out views and the mesh backend's multi-scale pool, on
+real meshes through the real ray caster."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from nst3d.backends.mesh.backend import MeshBackend, close_shares
+from nst3d.backends.mesh.gbuffer import Rasterizer
+from nst3d.backends.mesh.load import load_mesh
+from nst3d.backends.mesh.surface import area_sample, centre_depth, visible_surface_views
+from nst3d.cameras import Cameras, intrinsics, look_at
+from nst3d.held_out import close_up_views
+from nst3d.scales import WHOLE_FRACTION, octave_heights, surface_cameras, zoomed
+from tests.mesh_data import write_glb
+
+
+def project(cameras: Cameras, points: torch.Tensor) -> torch.Tensor:
+    """[V, 2] pixel positions of one point per camera (points [V, 3])."""
+    cam = torch.einsum("vij,vj->vi", cameras.world_to_cam[:, :3, :3], points) + cameras.world_to_cam[:, :3, 3]
+    pixel = torch.einsum("vij,vj->vi", cameras.K, cam)
+    return pixel[:, :2] / pixel[:, 2:]
+
+
+def test_octaves_halve_from_below_the_whole_object_down_to_the_stroke_scale():
+    assert octave_heights(0.1, 2.0) == pytest.approx([0.1, 0.2, 0.4, 0.8])
+    assert all(h < WHOLE_FRACTION * 2.0 for h in octave_heights(0.1, 2.0))
+    assert octave_heights(5.0, 2.0) == [5.0]  # a stroke scale as large as the object still gets its octave
+
+
+def test_surface_cameras_look_at_the_point_and_cover_the_view_height():
+    points = torch.tensor([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0]])
+    normals = torch.tensor([[0.0, 0.0, 2.0], [1.0, 1.0, 0.0]])
+    cameras = surface_cameras(points, normals, 0.5, 64, 48)
+    assert torch.allclose(project(cameras, points), torch.tensor([[32.0, 24.0]] * 2), atol=1e-3)
+    down = cameras.cam_to_world[:, :3, 1]  # OpenCV y: image down, in world space
+    top, bottom = project(cameras, points - 0.25 * down), project(cameras, points + 0.25 * down)
+    assert torch.allclose(bottom[:, 1] - top[:, 1], torch.tensor([48.0, 48.0]), atol=0.05)  # 0.5 units = height
+    eyes = cameras.centers
+    assert torch.allclose(torch.nn.functional.normalize(eyes - points, dim=-1),
+                          torch.nn.functional.normalize(normals, dim=-1), atol=1e-5)
+
+
+def test_zoom_magnifies_about_the_chosen_pixel():
+    K = intrinsics(40, 40, 40.0)[None]
+    cameras = Cameras(look_at(torch.tensor([[0.0, 0.0, 5.0]]), torch.zeros(3)), K, 40, 40)
+    point = torch.tensor([[0.3, -0.2, 0.0]])
+    pixel = project(cameras, point)
+    crop = zoomed(cameras, 4.0, pixel)
+    assert torch.allclose(project(crop, point), torch.tensor([[20.0, 20.0]]), atol=1e-3)
+    offset = torch.tensor([[0.05, 0.0, 0.0]])
+    assert torch.allclose(project(crop, point + offset) - project(crop, point),
+                          4 * (project(cameras, point + offset) - pixel), atol=1e-3)
+
+
+def test_close_up_partners_turn_about_the_surface_point():
+    points, normals = torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([[1.0, 0.0, 0.0]])
+    held = close_up_views(points, normals, 0.4, 32, 32)
+    assert held.view_height == 0.4
+    for cameras in (held.anchors, held.short, held.long):
+        assert torch.allclose(project(cameras, points), torch.tensor([[16.0, 16.0]]), atol=1e-3)
+    anchor_dir = held.anchors.centers - points
+    long_dir = held.long.centers - points
+    cos = float(torch.nn.functional.cosine_similarity(anchor_dir, long_dir))
+    assert math.degrees(math.acos(cos)) == pytest.approx(45.0, abs=0.1)
+    assert float(long_dir.norm()) == pytest.approx(float(anchor_dir.norm()))
+
+
+def sphere_and_plate(path):
+    """A unit sphere at the origin and a plate in front of its +z half (it hides that half from close views)."""
+    import trimesh
+
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    plate = trimesh.creation.box(extents=(3.0, 3.0, 0.05))
+    plate.apply_translation((0, 0, 1.3))
+    return write_glb(path, [{"name": "Ball", "positions": sphere.vertices, "faces": sphere.faces, "uv": None},
+                            {"name": "Plate", "positions": plate.vertices, "faces": plate.faces, "uv": None}])
+
+
+def test_area_sampling_is_uniform_over_the_surface(tmp_path):
+    import trimesh
+
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    path = write_glb(tmp_path / "s.glb", [{"name": "S", "positions": sphere.vertices, "faces": sphere.faces,
+                                           "uv": None}])
+    mesh = load_mesh(path).world()
+    points, normals = area_sample(mesh, 4000, torch.Generator().manual_seed(0))
+    assert torch.allclose(points.norm(dim=1), torch.ones(4000), atol=0.02)
+    assert float((points * normals).sum(1).min()) > 0.95  # outward normals
+    upper = float((points[:, 1] > 0).float().mean())  # half the area lies above the equator
+    assert upper == pytest.approx(0.5, abs=0.04)
+
+
+def test_close_views_see_their_point_and_skip_hidden_ones(tmp_path):
+    asset = load_mesh(sphere_and_plate(tmp_path / "sp.glb"))
+    rasterizer = Rasterizer(asset.world())
+    points, directions = visible_surface_views(rasterizer, 200, 0.3, 32, torch.Generator().manual_seed(1))
+    assert len(points) > 50
+    cameras = surface_cameras(points, directions, 0.3, 32, 32)
+    distance = 0.15 / math.tan(math.radians(20))
+    assert torch.allclose(centre_depth(rasterizer, cameras), torch.full((len(points),), distance), rtol=0.011)
+    on_sphere = (points.norm(dim=1) - 1).abs() < 0.02
+    # A camera 0.41 out along the normal of a sphere point with z > 0.91 would be behind the plate (z 1.275):
+    # the plate hides those points, which are never chosen; points nearer the equator are seen from between.
+    assert not bool(((points[:, 2] > 0.92) & on_sphere).any())
+    assert bool(((points[:, 2] > 0.5) & on_sphere).any())
+    assert bool(((points[:, 2] < -0.5) & on_sphere).any())
+
+
+def test_the_pool_has_every_scale_and_the_residual_follows_the_finest(tmp_path):
+    import trimesh
+
+    sphere = trimesh.creation.icosphere(subdivisions=3)
+    uv = np.stack([np.arctan2(sphere.vertices[:, 0], sphere.vertices[:, 2]) / (2 * np.pi) + 0.5,
+                   np.arccos(np.clip(sphere.vertices[:, 1], -1, 1)) / np.pi], axis=1)
+    texture = (np.random.default_rng(0).random((256, 256, 3)) * 255).astype(np.uint8)
+    path = write_glb(tmp_path / "t.glb", [{"name": "T", "positions": sphere.vertices, "faces": sphere.faces,
+                                           "uv": uv, "texture": texture}])
+    asset = load_mesh(path)
+    whole = MeshBackend(asset, size=32, views_per_step=5, pool_size=15, multi_scale=False)
+    fine = MeshBackend(asset, size=32, views_per_step=5, pool_size=15, stroke_scale=0.25)
+    assert set(whole.view_heights.tolist()) == {0.0}
+    heights = sorted(set(fine.view_heights.tolist()))
+    assert heights == pytest.approx([0.0, 0.25, 0.5, 1.0, 2.0])  # octaves below 0.6 x the diagonal (3.46)
+    counts = [int((fine.view_heights == h).sum()) for h in heights]  # whole, then finest to coarsest
+    assert counts[0] == 6 and counts[1] == max(counts[1:]) and sum(counts) == 15  # 40% whole; finest the most
+    for batch in fine.batches:  # every batch mixes whole-object and close views
+        heights_in_batch = fine.view_heights[batch.key * 5:(batch.key + 1) * 5]
+        assert bool((heights_in_batch == 0).any()) and bool((heights_in_batch > 0).any())
+    # A view 0.25 units high at 32 px needs about 4x the texels of a whole-object view (~1.1 units high).
+    assert fine.residual_sides[0] >= 2 * whole.residual_sides[0]
+
+
+def test_close_octaves_share_the_pool_by_the_views_they_need():
+    assert close_shares(20, [0.25, 0.5], area=4.0) == [10, 2]  # 8 whole; 64 vs 16 tiles -> 9.6 : 2.4
+    assert close_shares(20, [0.1, 0.2, 0.4, 0.8], area=4.0) == [8, 2, 1, 1]  # every octave gets a view
+    assert close_shares(20, [], area=4.0) == []
+    assert sum(close_shares(48, [0.1, 0.2, 0.4], area=1.0)) == 48 - round(48 * 0.4)
