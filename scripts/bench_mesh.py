@@ -82,8 +82,8 @@ def objective_for(weights: str | None, size: int):
 
 
 def bench_gbuffer(triangles: int, views: int, size: int) -> dict:
-    from nst3d.backends.mesh.backend import frame_on_silhouette, framing_points
     from nst3d.backends.mesh.gbuffer import Rasterizer
+    from nst3d.backends.mesh.render import frame_on_silhouette, framing_points
     from nst3d.cameras import fibonacci_directions
 
     asset = generated_asset(triangles, 256)

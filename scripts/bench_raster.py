@@ -20,9 +20,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nst3d.backends.mesh.asset import WorldMesh  # noqa: E402
-from nst3d.backends.mesh.backend import frame_on_silhouette, framing_points  # noqa: E402
 from nst3d.backends.mesh.gbuffer import Rasterizer  # noqa: E402
 from nst3d.backends.mesh.raster import open3d_available, rasterize_uv  # noqa: E402
+from nst3d.backends.mesh.render import frame_on_silhouette, framing_points  # noqa: E402
 from nst3d.backends.mesh.uv import vertex_normals  # noqa: E402
 from nst3d.cameras import fibonacci_directions  # noqa: E402
 

@@ -7,9 +7,10 @@ import math
 import numpy as np
 import torch
 
-from nst3d.backends.mesh.backend import MeshBackend, frame_on_silhouette, turntable_cameras
+from nst3d.backends.mesh.backend import MeshBackend
 from nst3d.backends.mesh.gbuffer import Rasterizer, mip_chain, sample_trilinear
 from nst3d.backends.mesh.load import load_mesh
+from nst3d.backends.mesh.render import frame_on_silhouette, turntable_cameras
 from nst3d.backends.mesh.texture import TexturePyramid, dilate, enlarge
 from nst3d.cameras import Cameras, intrinsics, look_at
 from tests.mesh_data import textured_quad_glb, two_object_glb
@@ -121,7 +122,7 @@ def test_training_render_is_the_final_render_of_the_stylized_texture(tmp_path):
     texture will show: a sharper training render would let the style live in detail the final render filters
     away."""
     asset = load_mesh(textured_quad_glb(tmp_path / "quad.glb", size=32))
-    backend = MeshBackend(asset, size=24, views_per_step=2, pool_size=2, supersample=2)
+    backend = MeshBackend(asset, size=24, views_per_step=2, pool_size=2, supersample=2, raise_textures_to=None)
     pyramid = backend.pyramids[0]
     assert pyramid.render_size == (32, 32)  # the texture's own size here, so the comparison is exact
     with torch.no_grad():

@@ -140,3 +140,16 @@ def test_close_octaves_share_the_pool_by_the_views_they_need():
     assert close_shares(20, [0.1, 0.2, 0.4, 0.8], area=4.0) == [8, 2, 1, 1]  # every octave gets a view
     assert close_shares(20, [], area=4.0) == []
     assert sum(close_shares(48, [0.1, 0.2, 0.4], area=1.0)) == 48 - round(48 * 0.4)
+
+
+def test_a_texture_too_small_for_the_stroke_scale_is_raised_with_a_warning(tmp_path):
+    from tests.mesh_data import textured_quad_glb
+
+    asset = load_mesh(textured_quad_glb(tmp_path / "quad.glb", size=16))
+    raised = MeshBackend(asset, size=32, views_per_step=2, pool_size=4, stroke_scale=0.2, raise_textures_to=128)
+    side = raised.residual_sides[0]
+    assert side > 16 and raised.pyramids[0].base.shape[-1] == min(side, 128)
+    assert any("raised from 16" in note for note in raised.notes)
+    assert raised.stylized_textures()[0].shape[-1] == min(side, 128)  # the export carries the finer texture
+    kept = MeshBackend(asset, size=32, views_per_step=2, pool_size=4, stroke_scale=0.2, raise_textures_to=None)
+    assert kept.pyramids[0].base.shape[-1] == 16 and any("--texture-size" in note for note in kept.notes)

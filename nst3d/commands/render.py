@@ -55,8 +55,8 @@ def asset_kind(path: Path) -> str:
 
 
 def _load_mesh(path: Path, shading: str, device: torch.device) -> Renderable:
-    from nst3d.backends.mesh.backend import MeshRenderer
     from nst3d.backends.mesh.load import load_mesh
+    from nst3d.backends.mesh.render import MeshRenderer
 
     return MeshRenderer(load_mesh(path), shading=shading, device=device)
 

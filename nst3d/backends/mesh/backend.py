@@ -21,7 +21,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -36,30 +35,28 @@ from nst3d.backends.mesh.gbuffer import (
     mip_chain,
     mip_levels,
     plan_samples,
-    pool,
-    shade,
+)
+from nst3d.backends.mesh.render import (
+    FOV_DEGREES,
+    frame_on_silhouette,
+    framing_points,
+    lambert,
+    render_textures,
+    render_textures_with_samples,
 )
 from nst3d.backends.mesh.surface import surface_area, visible_surface_views
 from nst3d.backends.mesh.texture import TexturePyramid, dilate, matched_size
+from nst3d.backends.mesh.uv import resize_texture
 from nst3d.cameras import (
     Cameras,
-    cameras_around,
-    distances_to_fit,
     fibonacci_directions,
-    intrinsics,
     jitter_directions,
-    look_at,
-    orbit_directions,
 )
 from nst3d.color import keep_content_chroma
 from nst3d.scales import bounding_diagonal, octave_heights, stroke_scale_or_default, surface_cameras
 
-FOV_DEGREES = 40.0
-FRAME_MARGIN = 1.06
-LIGHT = (0.35, 0.8, 0.5)  # world-space direction towards the light for Lambert shading
-AMBIENT = 0.35
-MAX_FRAMING_POINTS = 50_000
 CLOSE_JITTER_DEGREES = 25.0  # close views look along directions this near the outward normal
+MAX_RAISED_SIDE = 2048  # a texture may be resampled up to this side to hold strokes at the stroke scale
 WHOLE_SHARE = 0.4  # of the training pool: whole-object views (the rest: close octaves)
 
 
@@ -89,128 +86,6 @@ def close_shares(count: int, heights: list[float], area: float) -> list[int]:
     return share.tolist()
 
 
-def lambert(normal: torch.Tensor) -> torch.Tensor:
-    """[..., 3] world normals -> [...] ambient + diffuse shading from the fixed light."""
-    light = F.normalize(torch.tensor(LIGHT, device=normal.device), dim=0)
-    return AMBIENT + (1 - AMBIENT) * (normal * light).sum(-1).clamp(min=0)
-
-
-def framing_points(vertices: np.ndarray) -> torch.Tensor:
-    """Points whose projections bound the silhouette [N, 3]: every vertex, or a subsample + extremes."""
-    if len(vertices) <= MAX_FRAMING_POINTS:
-        return torch.from_numpy(vertices).float()
-    rng = np.random.default_rng(0)
-    pick = rng.choice(len(vertices), MAX_FRAMING_POINTS, replace=False)
-    extremes = np.concatenate([vertices.argmin(0), vertices.argmax(0)])
-    return torch.from_numpy(vertices[np.concatenate([pick, extremes])]).float()
-
-
-def frame_on_silhouette(points: torch.Tensor, directions: torch.Tensor, width: int, height: int,
-                        fov_y_degrees: float = FOV_DEGREES, zoom: torch.Tensor | None = None,
-                        margin: float = FRAME_MARGIN) -> Cameras:
-    """Cameras looking along -directions [V, 3] whose image the object's silhouette fills (centred, with a
-    small margin), rather than its bounding sphere: a long, thin object fills the frame from the side.
-
-    zoom: [V] distance multipliers (1 = tight framing, > 1 farther away).
-    """
-    center = (points.min(0).values + points.max(0).values) / 2
-    tan_y = math.tan(math.radians(fov_y_degrees) / 2) / margin
-    tan_x = tan_y * width / height
-    views = len(directions)
-    eye = center[None] + directions
-    rotation = look_at(eye, center)[:, :3, :3]  # rows: right, down, forward
-    centers = center[None].repeat(views, 1)
-    for _ in range(3):
-        q = torch.einsum("vij,vnj->vni", rotation, points[None] - centers[:, None])  # [V, N, 3]
-        distance = distances_to_fit(points, centers, rotation, tan_x, tan_y).max(1).values.clamp(min=1e-6)
-        depth = (q[..., 2] + distance[:, None]).clamp(min=1e-6)
-        ax, ay = q[..., 0] / depth, q[..., 1] / depth
-        shift_x = (ax.max(1).values + ax.min(1).values) / 2 * distance
-        shift_y = (ay.max(1).values + ay.min(1).values) / 2 * distance
-        centers = centers + shift_x[:, None] * rotation[:, 0] + shift_y[:, None] * rotation[:, 1]
-    distance = distances_to_fit(points, centers, rotation, tan_x, tan_y).max(1).values
-    if zoom is not None:
-        distance = distance * zoom
-    eyes = centers - rotation[:, 2] * distance[:, None]
-    K = intrinsics(width, height, fov_y_degrees).repeat(views, 1, 1)
-    return Cameras(look_at(eyes, centers), K, width, height)
-
-
-def render_textures(rasterizer: Rasterizer, textures: list[list[torch.Tensor]], cameras: Cameras, supersample: int,
-                    background: torch.Tensor, shading: str = "none", device: torch.device | str = "cpu"
-                    ) -> tuple[torch.Tensor, GBuffer]:
-    """Render mip-mapped textures (one mip chain per slot) through a (supersampled) G-buffer.
-
-    background: [V, 3] or [3]. Returns (rgb [V, 3, H, W] over the background, the base-resolution G-buffer).
-    """
-    rgb, base, _ = render_textures_with_samples(rasterizer, textures, cameras, supersample, background, shading,
-                                                device)
-    return rgb, base
-
-
-def render_textures_with_samples(rasterizer: Rasterizer, textures: list[list[torch.Tensor]], cameras: Cameras,
-                                 supersample: int, background: torch.Tensor, shading: str = "none",
-                                 device: torch.device | str = "cpu") -> tuple[torch.Tensor, GBuffer, GBuffer]:
-    """render_textures, also returning the G-buffer that was shaded (the supersampled one, or the base one
-    when supersample is 1): (rgb [V, 3, H, W], base G-buffer, shaded G-buffer)."""
-    base, fine = rasterizer.rasterize(cameras, supersample, normals=shading == "lambert")
-    gbuf = (fine if fine is not None else base).to(device)
-    scale = lambert(gbuf.normal) if shading == "lambert" else None
-    rgb = shade(gbuf, textures, scale).permute(0, 3, 1, 2)
-    hit = gbuf.coverage[:, None]
-    bg = background.to(device).view(-1, 3, 1, 1)
-    return pool(rgb * hit + (1 - hit) * bg, supersample), base.to(device), gbuf
-
-
-def turntable_cameras(points: torch.Tensor, frames: int, size: int, elevation_degrees: float = 20.0,
-                      start_degrees: float = 0.0) -> Cameras:
-    """An orbit of cameras around the bounding-box centre at ONE distance (the nearest at which every frame,
-    looking at that centre, holds the whole object), so a turntable does not zoom in and out."""
-    directions = orbit_directions(frames, elevation_degrees, start_degrees)
-    center = (points.min(0).values + points.max(0).values) / 2
-    rotation = look_at(center[None] + directions, center)[:, :3, :3]
-    tan = math.tan(math.radians(FOV_DEGREES) / 2) / FRAME_MARGIN
-    distance = float(distances_to_fit(points, center[None].expand(frames, 3), rotation, tan, tan).max())
-    return cameras_around(center, distance, directions, size, size, FOV_DEGREES)
-
-
-class MeshRenderer:
-    """A mesh asset with its own textures, for `nst3d render` (turntables, stills) and previews."""
-
-    def __init__(self, asset: MeshAsset, supersample: int = 2, shading: str = "lambert",
-                 device: torch.device | str = "cpu", background: tuple[float, float, float] = (1.0, 1.0, 1.0)):
-        self.asset = asset
-        self.rasterizer = Rasterizer(asset.world(), device)
-        self.points = framing_points(self.rasterizer.mesh.vertices)
-        self.mips = [mip_chain(s.texture.to(device)[None]) for s in asset.slots]
-        self.supersample, self.shading, self.device = supersample, shading, torch.device(device)
-        self.background = torch.tensor(background, dtype=torch.float32)
-
-    def turntable(self, frames: int, size: int, elevation_degrees: float = 20.0) -> Cameras:
-        return turntable_cameras(self.points, frames, size, elevation_degrees)
-
-    def still(self, size: int, elevation_degrees: float = 20.0, azimuth_degrees: float = 30.0) -> Cameras:
-        """One view from the turntable's ring at `azimuth_degrees`, framed on the silhouette (a turntable's
-        shared distance, looking at the bounding-box centre, can crop a single view of a long asset)."""
-        return frame_on_silhouette(self.points, orbit_directions(1, elevation_degrees, azimuth_degrees), size, size)
-
-    def diagonal(self) -> float:
-        return bounding_diagonal(self.points)
-
-    @torch.no_grad()
-    def render(self, cameras: Cameras, batch: int = 4) -> Render:
-        """rgb [V, 3, H, W] over the background, mask [V, 1, H, W] (coverage), depth [V, 1, H, W]; CPU."""
-        rgbs, masks, depths = [], [], []
-        for start in range(0, len(cameras), batch):
-            cams = cameras[list(range(start, min(start + batch, len(cameras))))]
-            rgb, gbuf = render_textures(self.rasterizer, self.mips, cams, self.supersample, self.background,
-                                        self.shading, self.device)
-            rgbs.append(rgb.cpu())
-            masks.append(gbuf.coverage[:, None].cpu())
-            depths.append(gbuf.depth[:, None].cpu())
-        return Render(torch.cat(rgbs), torch.cat(masks), torch.cat(depths))
-
-
 class MeshBackend:
     """Stylize a MeshAsset's textures (see the module docstring). Implements nst3d.backends.base.Backend."""
 
@@ -222,13 +97,15 @@ class MeshBackend:
                  seed: int = 0, jitter_degrees: float = 12.0, zoom_range: tuple[float, float] = (0.85, 1.1),
                  residual_side: int | None = None, residual_scale: float = 1.0, upsample: str = "smooth",
                  init: str = "content", white_share: float = 1.0, stroke_scale: float | None = None,
-                 multi_scale: bool = True):
+                 multi_scale: bool = True, raise_textures_to: int | None = MAX_RAISED_SIDE):
         """groups: style group of each slot (for --style-map; default all 0); residual_side: force the
         residual's resolution (default: where one texel covers one pixel of the finest training views, median
         over them); residual_scale: the finest parameters' resolution relative to it (smoothly enlarged);
         white_share: share of pool views rendered over white (the others over a random colour each);
         stroke_scale: the closest views' height in world units (default: nst3d.scales.STROKE_FRACTION of the
-        bounding diagonal); multi_scale: False keeps whole-object views only (the pool before stroke scales)."""
+        bounding diagonal); multi_scale: False keeps whole-object views only (the pool before stroke scales);
+        raise_textures_to: a texture smaller than the finest views need is resampled up to that need, at most
+        this side (None: never; `notes` then says so)."""
         if shading not in ("none", "lambert"):
             raise ValueError(f"unknown shading {shading!r}; use none or lambert")
         self.asset = asset
@@ -259,9 +136,10 @@ class MeshBackend:
             finest = ~finest
         self.residual_sides = self._residual_sides([b[1] for b in built], residual_side,
                                                    finest.split(views_per_step))
+        bases, self.notes = self._raised_textures(raise_textures_to)
         noise = torch.Generator().manual_seed(seed) if init == "noise" else None
         self.pyramids = []
-        for texture, side in zip(self.originals, self.residual_sides, strict=True):
+        for texture, side in zip(bases, self.residual_sides, strict=True):
             output = matched_size(tuple(texture.shape[-2:]), side)
             finest = matched_size(tuple(texture.shape[-2:]), max(8, round(side * residual_scale)))
             render_size = matched_size(tuple(texture.shape[-2:]), side * supersample)
@@ -302,6 +180,25 @@ class MeshBackend:
         K = torch.stack([scales[s][0].K[k] for s, k in pick])
         return Cameras(w2c, K, self.size, self.size), torch.stack([scales[s][1][k] for s, k in pick])
 
+    def _raised_textures(self, cap: int | None) -> tuple[list[torch.Tensor], list[str]]:
+        """(the pyramids' bases: each original texture [3, H, W], resampled up to its residual's side (the texel
+        density the finest views need) where it is smaller, at most `cap`; the warnings that say so)."""
+        notes, bases = [], list(self.originals)
+        for slot, side in enumerate(self.residual_sides):
+            texture, name = self.originals[slot], self.asset.slots[slot].name
+            own = max(texture.shape[-2:])
+            if side <= own:
+                continue
+            if cap is None or cap <= own:
+                notes.append(f"texture '{name}' ({own} px) holds coarser strokes than the stroke scale asks for "
+                             f"({side} px would); raise --texture-size or --stroke-scale for finer ones")
+                continue
+            raised = min(side, cap)
+            bases[slot] = resize_texture(texture, raised)
+            notes.append(f"texture '{name}' raised from {own} to {raised} px so it can hold strokes at the stroke "
+                         f"scale{'' if raised == side else f' (capped; {side} px would be needed)'}")
+        return bases, notes
+
     def _shade_scale(self, gbuf: GBuffer) -> torch.Tensor | None:
         return lambert(gbuf.normal) if self.shading == "lambert" else None
 
@@ -327,7 +224,7 @@ class MeshBackend:
             # A footprint of 2^lod UV units per pixel side: one texel per pixel at 2^-lod texels per unit.
             side = 2.0 ** float(-lods.median())
             aspect = max(texture.shape[-2:]) / math.sqrt(texture.shape[-2] * texture.shape[-1])
-            sides.append(int(min(max(16, 2 ** round(math.log2(side * aspect))), 2048)))
+            sides.append(int(min(max(16, 2 ** round(math.log2(side * aspect))), MAX_RAISED_SIDE)))
         return sides
 
     def _finish_batch(self, key: int, cameras: Cameras, gbuf: GBuffer, rgb: torch.Tensor,
@@ -397,13 +294,16 @@ class MeshBackend:
         """Final textures [3, H, W] in [0, 1]: base + residual, clamped, dilated past the UV charts.
         keep_chroma: keep the original textures' colours, take only the stylized luminance."""
         out = []
-        for slot, pyramid, original in zip(self.asset.slots, self.pyramids, self.originals, strict=True):
+        for slot, pyramid in zip(self.asset.slots, self.pyramids, strict=True):
             texture = pyramid.texture()
             if keep_chroma:
-                texture = keep_content_chroma(texture, original)
+                texture = keep_content_chroma(texture, pyramid.base)
             texture = texture.clamp(0, 1)
             if slot.coverage is not None:
-                texture = dilate(texture, slot.coverage.to(texture.device), dilate_texels)
+                covered = slot.coverage.to(texture.device)
+                if covered.shape != texture.shape[-2:]:  # a raised texture
+                    covered = F.interpolate(covered[None, None].float(), size=texture.shape[-2:])[0, 0] > 0.5
+                texture = dilate(texture, covered, dilate_texels)
             out.append(texture)
         return out
 
