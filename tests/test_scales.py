@@ -4,6 +4,7 @@ real meshes through the real ray caster."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,3 +154,26 @@ def test_a_texture_too_small_for_the_stroke_scale_is_raised_with_a_warning(tmp_p
     assert raised.stylized_textures()[0].shape[-1] == min(side, 128)  # the export carries the finer texture
     kept = MeshBackend(asset, size=32, views_per_step=2, pool_size=4, stroke_scale=0.2, raise_textures_to=None)
     assert kept.pyramids[0].base.shape[-1] == 16 and any("--texture-size" in note for note in kept.notes)
+
+
+def test_the_stroke_scale_reaches_the_worker_the_batch_and_the_blender_panel(tmp_path):
+    import argparse
+    import importlib.util
+
+    from nst3d.batch.jobs import row_to_job
+    from nst3d.cli import build_parser
+    from nst3d.worker import options_from_dict
+
+    assert options_from_dict({"styles": ["s.png"], "stroke_scale": 0.05}, tmp_path).stroke_scale == 0.05
+    with pytest.raises(Exception, match="stroke_scale"):
+        options_from_dict({"styles": ["s.png"], "stroke_scale": -1}, tmp_path)
+    (tmp_path / "a.obj").write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n")
+    (tmp_path / "s.png").write_bytes(b"")
+    parser: argparse.ArgumentParser = build_parser()
+    job = row_to_job(2, {"input": "a.obj", "style": "s.png", "stroke_scale": "0.25"}, tmp_path, [], parser)
+    assert job.args[-2:] == ["--stroke-scale", "0.25"]
+    spec = importlib.util.spec_from_file_location("option_schema", Path(__file__).parents[1] / "blender_addon" /
+                                                  "option_schema.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert "stroke_scale" in str(module.__dict__)

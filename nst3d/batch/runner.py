@@ -115,6 +115,8 @@ def _record(job: Job, root: Path, status: str, attempts: int, outcome: dict[str,
         try:
             report = read_report(report_path)
             record["style_distance"], record["device"] = report.evaluation["style_distance"], report.device
+            if "close_up" in report.evaluation:
+                record["close_up_style_distance"] = report.evaluation["close_up"]["style_distance"]
         except UserError as exc:  # e.g. a folder finished by an older nst3d: the batch still sums up
             record["report_error"] = str(exc)
     return record

@@ -40,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
         report.write(opts.report)
     evaluation = report.evaluation
     sd, held, consistency = evaluation["style_distance"], evaluation["held_out"], evaluation["consistency"]
-    print(f"wrote {report.outputs['asset']} (style distance {sd['before']:.3g} -> {sd['after']:.3g}, "
+    close = evaluation.get("close_up", {}).get("style_distance")
+    close_text = f", close-up {close['before']:.3g} -> {close['after']:.3g}" if close else ""
+    print(f"wrote {report.outputs['asset']} (style distance {sd['before']:.3g} -> {sd['after']:.3g}{close_text}, "
           f"view-to-view RMSE {consistency['short_range']:.3f} at {held['short_degrees']:g} deg / "
           f"{consistency['long_range']:.3f} at {held['long_degrees']:g} deg, "
           f"{report.seconds:.0f} s)")
