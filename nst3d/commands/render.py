@@ -1,7 +1,7 @@
 """`nst3d render ASSET --turntable -o out.gif|out.mp4` (or `-o still.png`): render a mesh or a Gaussian
 splat, e.g. a stylized result, as a turntable or a single view.
 
-Assets are dispatched by kind (`asset_kind`) to a loader in LOADERS, `loader(path, shading, device)`, that
+Assets are dispatched by kind (`asset_kind`) to a loader in LOADERS, `loader(path, shading, device, texture)`, that
 returns a Renderable working on `device` (--device; auto: a CUDA GPU when there is one): anything with
 `render(cameras) -> Render` (on the CPU), `turntable(frames, size, elevation_degrees) -> Cameras` and
 `still(size, elevation_degrees, azimuth_degrees) -> Cameras` and `diagonal() -> float` (the bounding
@@ -54,11 +54,11 @@ def asset_kind(path: Path) -> str:
                     "or a Gaussian splat (.ply, .compressed.ply, .spz)")
 
 
-def _load_mesh(path: Path, shading: str, device: torch.device) -> Renderable:
+def _load_mesh(path: Path, shading: str, device: torch.device, texture: Path | None = None) -> Renderable:
     from nst3d.backends.mesh.load import load_mesh
     from nst3d.backends.mesh.render import MeshRenderer
 
-    return MeshRenderer(load_mesh(path), shading=shading, device=device)
+    return MeshRenderer(load_mesh(path, texture=texture), shading=shading, device=device)
 
 
 class _Splat:
@@ -90,16 +90,17 @@ class _Splat:
         return bounding_diagonal(self.scene.means.detach().cpu())
 
 
-LOADERS: dict[str, Callable[[Path, str, torch.device], Renderable]] = {
+LOADERS: dict[str, Callable[[Path, str, torch.device, Path | None], Renderable]] = {
     "mesh": _load_mesh,
-    "splat": lambda path, shading, device: _Splat(path, device),
+    "splat": lambda path, shading, device, texture: _Splat(path, device),
 }
 
 
-def load_renderable(path: str | Path, shading: str = "lambert", device: torch.device | str = "cpu") -> Renderable:
-    """The Renderable for an asset file (see LOADERS), working on `device`."""
+def load_renderable(path: str | Path, shading: str = "lambert", device: torch.device | str = "cpu",
+                    texture: Path | None = None) -> Renderable:
+    """The Renderable for an asset file (see LOADERS), working on `device`; texture: as `nst3d mesh --texture`."""
     path = Path(path)
-    return LOADERS[asset_kind(path)](path, shading, torch.device(device))
+    return LOADERS[asset_kind(path)](path, shading, torch.device(device), texture)
 
 
 def close_up_camera(asset: Renderable, still: Cameras, fraction: float) -> Cameras:
@@ -144,6 +145,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=384, help="image size in px (default 384)")
     p.add_argument("--elevation", type=float, default=20.0, help="camera elevation in degrees (default 20)")
     p.add_argument("--azimuth", type=float, default=30.0, help="still: camera azimuth in degrees (default 30)")
+    p.add_argument("--texture", type=Path, metavar="IMAGE",
+                   help="meshes: texture for triangles that have UVs but no texture (e.g. an OBJ without its .mtl)")
     p.add_argument("--close-up", type=float, metavar="F",
                    help="still: zoom onto the surface at the view's centre until the image height covers F x the "
                         "bounding diagonal (the reports' close-ups: 0.2)")
@@ -169,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{option} must be {low}..{high}, got {value:g}")
     from nst3d.options import resolve_device
 
-    asset = load_renderable(args.asset, args.shading, resolve_device(args.device))
+    asset = load_renderable(args.asset, args.shading, resolve_device(args.device), args.texture)
     if animated:
         render_turntable(asset, args.output, args.frames, args.size, args.elevation, args.fps,
                          ProgressBar("rendering", quiet=args.quiet))
