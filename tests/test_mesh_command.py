@@ -143,3 +143,20 @@ def test_render_still_and_turntable(tmp_path, capsys):
     for option, value in (("--elevation", "500"), ("--frames", "0"), ("--size", "8"), ("--elevation", "nan")):
         assert main(["render", str(source), "-o", str(tmp_path / "x.png"), option, value]) == 2
         assert f"{option} must be" in capsys.readouterr().err
+
+
+def test_render_close_up_magnifies_the_surface_at_the_centre(tmp_path, capsys):
+    """A checker quad 1 unit wide: a still sees all 4 x 4 cells; --close-up 0.1 (a tenth of the diagonal, 0.14)
+    fills the view with about one cell, so the image holds fewer colour edges, and nothing is background."""
+    import imageio.v2 as imageio
+
+    source = textured_quad_glb(tmp_path / "quad.glb", size=64)
+    common = ["render", str(source), "--size", "64", "--elevation", "0", "--azimuth", "0", "--shading", "none"]
+    assert main([*common, "-o", str(tmp_path / "far.png")]) == 0
+    assert main([*common, "--close-up", "0.1", "-o", str(tmp_path / "near.png")]) == 0
+    far, near = (np.asarray(imageio.imread(tmp_path / name)).astype(float) for name in ("far.png", "near.png"))
+    edges = (lambda image: (np.abs(np.diff(image, axis=1)).sum(-1) > 100).sum())
+    assert edges(near) < edges(far) / 2
+    assert (near.sum(-1) < 3 * 250).all()  # no white background pixel: all surface
+    assert main([*common, "--close-up", "0", "-o", str(tmp_path / "bad.png")]) == 2
+    assert "--close-up F" in capsys.readouterr().err
