@@ -134,23 +134,17 @@ class MeshBackend:
         finest = self.view_heights == min(heights) if heights else torch.ones(pool_size, dtype=torch.bool)
         if not finest.any():  # no close view could be placed: the whole-object views set the density
             finest = ~finest
-        gbufs = [b[1] for b in built]
-        self.residual_sides = self._residual_sides(gbufs, residual_side, finest.split(views_per_step))
-        whole = self.view_heights == 0
-        whole_sides = (self._residual_sides(gbufs, None, whole.split(views_per_step)) if heights and whole.any()
-                       else self.residual_sides)
+        self.residual_sides = self._residual_sides([b[1] for b in built], residual_side,
+                                                   finest.split(views_per_step))
         bases, self.notes = self._raised_textures(raise_textures_to)
         noise = torch.Generator().manual_seed(seed) if init == "noise" else None
         self.pyramids = []
-        for texture, side, whole_side in zip(bases, self.residual_sides, whole_sides, strict=True):
+        for texture, side in zip(bases, self.residual_sides, strict=True):
             output = matched_size(tuple(texture.shape[-2:]), side)
             finest = matched_size(tuple(texture.shape[-2:]), max(8, round(side * residual_scale)))
             render_size = matched_size(tuple(texture.shape[-2:]), side * supersample)
-            # Levels from the finest down to the whole-object views' density learn at the full rate (each is
-            # some scale's "matched" level); coarser ones at level_lr_scale per level, as before the octaves.
-            full = 1 + max(0, round(math.log2(max(side, 1) / max(whole_side, 1))))
-            self.pyramids.append(TexturePyramid(texture, finest, levels + full - 1, level_lr_scale, noise, upsample,
-                                                output, render_size, full_rate_levels=full))
+            self.pyramids.append(TexturePyramid(texture, finest, levels, level_lr_scale, noise, upsample, output,
+                                                render_size))
         self.batches = [self._finish_batch(key, *b) for key, b in enumerate(built)]
         self._order: list[int] = []
 

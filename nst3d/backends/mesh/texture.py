@@ -6,9 +6,9 @@ blur followed by a bilinear 2x enlargement (smooth, like the EXPAND of a Burt-Ad
 each coarse level's own highest frequency: without it, coarse texels that Adam moves independently show as
 4-16 texel blocks in the final texture. levels[0] has the "matched" resolution, about one texel per screen pixel
 of the finest training views (finer levels would only add texel noise the renders cannot show); each coarser
-level has half the resolution. The `full_rate_levels` finest levels (down to the whole-object views' matched
-resolution: each is some octave's own) learn at the full rate, coarser ones at `level_lr_scale` per level
-beyond, so large-scale strokes form without the coarse levels overshooting.
+level has half the resolution and a learning rate scaled by `level_lr_scale` per level, so large-scale strokes
+form without the coarse levels overshooting (on Spot, giving the levels down to the whole-object views' density
+the full rate raised the held-out style distance from 0.14x to 0.23x of its start: BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -80,31 +80,26 @@ class TexturePyramid:
 
     def __init__(self, base: torch.Tensor, finest: tuple[int, int], count: int = 5, level_lr_scale: float = 0.5,
                  noise: torch.Generator | None = None, upsample: str = "smooth",
-                 output: tuple[int, int] | None = None, render_size: tuple[int, int] | None = None,
-                 full_rate_levels: int = 1):
+                 output: tuple[int, int] | None = None, render_size: tuple[int, int] | None = None):
         """base: [3, H, W] on the working device; finest: (h, w) of levels[0]; noise: start from noise;
         upsample: how coarse levels are enlarged: smooth (bilinear + blur) or bilinear / bicubic;
         output: the residual's resolution when larger than levels[0] (it is then enlarged smoothly too, so
         not even the finest parameters show as texel-sized cells); render_size: the resolution at which the
         training renders sample the residual (bilinearly enlarged, as texture() does; default the output's),
-        finer than the residual where renders are supersampled, so they filter it as the final texture is;
-        full_rate_levels: how many of the finest levels learn at the full rate (the rest at level_lr_scale per
-        level beyond them)."""
+        finer than the residual where renders are supersampled, so they filter it as the final texture is."""
         self.base = base
         self.upsample = upsample
         self.output = output if output is not None and tuple(output) != tuple(finest) else None
         self.sizes = level_sizes(finest, count)
         self.render_size = tuple(render_size or self.output or finest)
         self.level_lr_scale = level_lr_scale
-        self.full_rate_levels = full_rate_levels
         self.levels = [torch.nn.Parameter(torch.zeros(1, 3, h, w, device=base.device)) for h, w in self.sizes]
         if noise is not None:
             self.base = torch.full_like(base, 0.5)
             self.levels[0].data.copy_((torch.rand(self.levels[0].shape, generator=noise) - 0.5) * 0.5)
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
-        return [{"params": [level], "lr": lr * self.level_lr_scale ** max(0, k + 1 - self.full_rate_levels)}
-                for k, level in enumerate(self.levels)]
+        return [{"params": [level], "lr": lr * self.level_lr_scale ** k} for k, level in enumerate(self.levels)]
 
     def residual(self) -> torch.Tensor:
         """[1, 3, h, w] the composed residual at the output resolution (levels[0]'s unless `output`)."""
