@@ -5,7 +5,8 @@ Blender never imports torch. The job file (paths relative to the job file's fold
 
     {"nst3d_job": 1, "kind": "mesh", "input": "input.glb", "output_dir": "out",
      "options": {"styles": ["starry.jpg"], "steps": 200, ...},   # 1:1 nst3d.options.StyleOptions fields
-     "texture_size": 512, "style_map": null, "export_format": "glb"}
+     "texture_size": 512, "style_map": null, "export_format": "glb",
+     "offline": false}   # true: never download (Blender's online access is off); missing weights: an error
 
 Events, one JSON object per line on stdout (everything else the process prints goes to stderr):
     {"event": "start", ...}
@@ -58,6 +59,7 @@ class Job:
     export_format: str = "glb"
     shading: str = "none"
     keep_uv_layouts: bool = False  # the caller applies textures to its own UVs (see nst3d.backends.mesh.load)
+    offline: bool = False  # never download the VGG-19 weights (the host application forbids network access)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -86,7 +88,8 @@ def job_from_dict(data: Any, base: Path) -> Job:
         raise UserError(f"job file version {data.get('nst3d_job')!r} is not supported (expected "
                         f"\"nst3d_job\": {JOB_VERSION}); update the add-on and nst3d together")
     mesh_fields = {"texture_size", "shading", "export_format"}
-    known = {"nst3d_job", "kind", "input", "output_dir", "options", "style_map", "keep_uv_layouts", *mesh_fields}
+    known = {"nst3d_job", "kind", "input", "output_dir", "options", "style_map", "keep_uv_layouts", "offline",
+             *mesh_fields}
     if unknown := sorted(set(data) - known):
         raise UserError(f"job file has unknown keys {', '.join(unknown)}")
     kind = data.get("kind")
@@ -99,13 +102,14 @@ def job_from_dict(data: Any, base: Path) -> Job:
         mesh = from_mapping(MeshOptions, {k: data[k] for k in mesh_fields if k in data}, base, what="job")
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    keep_uv_layouts = data.get("keep_uv_layouts", False)
-    if not isinstance(keep_uv_layouts, bool):
-        raise UserError(f"job keep_uv_layouts must be true or false, got {keep_uv_layouts!r}")
+    flags = {key: data.get(key, False) for key in ("keep_uv_layouts", "offline")}
+    for key, value in flags.items():
+        if not isinstance(value, bool):
+            raise UserError(f"job {key} must be true or false, got {value!r}")
     return Job(kind=kind, input=_path(data["input"], base), output_dir=_path(data["output_dir"], base),
                options=options_from_dict(data.get("options") or {}, base), texture_size=mesh.texture_size,
                style_map=_style_map(data.get("style_map"), base), export_format=mesh.export_format,
-               shading=mesh.shading, keep_uv_layouts=keep_uv_layouts)
+               shading=mesh.shading, **flags)
 
 
 def _style_map(value: Any, base: Path) -> dict[str, list[Path]] | None:
@@ -194,6 +198,8 @@ def run_job(job: Job, on_event: Callable[[Event], None],
                         "install it with: pip install 'nst3d[mesh]'") from None
     if not job.input.is_file():
         raise UserError(f"job input not found: {job.input}")
+    if job.offline:
+        job.options.weights = offline_weights(job.options.weights)
     started = time.perf_counter()
     report = stylize_mesh_file(job.input, job.output_dir, job.options, job.style_map,
                                texture_size=job.texture_size, export_format=job.export_format,
@@ -206,6 +212,17 @@ def run_job(job: Job, on_event: Callable[[Event], None],
         textures = extract_base_color_textures(asset, job.output_dir / "textures", source=job.input)
     return {"event": "done", "outputs": outputs, "textures": textures, "report": report.to_dict(),
             "seconds": time.perf_counter() - started}
+
+
+def offline_weights(weights: Path | None) -> Path:
+    """The VGG-19 weights file, never downloaded; UserError saying where to put one."""
+    from nst3d.features import TORCHVISION_FILE, WEIGHTS_ENV, hub_checkpoint_path, resolve_weights
+
+    if weights or os.environ.get(WEIGHTS_ENV) or hub_checkpoint_path().is_file():
+        return resolve_weights(weights, download=False)
+    raise UserError(f"no VGG-19 weights, and online access is off so they cannot be downloaded: put "
+                    f"{TORCHVISION_FILE} in {hub_checkpoint_path().parent}, or choose a weights file "
+                    f"(the add-on preferences' VGG-19 Weights, or ${WEIGHTS_ENV})")
 
 
 def _without_done(on_event: Callable[[Event], None]) -> Callable[[Event], None]:

@@ -394,6 +394,26 @@ def test_worker_error_is_shown(empty_file, prefs, real_weights, tmp_path):
     assert "Traceback" not in error and "\n" not in error
 
 
+def test_offline_blender_never_downloads_weights(empty_file, prefs, style_image, tmp_path):
+    """Blender's online access is off (the bpy module's default): the job tells the worker to stay offline,
+    and with no weights set or cached the panel says where to put them (the hub cache is empty here)."""
+    assert not bpy.app.online_access
+    build_scene()
+    set_style(bpy.context.scene.nst3d, style_image)
+    prefs.python_path = sys.executable
+    error = _stylize_fails("online access is off")
+    hub = Path(os.environ["TORCH_HOME"]) / "hub" / "checkpoints"
+    assert f"put vgg19-dcbb9e9d.pth in {hub}" in error and "\n" not in error
+    assert not hub.exists()  # nothing was downloaded, not even a partial file
+
+
+def test_the_manifest_asks_for_network_access():
+    import tomllib
+
+    manifest = tomllib.loads((REPO / ADDON / "blender_manifest.toml").read_text())
+    assert {"files", "network"} <= set(manifest["permissions"])
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The real thing
 
