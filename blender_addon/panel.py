@@ -6,6 +6,7 @@ import textwrap
 
 import bpy
 
+from .export import modifier_warnings
 from .operators import active_job
 from .option_schema import PANEL_OPTIONS
 
@@ -61,6 +62,8 @@ class NST3D_PT_style(bpy.types.Panel):
             styled = (ob.active_material for ob in context.selected_objects)
             if any(m is not None and "nst3d_source" in m for m in styled):
                 layout.operator("nst3d.revert_styled", icon="LOOP_BACK")
+            for warning in modifier_warnings(context.selected_objects):
+                _wrapped(layout.box(), warning, width, icon="ERROR")
         if status.error:
             box = layout.box()
             _wrapped(box, status.error, width, icon="ERROR")

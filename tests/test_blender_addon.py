@@ -530,6 +530,75 @@ def test_each_of_two_stylizations_is_one_undo(empty_file, prefs, style_image, re
     assert painted() == "Painted"
 
 
+def _glb_bounds(path: Path) -> np.ndarray:
+    """[2, 3] min and max corner of a GLB's vertices, in Blender's axes (glTF is Y-up: x, -z, y)."""
+    import trimesh
+
+    scene = trimesh.load(path, force="scene")
+    points = np.concatenate([geometry.vertices for geometry in scene.dump()])
+    blender = np.stack([points[:, 0], -points[:, 2], points[:, 1]], axis=1)
+    return np.stack([blender.min(axis=0), blender.max(axis=0)])
+
+
+def test_modifiers_are_stylized_and_textures_go_back_on_the_base_uvs(empty_file, prefs, style_image,
+                                                                      real_weights, tmp_path):
+    """A cube half (x >= 0) with a Mirror modifier, and a plain ball without UVs with an Array: the job sees the
+    evaluated meshes; the textures come back onto the base meshes' UV maps (the modifiers stay)."""
+    from blender_addon.jobs import prepare_job
+
+    cube, ball = build_scene()
+    cube.location = ball.location = (0.0, 0.0, 0.0)
+    ball.location.y = 4.0
+    for vertex in cube.data.vertices:  # the cube becomes the x >= 0 half of a 4 x 2 x 2 box
+        vertex.co.x = (vertex.co.x + 1.0)
+    cube.modifiers.new("Mirror", "MIRROR")
+    array = ball.modifiers.new("Array", "ARRAY")
+    array.count, array.relative_offset_displace = 2, (0.0, 1.0, 0.0)  # a second ball beyond y = 5
+    loops = (len(cube.data.loops), len(ball.data.loops))
+    assert not export_warnings()
+
+    plan = prepare_job([cube, ball], {"styles": [str(style_image)]}, folder=tmp_path / "job")
+    low, high = _glb_bounds(plan.folder / "input.glb")
+    assert (low[0], high[0]) == pytest.approx((-2.0, 2.0), abs=1e-4)  # the mirrored half is there
+    assert high[1] > 6.5  # and the Array's second ball (the first one ends at y = 5)
+    assert [u.loops for u in plan.unwraps] == [loops[1]]  # unwrapped on the base mesh, before the Array
+
+    set_style(bpy.context.scene.nst3d, style_image, steps=2)
+    prefs.weights_path, prefs.device = str(real_weights), "cpu"
+    assert bpy.ops.nst3d.stylize_selected() == {"FINISHED"}
+    cube, ball = bpy.data.objects["Textured"], bpy.data.objects["Plain"]
+    assert cube.material_slots[0].material.name == "Painted_styled"
+    node = cube.material_slots[0].material.node_tree.nodes["Image Texture"]
+    assert node.image.name == "Checker_styled" and not node.inputs["Vector"].is_linked  # the render UV map
+    assert cube.data.uv_layers.keys() == ["UVMap"] and ball.data.uv_layers.keys() == ["nst3d_UV"]
+    assert (len(cube.data.loops), len(ball.data.loops)) == loops
+    assert [m.type for m in cube.modifiers] == ["MIRROR"] and [m.type for m in ball.modifiers] == ["ARRAY"]
+    uv = bpy.data.materials["Plain_Red_styled"].node_tree.nodes["nst3d_texture"].inputs["Vector"].links[0]
+    assert uv.from_node.uv_map == "nst3d_UV"
+
+
+def export_warnings() -> list[str]:
+    from blender_addon.export import modifier_warnings
+
+    return modifier_warnings(bpy.context.selected_objects)
+
+
+def test_a_modifier_that_drops_the_uvs_is_named(empty_file, style_image, tmp_path):
+    """Remesh rebuilds the mesh without UVs: the panel warns before the run, the job says what to do."""
+    from blender_addon.jobs import JobError, prepare_job
+
+    cube, _ball = build_scene()
+    cube.modifiers.new("Rebuild", "REMESH")
+    warnings = export_warnings()
+    assert len(warnings) == 1 and warnings[0].startswith("Textured: modifier Rebuild changes the UVs")
+    set_style(bpy.context.scene.nst3d, style_image)
+    assert "Textured: modifier Rebuild changes the UVs" in " ".join(_draw_panel().labels)
+    before = fingerprint()
+    with pytest.raises(JobError, match=r"modifiers of Textured \(Rebuild\) drop its UV map 'UVMap': apply it"):
+        prepare_job([cube], {"styles": [str(style_image)]}, folder=tmp_path / "job")
+    assert fingerprint() == before and not (tmp_path / "job").exists()
+
+
 @pytest.mark.slow
 def test_cancel_leaves_scene_unchanged(empty_file, prefs, style_image, real_weights):
     """The Cancel button while the worker is optimising: it exits as cancelled and nothing changes."""
