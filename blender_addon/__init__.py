@@ -16,9 +16,10 @@ bl_info = {  # read only when installed as a classic add-on; extensions use blen
 
 import bpy  # noqa: E402
 
-from . import operators, panel, preferences, properties  # noqa: E402
+from . import operators, panel, preferences, prefs_operators, properties, tasks  # noqa: E402
 
-CLASSES = (*properties.CLASSES, *preferences.CLASSES, *operators.CLASSES, *panel.CLASSES)
+CLASSES = (*properties.CLASSES, *preferences.CLASSES, *operators.CLASSES, *prefs_operators.CLASSES,
+           *panel.CLASSES)
 
 
 @bpy.app.handlers.persistent
@@ -41,6 +42,7 @@ def unregister() -> None:
     if _cancel_on_load in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.remove(_cancel_on_load)
     _cancel_on_load()
+    tasks.cancel_all()
     properties.unregister_properties()
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

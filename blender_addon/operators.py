@@ -1,5 +1,5 @@
 """Operators: Stylize Selected (modal: a timer drains the worker's events, Esc cancels), Cancel, the style
-list, Revert to Originals, and the preferences' Check."""
+list, Revert to Originals. (The preferences' Check and Set up: prefs_operators.py.)"""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from bpy.props import StringProperty
 
 from . import jobs
 from .preferences import get_preferences
-from .worker_process import WorkerError, check_worker, describe_check, find_interpreter
 
 #: The one job that may run at a time (the Cancel button and the panel look here).
 ACTIVE: dict = {}  # "job": the running StylizeJob; "assignment_after_last": _assignment() after the last result
@@ -294,38 +293,5 @@ class NST3D_OT_revert_styled(bpy.types.Operator):
         return {"FINISHED"} if count else {"CANCELLED"}
 
 
-class NST3D_OT_check_worker(bpy.types.Operator):
-    """Run the nst3d worker's check: versions, device and weights, or the exact problem"""
-
-    bl_idname = "nst3d.check_worker"
-    bl_label = "Check"
-    bl_options = {"REGISTER", "INTERNAL"}
-
-    def execute(self, context):
-        prefs = get_preferences(context)
-        try:
-            python, how = find_interpreter(bpy.path.abspath(prefs.python_path) if prefs.python_path else "")
-            report = check_worker(python, prefs.device, bpy.path.abspath(prefs.weights_path)
-                                  if prefs.weights_path else "")
-        except WorkerError as exc:
-            self._store(prefs, f"Error: {exc}")
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
-        text = f"Python: {python} ({how})\n{describe_check(report)}"
-        self._store(prefs, text)
-        if not report.get("ok"):
-            self.report({"ERROR"}, "; ".join(report.get("problems", [])) or "the worker is not ready")
-            return {"CANCELLED"}
-        self.report({"INFO"}, text.splitlines()[1])
-        return {"FINISHED"}
-
-    @staticmethod
-    def _store(prefs, text: str) -> None:
-        if hasattr(prefs, "bl_rna"):
-            prefs.check_result = text
-        else:
-            type(prefs).check_result = text
-
-
 CLASSES = (NST3D_OT_stylize_selected, NST3D_OT_cancel, NST3D_OT_style_add, NST3D_OT_style_remove,
-           NST3D_OT_revert_styled, NST3D_OT_check_worker)
+           NST3D_OT_revert_styled)

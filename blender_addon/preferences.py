@@ -34,8 +34,13 @@ class NST3D_Preferences(bpy.types.AddonPreferences):
         layout.prop(self, "device")
         layout.prop(self, "weights_path")
         layout.prop(self, "keep_job_files")
-        row = layout.row()
-        row.operator("nst3d.check_worker", icon="CHECKMARK")
+        status = getattr(context.window_manager, "nst3d", None)
+        if status is not None and status.check_running:
+            row = layout.row()
+            row.progress(factor=status.check_fraction, type="BAR", text=status.check_text)
+            row.operator("nst3d.cancel_task", icon="CANCEL").kind = "check"
+        else:
+            layout.operator("nst3d.check_worker", icon="CHECKMARK")
         if self.check_result:
             box = layout.box()
             for line in self.check_result.splitlines():

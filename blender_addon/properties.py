@@ -67,6 +67,13 @@ class NST3D_Status(bpy.types.PropertyGroup):
     loss: FloatProperty(name="Loss", default=0.0)
     message: StringProperty(name="Last Result", default="")
     error: StringProperty(name="Last Error", default="")
+    # The preferences' background tasks (tasks.py): Check and Set up nst3d.
+    check_running: BoolProperty(name="Checking", default=False)
+    check_fraction: FloatProperty(name="Check Progress", default=0.0, min=0.0, max=1.0)
+    check_text: StringProperty(name="Check Stage", default="")
+    setup_running: BoolProperty(name="Setting Up", default=False)
+    setup_fraction: FloatProperty(name="Set-up Progress", default=0.0, min=0.0, max=1.0)
+    setup_text: StringProperty(name="Set-up Stage", default="")
 
 
 CLASSES = (NST3D_StyleImage, NST3D_Settings, NST3D_Status)

@@ -57,6 +57,9 @@ def prefs(addon):
     preferences.device = "auto"
     preferences.keep_job_files = False
     preferences.check_result = ""
+    from blender_addon import tasks
+
+    tasks.cancel_all()
 
 
 @pytest.fixture
@@ -262,9 +265,12 @@ class LayoutRecorder:
         self.props.append(name)
 
     def operator(self, idname, **_kw):
+        from types import SimpleNamespace
+
         module, name = idname.split(".")
         assert getattr(getattr(bpy.ops, module), name).get_rna_type() is not None
         self.operators.append(idname)
+        return SimpleNamespace()  # the operator's properties, set by the panel
 
     def label(self, text="", **_kw):
         self.labels.append(text)
@@ -309,14 +315,8 @@ def test_panel_draws_every_state(empty_file):
 
 
 def test_preferences_draw(prefs):
-    layout = LayoutRecorder()
-
-    class Drawn:
-        def __getattr__(self, name):
-            return layout if name == "layout" else getattr(prefs, name)
-
     prefs.check_result = "Python: x\nProblem: torch cannot be imported"
-    type(prefs).draw(Drawn(), bpy.context)
+    layout = _draw_preferences(prefs)
     assert layout.props == ["python_path", "device", "weights_path", "keep_job_files"]
     assert layout.operators == ["nst3d.check_worker"] and "Problem: torch cannot be imported" in layout.labels
 
@@ -630,25 +630,68 @@ def test_cancel_leaves_scene_unchanged(empty_file, prefs, style_image, real_weig
 # Preferences: Check
 
 
+def _draw_preferences(prefs) -> LayoutRecorder:
+    layout = LayoutRecorder()
+
+    class Drawn:
+        def __getattr__(self, name):
+            return layout if name == "layout" else getattr(prefs, name)
+
+    type(prefs).draw(Drawn(), bpy.context)
+    return layout
+
+
 def test_check_reports_versions(empty_file, prefs, real_weights):
+    """Check returns at once (the worker imports torch in the background), shows progress, then the report."""
+    from blender_addon import tasks
+
     prefs.python_path = sys.executable
     prefs.weights_path = str(real_weights)
     prefs.device = "cpu"
-    bpy.ops.nst3d.check_worker()
+    started = time.monotonic()
+    assert bpy.ops.nst3d.check_worker() == {"FINISHED"}
+    assert time.monotonic() - started < 1.0 and "check" in tasks.RUNNING
+    assert bpy.context.window_manager.nst3d.check_running and prefs.check_result.startswith("Checking ")
+    drawn = _draw_preferences(prefs)
+    assert "nst3d.cancel_task" in drawn.operators and "nst3d.check_worker" not in drawn.operators
+    assert drawn.progress_text.startswith("Checking the worker")
+    tasks.wait(timeout=120)
     text = prefs.check_result
     assert "nst3d 0.1.0" in text and "torch " in text and "device cpu" in text and real_weights.name in text
+    assert not bpy.context.window_manager.nst3d.check_running and not tasks.RUNNING
 
 
 def test_check_reports_the_problem(empty_file, prefs, tmp_path):
+    from blender_addon import tasks
+
     prefs.python_path = str(tmp_path / "missing-python")
     with pytest.raises(RuntimeError, match="interpreter not found"):
         bpy.ops.nst3d.check_worker()
     assert prefs.check_result.startswith("Error: Python interpreter not found")
     prefs.python_path = sys.executable
     prefs.weights_path = str(tmp_path / "nope.pth")
-    with pytest.raises(RuntimeError, match="weights file not found"):
-        bpy.ops.nst3d.check_worker()
+    bpy.ops.nst3d.check_worker()
+    tasks.wait(timeout=120)
     assert "Problem: VGG-19 weights file not found" in prefs.check_result
+
+
+def test_check_never_blocks_and_cancels(empty_file, prefs, tmp_path):
+    """An interpreter that hangs: Check returns at once, Cancel stops the process, the box says so."""
+    from blender_addon import tasks
+
+    hanging = tmp_path / "python"
+    hanging.write_text("#!/bin/sh\nexec sleep 60\n")
+    hanging.chmod(0o755)
+    prefs.python_path = str(hanging)
+    started = time.monotonic()
+    bpy.ops.nst3d.check_worker()
+    assert time.monotonic() - started < 1.0
+    task = tasks.RUNNING["check"]
+    assert tasks.tick() and task.process.proc.poll() is None  # still running
+    assert bpy.ops.nst3d.cancel_task(kind="check") == {"FINISHED"}
+    tasks.wait(timeout=20)
+    assert time.monotonic() - started < 15 and task.process.proc.returncode < 0
+    assert prefs.check_result == "Error: the check was cancelled" and not tasks.RUNNING
 
 
 def test_interpreter_auto_detection(monkeypatch, tmp_path):
