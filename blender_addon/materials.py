@@ -19,6 +19,8 @@ STYLED_SUFFIX = "_styled"
 SOURCE_KEY = "nst3d_source"  # custom property on styled materials/images: the original's name
 ADDED_SLOT_KEY = "nst3d_added_slot"  # custom property on a mesh: the material slot Stylize added to it
 KEY_PREFIX = "nst3d_"
+#: Blender 5.0 materials always use nodes; reading or setting Material.use_nodes there is deprecated.
+ALWAYS_NODES = bpy.app.version >= (5, 0, 0)
 
 
 class JobError(WorkerError):
@@ -62,11 +64,24 @@ class Plan:
 # Materials
 
 
+def node_tree(material) -> bpy.types.NodeTree | None:
+    """The material's shader nodes when it renders with them (always in Blender 5), else None."""
+    if material is None or material.node_tree is None or not (ALWAYS_NODES or material.use_nodes):
+        return None
+    return material.node_tree
+
+
+def use_nodes(material) -> None:
+    """Make `material` render with its node tree (Blender 4; nothing to do in 5)."""
+    if not ALWAYS_NODES:
+        material.use_nodes = True
+
+
 def base_color_image_node(material) -> bpy.types.Node | None:
     """The Image Texture node (with an image) wired straight into a Principled BSDF's Base Color, if any."""
-    if material is None or not material.use_nodes or material.node_tree is None:
+    if (tree := node_tree(material)) is None:
         return None
-    for node in material.node_tree.nodes:
+    for node in tree.nodes:
         if node.type != "BSDF_PRINCIPLED":
             continue
         socket = node.inputs.get("Base Color")
@@ -81,9 +96,9 @@ def base_color_image_node(material) -> bpy.types.Node | None:
 
 
 def _principled(material) -> bpy.types.Node | None:
-    if material is None or not material.use_nodes or material.node_tree is None:
+    if (tree := node_tree(material)) is None:
         return None
-    return next((n for n in material.node_tree.nodes if n.type == "BSDF_PRINCIPLED"), None)
+    return next((n for n in tree.nodes if n.type == "BSDF_PRINCIPLED"), None)
 
 
 def _base_color(material) -> tuple[float, float, float, float]:
@@ -116,7 +131,7 @@ def export_material(target: Target, source) -> bpy.types.Material:
         material = source.copy()
     else:
         material = bpy.data.materials.new(target.key)
-        material.use_nodes = True
+        use_nodes(material)
         _principled(material).inputs["Base Color"].default_value = _base_color(source)
     material.name = target.key
     return material
@@ -191,7 +206,7 @@ def styled_material(target: Target, image) -> bpy.types.Material:
         material = source.copy()
     else:
         material = bpy.data.materials.new(target.styled_name)
-        material.use_nodes = True
+        use_nodes(material)
     material.name = target.styled_name
     material[SOURCE_KEY] = target.source
     node = base_color_image_node(material) if target.image else None
@@ -200,7 +215,7 @@ def styled_material(target: Target, image) -> bpy.types.Material:
         return material
     principled = _principled(material)
     if principled is None:
-        material.use_nodes = True
+        use_nodes(material)
         tree = material.node_tree
         tree.nodes.clear()
         output = tree.nodes.new("ShaderNodeOutputMaterial")

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,22 @@ def style_image(tmp_path_factory) -> Path:
     return path
 
 
+def use_nodes(material) -> None:
+    if bpy.app.version < (5, 0, 0):  # always on, and deprecated, in Blender 5
+        material.use_nodes = True
+
+
+@pytest.fixture(autouse=True)
+def no_deprecated_api_in_the_addon():
+    """Every test fails when the add-on's own code touches an API its Blender version deprecates."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DeprecationWarning)
+        yield
+    ours = [f"{Path(w.filename).name}:{w.lineno}: {w.message}" for w in caught
+            if issubclass(w.category, DeprecationWarning) and str(REPO / ADDON) in w.filename]
+    assert not ours, ours
+
+
 def build_scene():
     """A textured cube (own UVs, a packed checker image) and an untextured red icosphere without UVs."""
     import bmesh
@@ -115,7 +132,7 @@ def build_scene():
     image.pixels.foreach_set(pixels.astype(np.float32).ravel())
     image.pack()
     material = bpy.data.materials.new("Painted")
-    material.use_nodes = True
+    use_nodes(material)
     tree = material.node_tree
     texture = tree.nodes.new("ShaderNodeTexImage")
     texture.image = image
@@ -131,7 +148,7 @@ def build_scene():
     scene.collection.objects.link(ball)
     ball.location = (1.5, 0.0, 0.0)
     red = bpy.data.materials.new("Red")
-    red.use_nodes = True
+    use_nodes(red)
     red.node_tree.nodes["Principled BSDF"].inputs["Base Color"].default_value = (0.8, 0.1, 0.1, 1.0)
     ball_mesh.materials.append(red)
     for ob in (cube, ball):
