@@ -7,6 +7,7 @@ Target, Unwrap and Plan describe what a job exported (nst3d's job folder) and ho
 from __future__ import annotations
 
 import array
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,10 +142,11 @@ def export_material(target: Target, source) -> bpy.types.Material:
 # Applying the result
 
 
-def apply_result(plan: Plan, result: Event) -> dict[str, list[str]]:
+def apply_result(plan: Plan, result: Event, save_to: str = "") -> dict[str, list[str]]:
     """Add the stylized textures as new images/materials and assign them; returns {object: [new materials]}.
+    With `save_to` (a folder), the textures are also written there, as the CLI names them (texture_file_name).
 
-    Everything is checked and loaded before the first assignment, so a failure leaves the scene unchanged.
+    Everything is checked, loaded and saved before the first assignment, so a failure leaves the scene unchanged.
     """
     files = {t["material"]: t for t in result.get("textures", [])}
     missing = [t.key for t in plan.targets if t.key not in files]
@@ -160,6 +162,8 @@ def apply_result(plan: Plan, result: Event) -> dict[str, list[str]]:
     try:
         for target in plan.targets:
             images.append(_load_image(target, files[target.key]["path"]))
+        if save_to:
+            save_textures(plan.targets, images, Path(save_to), blend_stem())
     except Exception:
         for image in images:
             bpy.data.images.remove(image)
@@ -184,6 +188,42 @@ def apply_result(plan: Plan, result: Event) -> dict[str, list[str]]:
                 ob.data[ADDED_SLOT_KEY] = len(ob.data.materials) - 1
             assigned.setdefault(object_name, []).append(material.name)
     return assigned
+
+
+def safe_name(name: str) -> str:
+    """nst3d's file-name rule (nst3d.backends.mesh.export.safe_name)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "texture"
+
+
+def blend_stem() -> str:
+    """The name the CLI would give the input: the .blend file's stem ("untitled" before it is saved)."""
+    return Path(bpy.data.filepath).stem if bpy.data.filepath else "untitled"
+
+
+def texture_file_name(stem: str, target: Target, suffix: str) -> str:
+    """<stem>_styled_<material><suffix>, as `nst3d mesh` names a texture of <stem>.glb (its output is
+    <stem>_styled.glb, each texture <output stem>_<material>.png); an untextured slot is <object>_<material>."""
+    return f"{stem}{STYLED_SUFFIX}_{safe_name(target.styled_name.removesuffix(STYLED_SUFFIX))}{suffix}"
+
+
+def save_textures(targets: list[Target], images: list, folder: Path, stem: str) -> list[Path]:
+    """Write each packed stylized image's own bytes into `folder` (made if needed; each file written under a
+    temporary name, then renamed). On failure, the files written so far are removed and JobError says why."""
+    written, tmp = [], None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for target, image in zip(targets, images, strict=True):
+            path = folder / texture_file_name(stem, target, Path(image.filepath_raw).suffix or ".png")
+            tmp = path.with_name(f".{path.name}.part")
+            tmp.write_bytes(image.packed_file.data)
+            tmp.replace(path)
+            written.append(path)
+    except OSError as exc:
+        for path in [*written, *([tmp] if tmp else [])]:
+            path.unlink(missing_ok=True)
+        raise JobError(f"cannot save the textures in {folder}: {exc.strerror or exc}; choose another folder") \
+            from None
+    return written
 
 
 def _load_image(target: Target, path: str) -> bpy.types.Image:

@@ -83,13 +83,15 @@ def finish(context, job: jobs.StylizeJob) -> tuple[bool, str]:
                 # previous result is still what the last step holds: then the push would be an undo that does
                 # nothing, between this result and the last one.
                 _undo_push("Before Stylize Selected")
-            assigned = jobs.apply_result(job.plan, job.result)
+            folder = context.scene.nst3d.texture_folder
+            assigned = jobs.apply_result(job.plan, job.result, bpy.path.abspath(folder) if folder else "")
             _undo_push("Stylize Selected")
             ACTIVE["assignment_after_last"] = _assignment()
             ok = True
             materials = sorted({m for names in assigned.values() for m in names})
             message = (f"stylized {len(assigned)} object(s) into {', '.join(materials)}"
                        + (f"; skipped {job.skipped} that are not meshes" if job.skipped else "")
+                       + (f"; textures saved in {bpy.path.abspath(folder)}" if folder else "")
                        + warning_suffix(job.result))
     except jobs.JobError as exc:
         message = str(exc)

@@ -49,6 +49,7 @@ class NST3D_PT_style(bpy.types.Panel):
         col.enabled = not running
         for name in PANEL_OPTIONS:
             col.prop(settings, name)
+        col.prop(settings, "texture_folder")
 
         width = context.region.width if context.region else 300
         if running:

@@ -53,6 +53,11 @@ class NST3D_StyleImage(bpy.types.PropertyGroup):
 class NST3D_Settings(bpy.types.PropertyGroup):
     styles: CollectionProperty(type=NST3D_StyleImage, name="Style Images")
     style_index: IntProperty(name="Active Style", default=0)
+    texture_folder: StringProperty(
+        name="Save Textures To", subtype="DIR_PATH",
+        description="Also write the stylized textures into this folder, named as the nst3d command names them "
+                    "(<file>_styled_<material>.png; a file of that name is replaced). Empty: only pack them "
+                    "into the .blend")
 
 
 for _name, _spec in PANEL_OPTIONS.items():

@@ -470,7 +470,7 @@ def test_worker_warnings_reach_the_panel_message(addon):
     assert warning_suffix({"report": {"warnings": ["a palette", "b"]}}) == "; warning: a palette (+1 more)"
 
 
-def test_stylize_selected_end_to_end_and_undo(empty_file, prefs, style_image, real_weights):
+def test_stylize_selected_end_to_end_and_undo(empty_file, prefs, style_image, real_weights, tmp_path):
     cube, ball = build_scene()
     set_style(bpy.context.scene.nst3d, style_image, steps=4)
     prefs.weights_path = str(real_weights)
@@ -485,10 +485,19 @@ def test_stylize_selected_end_to_end_and_undo(empty_file, prefs, style_image, re
     bpy.context.scene.collection.objects.link(bare)
     bare.select_set(True)
 
+    bpy.context.scene.nst3d.texture_folder = str(tmp_path / "textures")
     assert bpy.ops.nst3d.stylize_selected() == {"FINISHED"}
 
     status = bpy.context.window_manager.nst3d
     assert status.error == "" and "stylized 3 object(s)" in status.message
+    assert f"textures saved in {tmp_path / 'textures'}" in status.message
+    # the saved files: named as `nst3d mesh untitled.glb` names its textures, the packed images' very bytes
+    saved = {p.name: p.read_bytes() for p in (tmp_path / "textures").iterdir()}
+    packed = {name: bpy.data.images[image].packed_file.data for name, image in (
+        ("untitled_styled_Painted.png", "Checker_styled"), ("untitled_styled_Plain_Red.png", "Plain_Red_styled"),
+        ("untitled_styled_Bare_Material.png", "Bare_Material_styled"))}
+    assert saved.keys() == packed.keys() and all(saved[name] == packed[name] for name in saved)
+    assert all(data.startswith(b"\x89PNG") for data in saved.values())
     assert "skipped 1 that are not meshes" in status.message  # the note survives to the final message
     assert len(bpy.data.objects["Bare"].material_slots) == 1  # given a slot for its stylized texture
     assert status.step == status.total == 4
@@ -529,6 +538,23 @@ def test_stylize_selected_end_to_end_and_undo(empty_file, prefs, style_image, re
     assert bpy.data.objects["Plain"].material_slots[0].material.name == "Red"
     assert len(bpy.data.objects["Bare"].material_slots) == 0  # the slot Stylize added is gone, not left empty
     assert "Painted_styled" in bpy.data.materials
+
+
+def test_saving_textures_into_an_unusable_folder_says_so(addon, tmp_path):
+    from blender_addon.materials import JobError, Target, save_textures
+
+    image = bpy.data.images.new("Saved", 4, 4)
+    image.filepath_raw = str(tmp_path / "x.png")
+    image.file_format = "PNG"
+    image.save()
+    image.pack()
+    target = Target(key="nst3d_m0", source="Wood", image="", uv_map="UVMap", styled_name="Wood_styled")
+    assert [p.name for p in save_textures([target], [image], tmp_path / "out", "chair")] == ["chair_styled_Wood.png"]
+    blocked = tmp_path / "file"
+    blocked.write_text("a file, not a folder")
+    with pytest.raises(JobError, match=f"cannot save the textures in {blocked}"):
+        save_textures([target], [image], blocked / "sub", "chair")
+    bpy.data.images.remove(image)
 
 
 def test_each_of_two_stylizations_is_one_undo(empty_file, prefs, style_image, real_weights):
