@@ -104,6 +104,20 @@ def job_options(settings, prefs_device: str = "auto", prefs_weights: str = "") -
     return options
 
 
+def panel_style_map(settings) -> dict[str, list[str]]:
+    """The panel's per-material styles as a job's style map {material or object name: [image paths]} (several
+    rows for one name blend their images); raises JobError for a row without a name or an image."""
+    style_map: dict[str, list[str]] = {}
+    for row in settings.style_map:
+        path = bpy.path.abspath(row.path) if row.path else ""
+        if not row.target:
+            raise JobError("a per-material style names no material or object: choose one, or remove the row")
+        if not path or not os.path.isfile(path):
+            raise JobError(f"the per-material style image for {row.target} is not found: {path or '(none)'}")
+        style_map.setdefault(row.target, []).append(os.path.abspath(path))
+    return style_map
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The job
 

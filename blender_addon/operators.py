@@ -48,7 +48,9 @@ def begin(context) -> jobs.StylizeJob:
     selected = list(context.selected_objects)
     objects = jobs.mesh_objects(selected)
     options = jobs.job_options(settings, prefs.device, prefs.weights_path)
-    job = jobs.start_job(objects, options, settings.texture_size or None, prefs.python_path, context)
+    style_map = jobs.panel_style_map(settings)
+    job = jobs.start_job(objects, options, settings.texture_size or None, prefs.python_path, context,
+                         extra={"style_map": style_map} if style_map else None)
     skipped = len(selected) - len(objects)
     job.skipped = skipped
     ACTIVE["job"] = job
@@ -280,6 +282,42 @@ class NST3D_OT_style_remove(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class NST3D_OT_style_map_add(bpy.types.Operator):
+    """Give a material (or object) of the selection its own style image: a new row for the active object's
+    active material"""
+
+    bl_idname = "nst3d.style_map_add"
+    bl_label = "Add Per-Material Style"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        settings = context.scene.nst3d
+        row = settings.style_map.add()
+        ob = context.active_object
+        material = ob.active_material if ob is not None else None
+        row.target = material.name if material is not None else (ob.name if ob is not None else "")
+        settings.style_map_index = len(settings.style_map) - 1
+        return {"FINISHED"}
+
+
+class NST3D_OT_style_map_remove(bpy.types.Operator):
+    """Remove the selected per-material style"""
+
+    bl_idname = "nst3d.style_map_remove"
+    bl_label = "Remove Per-Material Style"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        return len(context.scene.nst3d.style_map) > 0
+
+    def execute(self, context):
+        settings = context.scene.nst3d
+        settings.style_map.remove(settings.style_map_index)
+        settings.style_map_index = max(0, min(settings.style_map_index, len(settings.style_map) - 1))
+        return {"FINISHED"}
+
+
 class NST3D_OT_revert_styled(bpy.types.Operator):
     """Assign the original materials again on the selected objects (the _styled ones stay in the file)"""
 
@@ -296,4 +334,4 @@ class NST3D_OT_revert_styled(bpy.types.Operator):
 
 
 CLASSES = (NST3D_OT_stylize_selected, NST3D_OT_cancel, NST3D_OT_style_add, NST3D_OT_style_remove,
-           NST3D_OT_revert_styled)
+           NST3D_OT_style_map_add, NST3D_OT_style_map_remove, NST3D_OT_revert_styled)

@@ -9,6 +9,7 @@ import bpy
 from .export import modifier_warnings
 from .operators import active_job
 from .option_schema import PANEL_OPTIONS
+from .presets import NST3D_MT_presets
 
 
 class NST3D_UL_styles(bpy.types.UIList):
@@ -16,6 +17,13 @@ class NST3D_UL_styles(bpy.types.UIList):
         row = layout.row(align=True)
         row.prop(item, "path", text="", emboss=False, icon="IMAGE_DATA")
         row.prop(item, "weight", text="")
+
+
+class NST3D_UL_style_map(bpy.types.UIList):
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
+        row = layout.row(align=True)
+        row.prop(item, "target", text="", icon="MATERIAL")
+        row.prop(item, "path", text="", icon="IMAGE_DATA")
 
 
 def _wrapped(layout, text: str, width_px: float, icon: str = "NONE") -> None:
@@ -45,6 +53,17 @@ class NST3D_PT_style(bpy.types.Panel):
         col.operator("nst3d.style_add", icon="ADD", text="")
         col.operator("nst3d.style_remove", icon="REMOVE", text="")
 
+        layout.label(text="Per-Material Styles")
+        row = layout.row()
+        row.template_list("NST3D_UL_style_map", "", settings, "style_map", settings, "style_map_index", rows=1)
+        col = row.column(align=True)
+        col.operator("nst3d.style_map_add", icon="ADD", text="")
+        col.operator("nst3d.style_map_remove", icon="REMOVE", text="")
+
+        row = layout.row(align=True)
+        row.menu("NST3D_MT_presets", text=NST3D_MT_presets.bl_label)
+        row.operator("nst3d.preset_add", text="", icon="ADD")
+        row.operator("nst3d.preset_add", text="", icon="REMOVE").remove_active = True
         col = layout.column(align=True)
         col.enabled = not running
         for name in PANEL_OPTIONS:
@@ -72,4 +91,4 @@ class NST3D_PT_style(bpy.types.Panel):
             _wrapped(layout.box(), status.message, width, icon="INFO")
 
 
-CLASSES = (NST3D_UL_styles, NST3D_PT_style)
+CLASSES = (NST3D_UL_styles, NST3D_UL_style_map, NST3D_PT_style)

@@ -50,9 +50,28 @@ class NST3D_StyleImage(bpy.types.PropertyGroup):
                           description="Share of this style in the blend")
 
 
+def _style_map_names(self, context, edit_text):
+    """The selected objects' names and their materials' names: what a style map entry can name."""
+    names = set()
+    for ob in context.selected_objects:
+        if ob.type == "MESH":
+            names.add((ob.name, "object"))
+            names.update((slot.material.name, "material") for slot in ob.material_slots if slot.material)
+    return sorted((name, kind) for name, kind in names if edit_text.lower() in name.lower())
+
+
+class NST3D_StyleMapEntry(bpy.types.PropertyGroup):
+    target: StringProperty(name="Material or Object", search=_style_map_names,
+                           description="A material (or a whole object) of the selection that gets its own style")
+    path: StringProperty(name="Image", subtype="FILE_PATH",
+                         description="The style image for it (instead of the Style Images above)")
+
+
 class NST3D_Settings(bpy.types.PropertyGroup):
     styles: CollectionProperty(type=NST3D_StyleImage, name="Style Images")
     style_index: IntProperty(name="Active Style", default=0)
+    style_map: CollectionProperty(type=NST3D_StyleMapEntry, name="Per-Material Styles")
+    style_map_index: IntProperty(name="Active Per-Material Style", default=0)
     texture_folder: StringProperty(
         name="Save Textures To", subtype="DIR_PATH",
         description="Also write the stylized textures into this folder, named as the nst3d command names them "
@@ -81,7 +100,7 @@ class NST3D_Status(bpy.types.PropertyGroup):
     setup_text: StringProperty(name="Set-up Stage", default="")
 
 
-CLASSES = (NST3D_StyleImage, NST3D_Settings, NST3D_Status)
+CLASSES = (NST3D_StyleImage, NST3D_StyleMapEntry, NST3D_Settings, NST3D_Status)
 
 
 def register_properties() -> None:

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -20,6 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Blender's user folders (presets, extensions) in a private temporary folder, never the tester's own: read when
+# bpy starts, so set before the import.
+os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="nst3d-blender-user-"))
 bpy = pytest.importorskip("bpy")
 import addon_utils  # noqa: E402 - only exists once bpy is importable
 
@@ -265,6 +269,85 @@ def test_style_list_operators(empty_file, style_image):
     assert len(settings.styles) == 1
 
 
+def _preset_values(path: Path) -> dict:
+    """The settings a preset file sets: {name: value}."""
+    import ast
+
+    values = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Attribute):
+            values[node.targets[0].attr] = ast.literal_eval(node.value)
+    return values
+
+
+def test_presets_shipped_applied_saved_and_removed(empty_file):
+    """Preview and Final are installed into the user's presets folder; choosing one sets the panel; + saves every
+    panel option as a new preset, - removes the chosen one."""
+    from blender_addon.option_schema import PANEL_OPTIONS
+    from blender_addon.presets import user_preset_folder
+
+    folder = user_preset_folder()
+    assert str(folder).startswith(os.environ["BLENDER_USER_RESOURCES"])
+    assert {"Preview.py", "Final.py"} <= {p.name for p in folder.iterdir()}
+    preview, final = _preset_values(folder / "Preview.py"), _preset_values(folder / "Final.py")
+    assert preview["steps"] < final["steps"] and preview["size"] < final["size"]  # small and fast
+    settings = bpy.context.scene.nst3d
+    for name, values in (("Preview", preview), ("Final", final)):
+        bpy.ops.script.execute_preset(filepath=str(folder / f"{name}.py"), menu_idname="NST3D_MT_presets")
+        assert {key: getattr(settings, key) for key in values} == values
+        assert bpy.types.NST3D_MT_presets.bl_label == name
+
+    settings.steps, settings.loss, settings.strength = 42, "adain", 3.5
+    assert bpy.ops.nst3d.preset_add(name="Mine") == {"FINISHED"}
+    mine = _preset_values(folder / "Mine.py")
+    assert mine.keys() == PANEL_OPTIONS.keys() and (mine["steps"], mine["loss"]) == (42, "adain")
+    bpy.ops.script.execute_preset(filepath=str(folder / "Final.py"), menu_idname="NST3D_MT_presets")
+    assert settings.steps == final["steps"]
+    bpy.ops.script.execute_preset(filepath=str(folder / "Mine.py"), menu_idname="NST3D_MT_presets")
+    assert (settings.steps, settings.loss, settings.strength) == (42, "adain", 3.5)
+    assert bpy.ops.nst3d.preset_add(remove_active=True) == {"FINISHED"}
+    assert not (folder / "Mine.py").exists() and (folder / "Final.py").exists()
+
+
+def test_per_material_styles_from_the_panel(empty_file, prefs, style_image, tmp_path):
+    """Rows of the panel's per-material list become the job's style map (by the exported names); a row without
+    an image stops the run before anything is exported."""
+    from blender_addon import operators
+
+    build_scene()
+    settings = bpy.context.scene.nst3d
+    set_style(settings, style_image)
+    bpy.context.view_layer.objects.active = bpy.data.objects["Plain"]
+    assert bpy.ops.nst3d.style_map_add() == {"FINISHED"}
+    row = settings.style_map[0]
+    assert row.target == "Red"  # the active object's active material
+    _stylize_fails("per-material style image for Red is not found")
+    other = tmp_path / "other.png"
+    shutil.copyfile(style_image, other)
+    row.path = str(other)
+    bpy.ops.nst3d.style_map_add()
+    settings.style_map[1].target, settings.style_map[1].path = "Textured", str(style_image)  # an object
+    from blender_addon.properties import _style_map_names
+
+    offered = _style_map_names(row, bpy.context, "")  # the name field's search: the selection's names
+    assert {("Red", "material"), ("Painted", "material"), ("Textured", "object"), ("Plain", "object")} == set(offered)
+    prefs.python_path = sys.executable
+    job = operators.begin(bpy.context)
+    try:
+        style_map = json.loads(job.plan.job_file.read_text())["style_map"]
+    finally:
+        operators.cancel_active()
+        while not operators.update(bpy.context, job):
+            time.sleep(0.05)
+        operators.finish(bpy.context, job)
+    red = next(t.key for t in job.plan.targets if t.source == "Red")
+    textured = job.plan.objects.index("Textured")
+    assert style_map == {red: [str(other)], f"nst3d_o{textured}": [str(style_image)]}
+    bpy.ops.nst3d.style_map_remove()
+    assert [r.target for r in settings.style_map] == ["Red"]
+    assert "NST3D_UL_style_map" in dir(bpy.types)
+
+
 class LayoutRecorder:
     """Stands in for UILayout, which needs a window to exist (none in background mode). It checks what the
     real one would: every property drawn exists on its data, every operator is registered."""
@@ -288,6 +371,9 @@ class LayoutRecorder:
         assert getattr(getattr(bpy.ops, module), name).get_rna_type() is not None
         self.operators.append(idname)
         return SimpleNamespace()  # the operator's properties, set by the panel
+
+    def menu(self, menu, **_kw):
+        assert hasattr(bpy.types, menu)
 
     def label(self, text="", **_kw):
         self.labels.append(text)
@@ -319,7 +405,7 @@ def test_panel_draws_every_state(empty_file):
     status = bpy.context.window_manager.nst3d
     status.error = "the worker stopped unexpectedly (exit status 139): Segmentation fault (core dumped)"
     failed = _draw_panel()
-    assert " ".join(failed.labels[1:]) == status.error  # wrapped over lines, nothing lost
+    assert " ".join(failed.labels[2:]) == status.error  # wrapped over lines, nothing lost (after 2 headings)
 
     operators.ACTIVE["job"] = "running"
     try:
@@ -486,6 +572,8 @@ def test_stylize_selected_end_to_end_and_undo(empty_file, prefs, style_image, re
     bare.select_set(True)
 
     bpy.context.scene.nst3d.texture_folder = str(tmp_path / "textures")
+    row = bpy.context.scene.nst3d.style_map.add()  # a per-material style: the worker takes the panel's map
+    row.target, row.path = "Red", str(style_image)
     assert bpy.ops.nst3d.stylize_selected() == {"FINISHED"}
 
     status = bpy.context.window_manager.nst3d
