@@ -16,7 +16,7 @@ bl_info = {  # read only when installed as a classic add-on; extensions use blen
 
 import bpy  # noqa: E402
 
-from . import operators, panel, preferences, prefs_operators, presets, properties, tasks  # noqa: E402
+from . import live_preview, operators, panel, preferences, prefs_operators, presets, properties, tasks  # noqa: E402
 
 CLASSES = (*properties.CLASSES, *preferences.CLASSES, *operators.CLASSES, *prefs_operators.CLASSES,
            *presets.CLASSES, *panel.CLASSES)
@@ -47,6 +47,7 @@ def unregister() -> None:
         bpy.app.handlers.load_pre.remove(_cancel_on_load)
     _cancel_on_load()
     tasks.cancel_all()
+    live_preview.release()
     properties.unregister_properties()
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

@@ -187,6 +187,7 @@ class StylizeJob:
         self.cancelled = False
         self.crashed = False  # ended without a reason of its own: keep worker.log for the user
         self.finished = False
+        self.preview_path, self.preview_step = "", 0  # the worker's latest "preview" event
         self.process = WorkerProcess(python, plan.job_file, plan.folder / "worker.log")
 
     def tick(self) -> list[Event]:
@@ -216,6 +217,8 @@ class StylizeJob:
             self.step, self.total = int(event.get("step", 0)), int(event.get("total", 0))
             self.loss = float(event.get("loss", 0.0))
             self.stage = str(event.get("stage", "stylizing"))
+        elif kind == "preview":
+            self.preview_path, self.preview_step = str(event.get("path", "")), int(event.get("step", 0))
         elif kind == "start":
             self.stage = "loading"
         elif kind == "done":

@@ -9,7 +9,7 @@ import time
 import bpy
 from bpy.props import StringProperty
 
-from . import jobs
+from . import jobs, live_preview
 from .preferences import get_preferences
 
 #: The one job that may run at a time (the Cancel button and the panel look here).
@@ -48,13 +48,15 @@ def begin(context) -> jobs.StylizeJob:
     selected = list(context.selected_objects)
     objects = jobs.mesh_objects(selected)
     options = jobs.job_options(settings, prefs.device, prefs.weights_path)
-    style_map = jobs.panel_style_map(settings)
-    job = jobs.start_job(objects, options, settings.texture_size or None, prefs.python_path, context,
-                         extra={"style_map": style_map} if style_map else None)
+    extra = {"style_map": jobs.panel_style_map(settings) or None,
+             "preview_every": live_preview.interval(settings.steps) if settings.live_preview else 0}
+    job = jobs.start_job(objects, options, settings.texture_size or None, prefs.python_path, context, extra=extra)
     skipped = len(selected) - len(objects)
     job.skipped = skipped
     ACTIVE["job"] = job
     status.running, status.stage, status.step, status.loss = True, "starting", 0, 0.0
+    status.preview_step = 0
+    live_preview.clear()
     status.total = settings.steps
     status.message = f"stylizing {len(objects)} object(s)" + (f"; skipped {skipped}" if skipped else "")
     return job
@@ -66,6 +68,8 @@ def update(context, job: jobs.StylizeJob) -> bool:
     status = _status(context)
     status.stage = "cancelling" if job.cancelled and not job.finished else job.stage
     status.step, status.total, status.loss = job.step, job.total or status.total, job.loss
+    if job.preview_step != status.preview_step and live_preview.show(job.preview_path, job.preview_step):
+        status.preview_step = job.preview_step
     _redraw(context)
     return job.finished
 

@@ -6,6 +6,7 @@ import textwrap
 
 import bpy
 
+from . import live_preview
 from .export import modifier_warnings
 from .operators import active_job
 from .option_schema import PANEL_OPTIONS
@@ -69,6 +70,7 @@ class NST3D_PT_style(bpy.types.Panel):
         for name in PANEL_OPTIONS:
             col.prop(settings, name)
         col.prop(settings, "texture_folder")
+        col.prop(settings, "live_preview")
 
         width = context.region.width if context.region else 300
         if running:
@@ -76,6 +78,10 @@ class NST3D_PT_style(bpy.types.Panel):
             text = (f"{status.stage}: step {status.step}/{status.total}, loss {status.loss:.4g}"
                     if status.step else f"{status.stage}...")
             layout.progress(factor=fraction, type="BAR", text=text)
+            if status.preview_step and (image := live_preview.current()) is not None:
+                box = layout.box()
+                box.template_icon(icon_value=image.icon_id, scale=8.0)
+                box.label(text=f"preview at step {status.preview_step}")
             layout.operator("nst3d.cancel", icon="CANCEL", text="Cancel (Esc)")
         else:
             layout.operator("nst3d.stylize_selected", icon="BRUSH_DATA")

@@ -72,6 +72,8 @@ class NST3D_Settings(bpy.types.PropertyGroup):
     style_index: IntProperty(name="Active Style", default=0)
     style_map: CollectionProperty(type=NST3D_StyleMapEntry, name="Per-Material Styles")
     style_map_index: IntProperty(name="Active Per-Material Style", default=0)
+    live_preview: BoolProperty(name="Live Preview", default=True,
+                               description="Show a render of one view every few steps while stylizing")
     texture_folder: StringProperty(
         name="Save Textures To", subtype="DIR_PATH",
         description="Also write the stylized textures into this folder, named as the nst3d command names them "
@@ -91,6 +93,7 @@ class NST3D_Status(bpy.types.PropertyGroup):
     loss: FloatProperty(name="Loss", default=0.0)
     message: StringProperty(name="Last Result", default="")
     error: StringProperty(name="Last Error", default="")
+    preview_step: IntProperty(name="Preview Step", default=0, description="The step the live preview shows")
     # The preferences' background tasks (tasks.py): Check and Set up nst3d.
     check_running: BoolProperty(name="Checking", default=False)
     check_fraction: FloatProperty(name="Check Progress", default=0.0, min=0.0, max=1.0)

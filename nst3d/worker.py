@@ -6,12 +6,14 @@ Blender never imports torch. The job file (paths relative to the job file's fold
     {"nst3d_job": 1, "kind": "mesh", "input": "input.glb", "output_dir": "out",
      "options": {"styles": ["starry.jpg"], "steps": 200, ...},   # 1:1 nst3d.options.StyleOptions fields
      "texture_size": 512, "style_map": null, "export_format": "glb",
-     "offline": false}   # true: never download (Blender's online access is off); missing weights: an error
+     "offline": false,   # true: never download (Blender's online access is off); missing weights: an error
+     "preview_every": 0} # N > 0: a "preview" event every N optimisation steps (PNGs in <job folder>/previews)
 
 Events, one JSON object per line on stdout (everything else the process prints goes to stderr):
     {"event": "start", ...}
     {"event": "progress", "stage", "step", "total", "loss" (optimising only), "unit" (when not a step), ...}
     {"event": "message", "text"}   {"event": "warning", "text"} (bad but usable input, e.g. a missing texture)
+    {"event": "preview", "step", "total", "path"} (a small PNG of one held-out view; nst3d.worker_preview)
     {"event": "done", "outputs": [...], "textures": [{"material", "path", "factor"}], "report": {...}}
         (report: nst3d.pipelines.report.Report as JSON, the same keys as every command's report.json)
     {"event": "error", "message": "one line"}   {"event": "cancelled"}
@@ -60,6 +62,8 @@ class Job:
     shading: str = "none"
     keep_uv_layouts: bool = False  # the caller applies textures to its own UVs (see nst3d.backends.mesh.load)
     offline: bool = False  # never download the VGG-19 weights (the host application forbids network access)
+    preview_every: int = 0  # a "preview" event every N optimisation steps (0: none)
+    preview_dir: Path | None = None  # where the preview PNGs go (the job file's folder / "previews")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -89,7 +93,7 @@ def job_from_dict(data: Any, base: Path) -> Job:
                         f"\"nst3d_job\": {JOB_VERSION}); update the add-on and nst3d together")
     mesh_fields = {"texture_size", "shading", "export_format"}
     known = {"nst3d_job", "kind", "input", "output_dir", "options", "style_map", "keep_uv_layouts", "offline",
-             *mesh_fields}
+             "preview_every", *mesh_fields}
     if unknown := sorted(set(data) - known):
         raise UserError(f"job file has unknown keys {', '.join(unknown)}")
     kind = data.get("kind")
@@ -106,10 +110,13 @@ def job_from_dict(data: Any, base: Path) -> Job:
     for key, value in flags.items():
         if not isinstance(value, bool):
             raise UserError(f"job {key} must be true or false, got {value!r}")
+    preview_every = data.get("preview_every", 0)
+    if isinstance(preview_every, bool) or not isinstance(preview_every, int) or preview_every < 0:
+        raise UserError(f"job preview_every must be a whole number of steps (0: no previews), got {preview_every!r}")
     return Job(kind=kind, input=_path(data["input"], base), output_dir=_path(data["output_dir"], base),
                options=options_from_dict(data.get("options") or {}, base), texture_size=mesh.texture_size,
                style_map=_style_map(data.get("style_map"), base), export_format=mesh.export_format,
-               shading=mesh.shading, **flags)
+               shading=mesh.shading, **flags, preview_every=preview_every, preview_dir=base / "previews")
 
 
 def _style_map(value: Any, base: Path) -> dict[str, list[Path]] | None:
@@ -193,6 +200,7 @@ def run_job(job: Job, on_event: Callable[[Event], None],
         raise UserError(f"job kind {job.kind!r} is not supported")
     try:
         from nst3d.pipelines.mesh import stylize_mesh_file
+        from nst3d.worker_preview import Previews
     except ModuleNotFoundError as exc:
         raise UserError(f"this nst3d installation cannot stylize meshes (missing module {exc.name}); "
                         "install it with: pip install 'nst3d[mesh]'") from None
@@ -201,10 +209,13 @@ def run_job(job: Job, on_event: Callable[[Event], None],
     if job.offline:
         job.options.weights = offline_weights(job.options.weights)
     started = time.perf_counter()
+    sink = _without_done(on_event)
+    previews = Previews(job.preview_every, job.preview_dir, sink) if job.preview_every else None
     report = stylize_mesh_file(job.input, job.output_dir, job.options, job.style_map,
                                texture_size=job.texture_size, export_format=job.export_format,
                                shading=job.shading, keep_uv_layouts=job.keep_uv_layouts,
-                               on_event=_without_done(on_event), should_stop=should_stop)
+                               on_event=previews or sink, should_stop=should_stop,
+                               on_adapter=(lambda adapter: setattr(previews, "adapter", adapter)) if previews else None)
     outputs = sorted(str(p) for p in job.output_dir.rglob("*") if p.is_file())
     asset = Path(report.outputs["asset"])
     textures = []

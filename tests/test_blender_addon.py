@@ -354,6 +354,7 @@ class LayoutRecorder:
 
     def __init__(self):
         self.props, self.operators, self.labels, self.progress_text, self.enabled = [], [], [], None, True
+        self.icons = []
 
     def row(self, **_kw):
         return self
@@ -371,6 +372,9 @@ class LayoutRecorder:
         assert getattr(getattr(bpy.ops, module), name).get_rna_type() is not None
         self.operators.append(idname)
         return SimpleNamespace()  # the operator's properties, set by the panel
+
+    def template_icon(self, icon_value=0, scale=1.0):
+        self.icons.append(icon_value)
 
     def menu(self, menu, **_kw):
         assert hasattr(bpy.types, menu)
@@ -728,6 +732,34 @@ def test_a_modifier_that_drops_the_uvs_is_named(empty_file, style_image, tmp_pat
     with pytest.raises(JobError, match=r"modifiers of Textured \(Rebuild\) drop its UV map 'UVMap': apply it"):
         prepare_job([cube], {"styles": [str(style_image)]}, folder=tmp_path / "job")
     assert fingerprint() == before and not (tmp_path / "job").exists()
+
+
+def test_live_preview_reaches_the_panel_before_the_run_ends(empty_file, prefs, style_image, real_weights):
+    """The worker renders one held-out view every few steps; the panel shows the latest while the run goes on."""
+    from blender_addon import live_preview, operators
+
+    build_scene()
+    settings = bpy.context.scene.nst3d
+    set_style(settings, style_image, steps=4)
+    prefs.weights_path, prefs.device = str(real_weights), "cpu"
+    assert settings.live_preview  # on by default
+    job = operators.begin(bpy.context)
+    assert json.loads(job.plan.job_file.read_text())["preview_every"] == live_preview.interval(4)
+    status, seen = bpy.context.window_manager.nst3d, []
+    deadline = time.monotonic() + 300
+    while not operators.update(bpy.context, job) and time.monotonic() < deadline:
+        if status.preview_step and not seen:
+            image = live_preview.current()
+            drawn = _draw_panel()
+            seen.append((status.preview_step, tuple(image.image_size), drawn.labels, drawn.icons))
+        time.sleep(0.02)
+    ok, message = operators.finish(bpy.context, job)
+    assert ok, message
+    assert seen, "no preview reached the panel before the run ended"
+    step, size, labels, icons = seen[0]
+    assert 1 <= step <= 4 and 0 < max(size) <= 160 and len(icons) == 1  # a small image, drawn once
+    assert f"preview at step {step}" in labels
+    assert status.preview_step == 4  # the last step's preview came too (the panel stops showing it when done)
 
 
 @pytest.mark.slow
