@@ -20,6 +20,7 @@ from typing import Any
 
 import bpy
 
+from .environment import managed_python
 from .export import export_job
 from .materials import KEY_PREFIX, JobError, Plan, Target
 from .materials import SOURCE_KEY as SOURCE_KEY  # noqa: F401
@@ -250,7 +251,7 @@ def start_job(objects, options: dict[str, Any], texture_size: int | None = None,
               context=None, extra: dict[str, Any] | None = None) -> StylizeJob:
     """Find the worker's Python, export the selection, launch the worker; JobError: scene unchanged."""
     try:
-        python, _how = find_interpreter(bpy.path.abspath(python_pref) if python_pref else "")
+        python, _how = find_interpreter(bpy.path.abspath(python_pref) if python_pref else "", managed_python())
     except WorkerError as exc:
         raise JobError(str(exc)) from None
     plan = prepare_job(objects, options, texture_size, context, extra=extra)

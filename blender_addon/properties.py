@@ -101,6 +101,8 @@ class NST3D_Status(bpy.types.PropertyGroup):
     setup_running: BoolProperty(name="Setting Up", default=False)
     setup_fraction: FloatProperty(name="Set-up Progress", default=0.0, min=0.0, max=1.0)
     setup_text: StringProperty(name="Set-up Stage", default="")
+    setup_message: StringProperty(name="Set-up Result", default="")
+    setup_error: StringProperty(name="Set-up Error", default="")
 
 
 CLASSES = (NST3D_StyleImage, NST3D_StyleMapEntry, NST3D_Settings, NST3D_Status)

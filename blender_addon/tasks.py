@@ -8,6 +8,7 @@ Standard library + bpy only; the processes are worker_process.BackgroundProcess 
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections import deque
 from collections.abc import Callable
@@ -64,9 +65,10 @@ class Task:
         self.line_count = 0
         if self.log_file is not None:
             with open(self.log_file, "a", encoding="utf-8") as log:
-                log.write(f"$ {' '.join(step.argv)}\n")
+                log.write(f"# {step.label}\n$ {shlex.join(step.argv)}\n")
         try:
-            self.process = BackgroundProcess(step.argv, step.python, log_file=self.log_file, log_stdout=True)
+            self.process = BackgroundProcess(step.argv, step.python, log_file=self.log_file, log_stdout=True,
+                                             own_group=True)
         except WorkerError as exc:
             self.process = None
             self._end("failed", str(exc))

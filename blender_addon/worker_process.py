@@ -12,6 +12,7 @@ import json
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -31,11 +32,11 @@ class WorkerError(Exception):
     """A readable, one-line reason why a job could not run or did not finish."""
 
 
-def find_interpreter(configured: str = "") -> tuple[str, str]:
+def find_interpreter(configured: str = "", managed: str = "") -> tuple[str, str]:
     """(path to a Python that has nst3d, how it was found). Raises WorkerError with what to do.
 
-    Order: the configured path, $NST3D_PYTHON, Blender's own Python when nst3d is importable there,
-    the interpreter of an `nst3d` console script on PATH.
+    Order: the configured path, $NST3D_PYTHON, `managed` (the environment "Set up nst3d" made, if any),
+    Blender's own Python when nst3d is importable there, the interpreter of an `nst3d` console script on PATH.
     """
     if configured:
         path = Path(configured).expanduser()
@@ -48,13 +49,15 @@ def find_interpreter(configured: str = "") -> tuple[str, str]:
         if not Path(env).is_file():
             raise WorkerError(f"${INTERPRETER_ENV} points to a missing file: {env}")
         return env, f"${INTERPRETER_ENV}"
+    if managed and Path(managed).is_file():
+        return managed, "set up by the add-on"
     if importlib.util.find_spec("nst3d") is not None and sys.executable:
         return sys.executable, "Blender's own Python"
     script = shutil.which("nst3d")
     if script and (python := _shebang_interpreter(Path(script))):
         return python, f"the nst3d command on PATH ({script})"
-    raise WorkerError("no Python with nst3d found: install it (pip install 'nst3d[mesh]') into a "
-                      f"Python 3.10+ and {WHERE_TO_SET}")
+    raise WorkerError("no Python with nst3d found: press \"Set up nst3d\" in the add-on preferences (or install "
+                      f"nst3d[mesh] into a Python 3.11+ and {WHERE_TO_SET})")
 
 
 def _shebang_interpreter(script: Path) -> str | None:
@@ -140,15 +143,18 @@ class BackgroundProcess:
     `log_stdout`)."""
 
     def __init__(self, argv: list[str], python: str, cwd: str | None = None, log_file: Path | None = None,
-                 log_stdout: bool = False):
+                 log_stdout: bool = False, own_group: bool = False):
         self.python = python
         self.argv = argv
         self.lines: queue.Queue[str] = queue.Queue()
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
         self._log = open(log_file, "a", encoding="utf-8") if log_file else None  # noqa: SIM115 - closed in close()
         self._log_stdout = log_stdout
+        # own_group (POSIX): the process leads a new process group, so cancel() also stops what it started
+        # (pip's build steps, ensurepip), not just the process itself.
+        self._group = own_group and os.name == "posix"
         self.proc = _popen(argv, cwd, python, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           encoding="utf-8", errors="replace", bufsize=1)
+                           encoding="utf-8", errors="replace", bufsize=1, start_new_session=self._group)
         self._cancel_at: float | None = None
         self._readers = [threading.Thread(target=self._read_stdout, daemon=True),
                          threading.Thread(target=self._read_stderr, daemon=True)]
@@ -180,7 +186,16 @@ class BackgroundProcess:
         """Ask the process to stop (SIGTERM); SIGKILL after a grace period (see poll)."""
         if self.proc.poll() is None and self._cancel_at is None:
             self._cancel_at = time.monotonic()
-            self.proc.terminate()
+            self._signal(signal.SIGTERM)
+
+    def _signal(self, signum: int) -> None:
+        try:
+            if self._group:
+                os.killpg(self.proc.pid, signum)
+            else:
+                self.proc.send_signal(signum)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     @property
     def cancelling(self) -> bool:
@@ -190,7 +205,7 @@ class BackgroundProcess:
         """The exit status once the process has ended and its pipes are read to the end, else None."""
         if self._cancel_at is not None and self.proc.poll() is None \
                 and time.monotonic() - self._cancel_at > CANCEL_GRACE_S:
-            self.proc.kill()
+            self._signal(getattr(signal, "SIGKILL", signal.SIGTERM))
         if self.proc.poll() is None or any(r.is_alive() for r in self._readers):
             return None
         return self.proc.returncode
@@ -198,7 +213,7 @@ class BackgroundProcess:
     def close(self) -> None:
         """Stop the process if it still runs, and release its pipes and log."""
         if self.proc.poll() is None:
-            self.proc.kill()
+            self._signal(getattr(signal, "SIGKILL", signal.SIGTERM))
             self.proc.wait()
         for reader in self._readers:
             reader.join(timeout=2)

@@ -62,6 +62,10 @@ def prefs(addon):
     preferences.device = "auto"
     preferences.keep_job_files = False
     preferences.check_result = ""
+    preferences.setup_source, preferences.setup_wheels = "cpu", ""
+    preferences.setup_base_python, preferences.setup_reuse = "", False
+    status = bpy.context.window_manager.nst3d
+    status.setup_error = status.setup_message = ""
     from blender_addon import tasks
 
     tasks.cancel_all()
@@ -424,8 +428,10 @@ def test_panel_draws_every_state(empty_file):
 def test_preferences_draw(prefs):
     prefs.check_result = "Python: x\nProblem: torch cannot be imported"
     layout = _draw_preferences(prefs)
-    assert layout.props == ["python_path", "device", "weights_path", "keep_job_files"]
-    assert layout.operators == ["nst3d.check_worker"] and "Problem: torch cannot be imported" in layout.labels
+    assert layout.props == ["setup_source", "setup_base_python", "setup_reuse", "python_path", "device",
+                            "weights_path", "keep_job_files"]
+    assert "nst3d.setup" in layout.operators
+    assert layout.operators[-1] == "nst3d.check_worker" and "Problem: torch cannot be imported" in layout.labels
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -872,11 +878,21 @@ def test_interpreter_auto_detection(monkeypatch, tmp_path):
 # Packaging: the built extension installs and registers
 
 
-def test_built_extension_installs(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "build_addon.py"), "-o", str(tmp_path)],
+@pytest.fixture(scope="module")
+def built_extension(tmp_path_factory) -> Path:
+    """The extension zip scripts/build_addon.py makes from this checkout (with nst3d's own wheel inside)."""
+    out = tmp_path_factory.mktemp("dist")
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "build_addon.py"), "-o", str(out)],
                             capture_output=True, text=True, check=True)
-    package = Path(result.stdout.strip().splitlines()[-1])
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def test_built_extension_installs(built_extension, tmp_path):
+    import zipfile
+
+    package = built_extension
     assert package.name == "nst3d-0.1.0.zip"
+    assert "wheels/nst3d-0.1.0-py3-none-any.whl" in zipfile.ZipFile(package).namelist()
     script = f"""
 import bpy
 bpy.ops.extensions.package_install_files(filepath={str(package)!r}, repo="user_default", enable_on_install=True)
@@ -884,12 +900,131 @@ print("ENABLED", "bl_ext.user_default.nst3d" in bpy.context.preferences.addons)
 print("PANEL", hasattr(bpy.types, "NST3D_PT_style"), hasattr(bpy.types.Scene, "nst3d"))
 prefs = bpy.context.preferences.addons["bl_ext.user_default.nst3d"].preferences
 print("PREFS", prefs.device)
+from bl_ext.user_default.nst3d import environment
+print("ROOT", environment.env_root())
+print("WHEELS", *sorted(p.name for p in environment.BUNDLED_WHEELS.iterdir()))
 """
     env = {**os.environ, "BLENDER_USER_RESOURCES": str(tmp_path / "user"), "XDG_CACHE_HOME": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert "ENABLED True" in out.stdout, out.stdout + out.stderr
     assert "PANEL True True" in out.stdout and "PREFS auto" in out.stdout
     assert (tmp_path / "user" / "extensions" / "user_default" / "nst3d" / "blender_manifest.toml").is_file()
+    # the set-up's environment goes to the extension's own user folder; the wheel it installs came in the zip
+    root = Path(out.stdout.split("ROOT ")[1].splitlines()[0])
+    assert root.is_dir() and root.is_relative_to(tmp_path / "user" / "extensions") and "nst3d" in root.parts
+    assert "WHEELS nst3d-0.1.0-py3-none-any.whl" in out.stdout
+    assert {"Preview.py", "Final.py"} <= {p.name for p in (tmp_path / "user" / "scripts" / "presets" / "nst3d")
+                                         .iterdir()}
+
+
+def _wheel_folder(built_extension: Path, folder: Path) -> Path:
+    """A local wheel folder holding nst3d's wheel (the one in the extension zip, built from this checkout)."""
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(built_extension) as archive:
+        for name in archive.namelist():
+            if name.startswith("wheels/"):
+                (folder / Path(name).name).write_bytes(archive.read(name))
+    return folder
+
+
+PREFERENCE_NAMES = ("setup_source", "setup_wheels", "setup_base_python", "setup_reuse", "python_path", "device",
+                    "weights_path", "keep_job_files", "check_result")
+
+
+@pytest.mark.slow
+def test_setup_from_a_local_wheel_folder(empty_file, prefs, built_extension, tmp_path, monkeypatch):
+    """Set up nst3d, offline: a wheel folder with nst3d's wheel, and this Python's installed packages reused (its
+    torch, numpy, trimesh...). It runs in the background; afterwards Check finds the environment with no path
+    typed and reports nst3d, torch and the device; the worker imports nst3d from the environment itself."""
+    from blender_addon import environment, tasks
+
+    monkeypatch.delenv("PYTHONPATH", raising=False)  # nst3d must come from the environment, not this checkout
+    monkeypatch.delenv("NST3D_PYTHON", raising=False)
+    prefs.setup_source, prefs.setup_wheels = "wheels", str(_wheel_folder(built_extension, tmp_path / "wheels"))
+    prefs.setup_base_python, prefs.setup_reuse, prefs.device = sys.executable, True, "cpu"
+    status = bpy.context.window_manager.nst3d
+    root = environment.env_root()
+    try:
+        started = time.monotonic()
+        assert bpy.ops.nst3d.setup() == {"FINISHED"}
+        assert time.monotonic() - started < 1.0 and status.setup_running
+        drawn = _draw_preferences(prefs)
+        assert "nst3d.cancel_task" in drawn.operators and drawn.progress_text.startswith("Creating the environment")
+        tasks.wait(timeout=600)
+        assert status.setup_error == "" and status.setup_message == f"nst3d is set up in {root / 'env'}"
+        assert "Installing nst3d" in (root / "setup.log").read_text()
+        python = environment.managed_python()
+        assert python == str(environment.env_python(root / "env")) and not (root / "env.partial").exists()
+        where = subprocess.run([python, "-c", "import nst3d; print(nst3d.__file__)"], capture_output=True,
+                               text=True, timeout=120)
+        assert Path(where.stdout.strip()).is_relative_to(root / "env"), where.stdout + where.stderr
+
+        prefs.check_result = ""
+        assert prefs.python_path == ""  # nothing typed: Check finds the environment by itself
+        bpy.ops.nst3d.check_worker()
+        tasks.wait(timeout=120)
+        text = prefs.check_result
+        assert text.startswith(f"Python: {python} (set up by the add-on)"), text
+        assert "nst3d 0.1.0" in text and "torch " in text and "device cpu" in text and "Problem" not in text
+    finally:
+        shutil.rmtree(root / "env", ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_failed_setup_changes_nothing_and_says_why(empty_file, prefs, built_extension, tmp_path, monkeypatch):
+    """A wheel folder without torch and a base Python without torch: the install fails; the preferences and an
+    environment set up before are as they were; the reason is pip's own last error."""
+    from blender_addon import environment, tasks
+
+    base = getattr(sys, "_base_executable", sys.executable)
+    if subprocess.run([base, "-c", "import torch"], capture_output=True).returncode == 0:
+        pytest.skip(f"the base Python {base} has torch")
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    prefs.setup_source, prefs.setup_wheels = "wheels", str(_wheel_folder(built_extension, tmp_path / "wheels"))
+    prefs.setup_base_python, prefs.setup_reuse = base, False
+    root = environment.env_root()
+    earlier = root / "env" / "earlier.txt"  # an environment from an earlier set-up must survive
+    earlier.parent.mkdir(parents=True, exist_ok=True)
+    earlier.write_text("kept")
+    before = {name: getattr(prefs, name) for name in PREFERENCE_NAMES}
+    try:
+        bpy.ops.nst3d.setup()
+        tasks.wait(timeout=600)
+        error = bpy.context.window_manager.nst3d.setup_error
+        assert error.startswith("Installing torch and the other packages failed: "), error
+        log = (root / "setup.log").read_text().split("# Installing torch and the other packages")[1]
+        pip_error = next(line for line in log.splitlines() if line.startswith("ERROR: ")).removeprefix("ERROR: ")
+        assert pip_error in error and "the wheel folder must hold every package" in error
+        assert error.endswith(f"(log: {root / 'setup.log'})")
+        assert {name: getattr(prefs, name) for name in PREFERENCE_NAMES} == before
+        assert earlier.read_text() == "kept" and not (root / "env.partial").exists()
+    finally:
+        shutil.rmtree(root / "env", ignore_errors=True)
+
+
+def test_setup_cancels(empty_file, prefs, built_extension, tmp_path):
+    """Cancel while the environment is being made: the processes stop, nothing is left, it says so."""
+    from blender_addon import environment, tasks
+
+    prefs.setup_source, prefs.setup_wheels = "wheels", str(_wheel_folder(built_extension, tmp_path / "wheels"))
+    bpy.ops.nst3d.setup()
+    task = tasks.RUNNING["setup"]
+    time.sleep(0.5)
+    assert tasks.tick() and task.index == 0  # still creating the environment
+    assert bpy.ops.nst3d.cancel_task(kind="setup") == {"FINISHED"}
+    tasks.wait(timeout=30)
+    assert bpy.context.window_manager.nst3d.setup_error == "set-up cancelled; nothing was changed"
+    assert task.process.proc.returncode < 0 and not (environment.env_root() / "env.partial").exists()
+    assert environment.managed_python() == ""
+
+
+def test_setup_refuses_a_missing_wheel_folder(empty_file, prefs, tmp_path):
+    prefs.setup_source, prefs.setup_wheels = "wheels", str(tmp_path / "nowhere")
+    with pytest.raises(RuntimeError, match="the wheel folder does not exist"):
+        bpy.ops.nst3d.setup()
+    assert "wheel folder does not exist" in bpy.context.window_manager.nst3d.setup_error
 
 
 # ----------------------------------------------------------------------------------------------------------
