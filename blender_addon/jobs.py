@@ -127,10 +127,9 @@ def write_job_file(folder: Path, options: dict[str, Any], texture_size: int | No
                    extra: dict[str, Any] | None = None) -> Path:
     """folder/job.json for the worker (format: nst3d.worker); `extra`: more job fields (style_map, shading)."""
     # keep_uv_layouts: the textures come back onto the objects' own UV maps, so the worker must not re-atlas.
-    # offline: Blender's "Allow Online Access" is off (or --offline-mode): the worker must not download weights.
     job = {"nst3d_job": JOB_VERSION, "kind": "mesh", "input": "input.glb", "output_dir": "out",
            "options": options, "texture_size": texture_size or None, "export_format": "glb",
-           "keep_uv_layouts": True, "offline": not bpy.app.online_access, **(extra or {})}
+           "keep_uv_layouts": True, **(extra or {})}
     path = folder / "job.json"
     path.write_text(json.dumps(job, indent=2), encoding="utf-8")
     return path

@@ -48,7 +48,9 @@ def begin(context) -> jobs.StylizeJob:
     selected = list(context.selected_objects)
     objects = jobs.mesh_objects(selected)
     options = jobs.job_options(settings, prefs.device, prefs.weights_path)
-    extra = {"style_map": jobs.panel_style_map(settings) or None,
+    # offline: Blender's "Allow Online Access" is off (or --offline-mode): the worker must not download weights.
+    # (The headless batch script, run by hand, keeps the worker's own rule: it downloads when none are set.)
+    extra = {"style_map": jobs.panel_style_map(settings) or None, "offline": not bpy.app.online_access,
              "preview_every": live_preview.interval(settings.steps) if settings.live_preview else 0}
     job = jobs.start_job(objects, options, settings.texture_size or None, prefs.python_path, context, extra=extra)
     skipped = len(selected) - len(objects)
