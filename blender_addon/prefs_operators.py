@@ -97,6 +97,9 @@ def setup_done(task: tasks.Task, root: Path) -> None:
 
 def start_setup(prefs) -> tasks.Task:
     """Start the set-up's commands in the background; ValueError / WorkerError when it cannot start."""
+    if prefs.setup_source != "wheels" and not bpy.app.online_access:
+        raise ValueError("Blender's online access is off (Preferences > System > Network): allow it to download, "
+                         "or install from a Local Wheel Folder")
     base = bpy.path.abspath(prefs.setup_base_python) if prefs.setup_base_python else sys.executable
     wheels = bpy.path.abspath(prefs.setup_wheels) if prefs.setup_wheels else ""
     root, argvs = environment.setup_argvs(base, prefs.setup_source, wheels, prefs.setup_reuse, prefs.device)

@@ -1020,11 +1020,32 @@ def test_setup_cancels(empty_file, prefs, built_extension, tmp_path):
     assert environment.managed_python() == ""
 
 
-def test_setup_refuses_a_missing_wheel_folder(empty_file, prefs, tmp_path):
+def test_setup_commands_are_argument_lists(addon, tmp_path):
+    """The download choices add PyTorch's CPU or CUDA index; a wheel folder installs with no index at all."""
+    from blender_addon.environment import TORCH_INDEXES, pip_argv
+
+    for source, index in TORCH_INDEXES.items():
+        argv = pip_argv("/env/bin/python", source)
+        assert argv[:4] == ["/env/bin/python", "-m", "pip", "install"] and argv[-1] == "nst3d[mesh]"
+        assert argv[argv.index("--extra-index-url") + 1] == index and "--no-index" not in argv
+    argv = pip_argv("/env/bin/python", "wheels", str(tmp_path))
+    assert "--no-index" in argv and argv[argv.index("--no-index") + 2] == str(tmp_path)
+    assert "--extra-index-url" not in argv
+
+
+def test_setup_refuses_a_missing_wheel_folder_and_downloads_while_offline(empty_file, prefs, tmp_path):
+    from blender_addon import tasks
+
     prefs.setup_source, prefs.setup_wheels = "wheels", str(tmp_path / "nowhere")
     with pytest.raises(RuntimeError, match="the wheel folder does not exist"):
         bpy.ops.nst3d.setup()
     assert "wheel folder does not exist" in bpy.context.window_manager.nst3d.setup_error
+    assert not bpy.app.online_access  # the bpy module's default
+    for source in ("cpu", "cuda"):
+        prefs.setup_source = source
+        with pytest.raises(RuntimeError, match="online access is off"):
+            bpy.ops.nst3d.setup()
+    assert not tasks.RUNNING
 
 
 # ----------------------------------------------------------------------------------------------------------
