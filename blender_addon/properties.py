@@ -29,7 +29,8 @@ CHOICE_NAMES = {
 
 def panel_property(spec: dict):
     """The bpy property for one entry of option_schema.PANEL_OPTIONS. An integer whose default is None (the
-    backend's own) is 0 in the panel."""
+    backend's own) is 0 in the panel. A float with "unit": "length" (a size in world units, e.g. a stroke scale)
+    is shown in the scene's units and stored in Blender units, which the GLB export keeps as its world units."""
     common = {"name": spec["label"], "description": spec["help"][:1].upper() + spec["help"][1:]}
     if "choices" in spec:
         items = tuple((c, *CHOICE_NAMES.get(c, (c.title(), ""))) for c in spec["choices"])
@@ -41,6 +42,8 @@ def panel_property(spec: dict):
             bounds["min"] = 0
         bounds = {key: int(value) for key, value in bounds.items()}
         return IntProperty(default=spec["default"] or 0, **bounds, **common)
+    if spec.get("unit") == "length":
+        common.update(subtype="DISTANCE", unit="LENGTH")
     return FloatProperty(default=spec["default"], **bounds, **common)
 
 

@@ -247,6 +247,24 @@ def test_panel_properties_agree_with_the_schema(addon):
     assert tuple(item[0] for item in DEVICE_ITEMS) == DEVICES
 
 
+def test_a_length_option_is_shown_in_scene_units(addon):
+    """An option the schema marks as a length (a stroke scale in world units) uses the scene's length unit."""
+    from blender_addon.properties import panel_property
+
+    spec = {"label": "Stroke Scale", "help": "stroke size in world units", "kind": "float", "default": 0.1,
+            "group": "options", "minimum": 0.0, "unit": "length"}
+
+    class Probe(bpy.types.PropertyGroup):
+        __annotations__ = {"value": panel_property(spec)}
+
+    bpy.utils.register_class(Probe)
+    try:
+        prop = Probe.bl_rna.properties["value"]
+        assert (prop.subtype, prop.unit, prop.default) == ("DISTANCE", "LENGTH", pytest.approx(0.1))
+    finally:
+        bpy.utils.unregister_class(Probe)
+
+
 def test_addon_never_imports_torch_or_nst3d():
     """Blender's side is bpy + stdlib: no module of the add-on imports torch, numpy or nst3d."""
     import ast
