@@ -80,7 +80,11 @@ def setup_done(task: tasks.Task, root: Path) -> None:
             report = check_report(step.python, task.returncode or 0, list(task.lines), task.stderr_tail())
         except WorkerError as exc:
             task.outcome, task.error = "failed", str(exc)
-    python = environment.finish_env(root, task.outcome == "ok" and report is not None and "torch" in report)
+    usable = report is not None and "torch" in report and report.get("mesh", False)
+    if task.outcome == "ok" and not usable:
+        task.outcome = "failed"
+        task.error = "; ".join(report.get("problems", [])) if report else "the check gave no report"
+    python = environment.finish_env(root, task.outcome == "ok")
     if python is not None:
         status.setup_message = f"nst3d is set up in {python.parent.parent}"
         status.setup_error = ""
