@@ -17,7 +17,8 @@ if [[ -x $venv/bin/python && -f $venv/.nst3d-setup && "$(cat $venv/.nst3d-setup)
   exit 0
 fi
 rm -rf "$venv"
-"$(.venv/bin/python -c 'import sys; print(sys._base_executable)')" -m venv "$venv"
+# --without-pip: pip and setuptools come from .venv too (a venv's own, older setuptools would shadow .venv's).
+"$(.venv/bin/python -c 'import sys; print(sys._base_executable)')" -m venv --without-pip "$venv"
 own=$($venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 printf 'import site; site.addsitedir(%s)\n' "$(.venv/bin/python -c 'import sys; print(repr(sys.argv[1]))' "$shared")" \
   > "$own/nst3d_shared_venv.pth"
