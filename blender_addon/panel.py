@@ -62,6 +62,7 @@ class NST3D_PT_style(bpy.types.Panel):
         col.operator("nst3d.style_map_remove", icon="REMOVE", text="")
 
         row = layout.row(align=True)
+        row.enabled = not running
         row.menu("NST3D_MT_presets", text=NST3D_MT_presets.bl_label)
         row.operator("nst3d.preset_add", text="", icon="ADD")
         row.operator("nst3d.preset_add", text="", icon="REMOVE").remove_active = True
