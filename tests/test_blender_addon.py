@@ -556,7 +556,24 @@ def test_jobs_ask_the_worker_to_keep_the_uv_layouts(addon, tmp_path):
     from nst3d.worker import load_job
 
     job = load_job(write_job_file(tmp_path, {"styles": [str(tmp_path / "s.png")]}, None))
-    assert job.keep_uv_layouts
+    assert job.keep_uv_layouts and not job.offline and job.preview_every == 0
+
+
+@pytest.mark.slow
+def test_the_worker_checks_the_add_ons_job_fields(addon, tmp_path):
+    """offline and preview_every, as the panel writes them, and what the worker refuses."""
+    from blender_addon.jobs import write_job_file
+    from nst3d.errors import UserError
+    from nst3d.worker import load_job
+
+    styles = {"styles": [str(tmp_path / "s.png")]}
+    job = load_job(write_job_file(tmp_path, styles, None, {"offline": True, "preview_every": 3}))
+    assert job.offline and job.preview_every == 3 and job.preview_dir == tmp_path.resolve() / "previews"
+    for extra, message in (({"offline": "yes"}, "offline must be true or false"),
+                           ({"preview_every": -1}, "preview_every must be a whole number"),
+                           ({"preview_every": 2.5}, "preview_every must be a whole number")):
+        with pytest.raises(UserError, match=message):
+            load_job(write_job_file(tmp_path, styles, None, extra))
 
 
 def test_a_style_map_by_scene_names_reaches_the_worker_by_export_names(empty_file, style_image, tmp_path):
