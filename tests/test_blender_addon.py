@@ -7,6 +7,7 @@ Undo does work in background mode with the bpy module, and is exercised for real
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -23,7 +24,9 @@ import pytest
 
 # Blender's user folders (presets, extensions) in a private temporary folder, never the tester's own: read when
 # bpy starts, so set before the import.
-os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="nst3d-blender-user-"))
+if "BLENDER_USER_RESOURCES" not in os.environ:
+    os.environ["BLENDER_USER_RESOURCES"] = tempfile.mkdtemp(prefix="nst3d-blender-user-")
+    atexit.register(shutil.rmtree, os.environ["BLENDER_USER_RESOURCES"], True)
 bpy = pytest.importorskip("bpy")
 import addon_utils  # noqa: E402 - only exists once bpy is importable
 
