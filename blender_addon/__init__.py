@@ -16,9 +16,10 @@ bl_info = {  # read only when installed as a classic add-on; extensions use blen
 
 import bpy  # noqa: E402
 
-from . import operators, panel, preferences, properties  # noqa: E402
+from . import live_preview, operators, panel, preferences, prefs_operators, presets, properties, tasks  # noqa: E402
 
-CLASSES = (*properties.CLASSES, *preferences.CLASSES, *operators.CLASSES, *panel.CLASSES)
+CLASSES = (*properties.CLASSES, *preferences.CLASSES, *operators.CLASSES, *prefs_operators.CLASSES,
+           *presets.CLASSES, *panel.CLASSES)
 
 
 @bpy.app.handlers.persistent
@@ -35,12 +36,18 @@ def register() -> None:
         bpy.utils.register_class(cls)
     properties.register_properties()
     bpy.app.handlers.load_pre.append(_cancel_on_load)
+    try:
+        presets.install_shipped_presets()
+    except OSError as exc:  # a read-only user folder: the add-on works, without the shipped presets
+        print(f"nst3d: the Preview and Final presets could not be installed: {exc}")
 
 
 def unregister() -> None:
     if _cancel_on_load in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.remove(_cancel_on_load)
     _cancel_on_load()
+    tasks.cancel_all()
+    live_preview.release()
     properties.unregister_properties()
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

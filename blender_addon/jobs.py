@@ -1,8 +1,7 @@
 """The Blender side of a stylization job (bpy + standard library; never torch, never nst3d).
 
-1. `start_job`: check the selection, export PRIVATE COPIES of the selected meshes to a job folder as GLB
-   (each material renamed to a job key; meshes without UVs get a Smart UV Project into a new UV map on the
-   copy), write job.json and launch the worker. The scene itself is not modified.
+1. `start_job`: check the selection, export PRIVATE COPIES of the selected meshes, modifiers applied, to a job
+   folder as GLB (export.py), write job.json and launch the worker. The scene itself is not modified.
 2. `StylizeJob.tick()` (main thread, on a timer): drain the worker's events, track progress.
 3. `apply_result`: on success, load the stylized textures as NEW images, make NEW `_styled` materials,
    add the new UV maps, and assign them. The original materials and images stay in the file.
@@ -12,7 +11,6 @@ The add-on's operator and scripts/batch_stylize.py both drive jobs through this 
 
 from __future__ import annotations
 
-import array
 import json
 import os
 import shutil
@@ -22,20 +20,11 @@ from typing import Any
 
 import bpy
 
-from .materials import (
-    KEY_PREFIX,
-    STYLED_SUFFIX,
-    UV_MAP_NAME,
-    JobError,
-    Plan,
-    Target,
-    Unwrap,
-    _node_uv_map,
-    _render_uv_map,
-    base_color_image_node,
-    export_material,
-)
+from .environment import managed_python
+from .export import export_job
+from .materials import KEY_PREFIX, JobError, Plan, Target
 from .materials import SOURCE_KEY as SOURCE_KEY  # noqa: F401
+from .materials import UV_MAP_NAME as UV_MAP_NAME  # noqa: F401 - scripts/batch_stylize.py reads it here
 from .materials import apply_result as apply_result  # noqa: F401 - the operators' and batch script's entry
 from .materials import revert_styled as revert_styled  # noqa: F401
 from .option_schema import PANEL_OPTIONS
@@ -116,148 +105,18 @@ def job_options(settings, prefs_device: str = "auto", prefs_weights: str = "") -
     return options
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Export
-
-
-def object_uv_map(ob, unwrapped: set[str]) -> str:
-    """The one UV map an object's textures are laid out in: the new one for unwrapped objects, else the
-    map its first textured material reads (the active render map unless a UV Map node says otherwise)."""
-    if ob.name in unwrapped:
-        return UV_MAP_NAME
-    for slot in ob.material_slots:
-        node = base_color_image_node(slot.material)
-        if node is not None and (name := _node_uv_map(node)) and name in ob.data.uv_layers:
-            return name
-    return _render_uv_map(ob.data)
-
-
-def plan_targets(objects: list[bpy.types.Object], unwrapped: set[str]) -> list[Target]:
-    """Group the objects' material slots into textures.
-
-    A textured material on UVs the object already had keeps one shared texture (as in the original); an
-    untextured material or an empty slot gets a texture per mesh and slot (so two objects with the same
-    plain colour each get their own texture in their own UV layout).
-    """
-    targets: dict[tuple, Target] = {}
-    for ob in objects:
-        uv_map = object_uv_map(ob, unwrapped)
-        slots = list(ob.material_slots) or [None]
-        for index, slot in enumerate(slots):
-            material = slot.material if slot is not None else None
-            node = base_color_image_node(material)
-            textured = node is not None and ob.name not in unwrapped
-            key = ("material", material.name, uv_map) if textured else ("mesh", ob.data.name, index)
-            if key not in targets:
-                stem = material.name if textured else f"{ob.name}_{material.name if material else 'Material'}"
-                targets[key] = Target(key=f"{KEY_PREFIX}m{len(targets)}",
-                                      source=material.name if material else "",
-                                      image=node.image.name if textured else "", uv_map=uv_map,
-                                      styled_name=f"{stem}{STYLED_SUFFIX}")
-            targets[key].slots.append((ob.name, index))
-    return list(targets.values())
-
-
-def export_job(objects: list[bpy.types.Object], folder: Path,
-               context=None) -> tuple[list[Target], list[Unwrap]]:
-    """Export private copies of `objects` to folder/input.glb; the scene is left exactly as it was."""
-    context = context or bpy.context
-    view_layer = context.view_layer
-    view_layer.update()  # world matrices of objects moved since the last depsgraph evaluation
-    selection = {ob.name: ob.select_get() for ob in view_layer.objects}
-    active = view_layer.objects.active.name if view_layer.objects.active else None
-    collection = bpy.data.collections.new(f"{KEY_PREFIX}export")
-    context.scene.collection.children.link(collection)
-    made_objects, made_meshes, made_materials = [], [], []
-    try:
-        copies = {}
-        for i, ob in enumerate(objects):
-            mesh = ob.data.copy()
-            made_meshes.append(mesh)
-            copy = bpy.data.objects.new(f"{KEY_PREFIX}o{i}", mesh)
-            made_objects.append(copy)
-            copy.matrix_world = ob.matrix_world.copy()
-            collection.objects.link(copy)
-            copies[ob.name] = copy
-        unwraps = _unwrap_copies(objects, copies, view_layer)
-        unwrapped = {u.object for u in unwraps}
-        for ob in objects:
-            _keep_only_uv_map(copies[ob.name].data, object_uv_map(ob, unwrapped))
-        targets = plan_targets(objects, unwrapped)
-        for target in targets:
-            source = bpy.data.materials.get(target.source) if target.source else None
-            material = export_material(target, source)
-            made_materials.append(material)
-            for object_name, index in target.slots:
-                copy = copies[object_name]
-                if index < len(copy.material_slots):
-                    copy.material_slots[index].link = "DATA"
-                    copy.data.materials[index] = material
-                else:
-                    copy.data.materials.append(material)
-        for ob in view_layer.objects:
-            ob.select_set(False)
-        for copy in made_objects:
-            copy.select_set(True)
-        view_layer.objects.active = made_objects[0]
-        _export_glb(folder / "input.glb")
-        return targets, unwraps
-    finally:
-        for ob in made_objects:
-            bpy.data.objects.remove(ob)
-        for mesh in made_meshes:
-            bpy.data.meshes.remove(mesh)
-        for material in made_materials:
-            bpy.data.materials.remove(material)
-        bpy.data.collections.remove(collection)
-        for name, was_selected in selection.items():
-            bpy.data.objects[name].select_set(was_selected)
-        view_layer.objects.active = bpy.data.objects.get(active) if active else None
-
-
-def _unwrap_copies(objects, copies, view_layer) -> list[Unwrap]:
-    """Smart UV Project each copy that has no UV map into a new one; the UVs to add on success."""
-    unwraps = []
-    for ob in objects:
-        copy = copies[ob.name]
-        if len(copy.data.uv_layers):
-            continue
-        copy.data.uv_layers.new(name=UV_MAP_NAME)
-        for other in view_layer.objects:
-            other.select_set(False)
-        copy.select_set(True)
-        view_layer.objects.active = copy
-        bpy.ops.object.mode_set(mode="EDIT")
-        try:
-            bpy.ops.mesh.select_all(action="SELECT")
-            bpy.ops.uv.smart_project(angle_limit=1.15192, island_margin=0.02, area_weight=0.0,
-                                     correct_aspect=True, scale_to_bounds=False)
-        finally:
-            bpy.ops.object.mode_set(mode="OBJECT")
-        uvs = array.array("f", [0.0]) * (2 * len(copy.data.loops))
-        copy.data.uv_layers[UV_MAP_NAME].data.foreach_get("uv", uvs)
-        unwraps.append(Unwrap(object=ob.name, mesh=ob.data.name, loops=len(copy.data.loops), uvs=uvs))
-    return unwraps
-
-
-def _keep_only_uv_map(mesh, name: str) -> None:
-    """Leave one UV map on an export copy, so that it is the GLB's TEXCOORD_0."""
-    for layer in list(mesh.uv_layers):
-        if layer.name != name:
-            mesh.uv_layers.remove(layer)
-    if len(mesh.uv_layers):
-        mesh.uv_layers.active = mesh.uv_layers[0]
-        mesh.uv_layers[0].active_render = True
-
-
-def _export_glb(path: Path) -> None:
-    result = bpy.ops.export_scene.gltf(
-        filepath=str(path), export_format="GLB", use_selection=True, export_apply=False,
-        export_materials="EXPORT", export_image_format="AUTO", export_texcoords=True, export_normals=True,
-        export_animations=False, export_skins=False, export_morph=False, export_cameras=False,
-        export_lights=False, export_extras=False, export_yup=True)
-    if "FINISHED" not in result or not path.is_file():
-        raise JobError(f"the glTF export of the selection failed ({result})")
+def panel_style_map(settings) -> dict[str, list[str]]:
+    """The panel's per-material styles as a job's style map {material or object name: [image paths]} (several
+    rows for one name blend their images); raises JobError for a row without a name or an image."""
+    style_map: dict[str, list[str]] = {}
+    for row in settings.style_map:
+        path = bpy.path.abspath(row.path) if row.path else ""
+        if not row.target:
+            raise JobError("a per-material style names no material or object: choose one, or remove the row")
+        if not path or not os.path.isfile(path):
+            raise JobError(f"the per-material style image for {row.target} is not found: {path or '(none)'}")
+        style_map.setdefault(row.target, []).append(os.path.abspath(path))
+    return style_map
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -328,6 +187,7 @@ class StylizeJob:
         self.cancelled = False
         self.crashed = False  # ended without a reason of its own: keep worker.log for the user
         self.finished = False
+        self.preview_path, self.preview_step = "", 0  # the worker's latest "preview" event
         self.process = WorkerProcess(python, plan.job_file, plan.folder / "worker.log")
 
     def tick(self) -> list[Event]:
@@ -357,6 +217,8 @@ class StylizeJob:
             self.step, self.total = int(event.get("step", 0)), int(event.get("total", 0))
             self.loss = float(event.get("loss", 0.0))
             self.stage = str(event.get("stage", "stylizing"))
+        elif kind == "preview":
+            self.preview_path, self.preview_step = str(event.get("path", "")), int(event.get("step", 0))
         elif kind == "start":
             self.stage = "loading"
         elif kind == "done":
@@ -388,7 +250,7 @@ def start_job(objects, options: dict[str, Any], texture_size: int | None = None,
               context=None, extra: dict[str, Any] | None = None) -> StylizeJob:
     """Find the worker's Python, export the selection, launch the worker; JobError: scene unchanged."""
     try:
-        python, _how = find_interpreter(bpy.path.abspath(python_pref) if python_pref else "")
+        python, _how = find_interpreter(bpy.path.abspath(python_pref) if python_pref else "", managed_python())
     except WorkerError as exc:
         raise JobError(str(exc)) from None
     plan = prepare_job(objects, options, texture_size, context, extra=extra)

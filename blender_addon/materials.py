@@ -7,6 +7,7 @@ Target, Unwrap and Plan describe what a job exported (nst3d's job folder) and ho
 from __future__ import annotations
 
 import array
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,8 @@ STYLED_SUFFIX = "_styled"
 SOURCE_KEY = "nst3d_source"  # custom property on styled materials/images: the original's name
 ADDED_SLOT_KEY = "nst3d_added_slot"  # custom property on a mesh: the material slot Stylize added to it
 KEY_PREFIX = "nst3d_"
+#: Blender 5.0 materials always use nodes; reading or setting Material.use_nodes there is deprecated.
+ALWAYS_NODES = bpy.app.version >= (5, 0, 0)
 
 
 class JobError(WorkerError):
@@ -62,11 +65,24 @@ class Plan:
 # Materials
 
 
+def node_tree(material) -> bpy.types.NodeTree | None:
+    """The material's shader nodes when it renders with them (always in Blender 5), else None."""
+    if material is None or material.node_tree is None or not (ALWAYS_NODES or material.use_nodes):
+        return None
+    return material.node_tree
+
+
+def use_nodes(material) -> None:
+    """Make `material` render with its node tree (Blender 4; nothing to do in 5)."""
+    if not ALWAYS_NODES:
+        material.use_nodes = True
+
+
 def base_color_image_node(material) -> bpy.types.Node | None:
     """The Image Texture node (with an image) wired straight into a Principled BSDF's Base Color, if any."""
-    if material is None or not material.use_nodes or material.node_tree is None:
+    if (tree := node_tree(material)) is None:
         return None
-    for node in material.node_tree.nodes:
+    for node in tree.nodes:
         if node.type != "BSDF_PRINCIPLED":
             continue
         socket = node.inputs.get("Base Color")
@@ -81,9 +97,9 @@ def base_color_image_node(material) -> bpy.types.Node | None:
 
 
 def _principled(material) -> bpy.types.Node | None:
-    if material is None or not material.use_nodes or material.node_tree is None:
+    if (tree := node_tree(material)) is None:
         return None
-    return next((n for n in material.node_tree.nodes if n.type == "BSDF_PRINCIPLED"), None)
+    return next((n for n in tree.nodes if n.type == "BSDF_PRINCIPLED"), None)
 
 
 def _base_color(material) -> tuple[float, float, float, float]:
@@ -116,7 +132,7 @@ def export_material(target: Target, source) -> bpy.types.Material:
         material = source.copy()
     else:
         material = bpy.data.materials.new(target.key)
-        material.use_nodes = True
+        use_nodes(material)
         _principled(material).inputs["Base Color"].default_value = _base_color(source)
     material.name = target.key
     return material
@@ -126,10 +142,11 @@ def export_material(target: Target, source) -> bpy.types.Material:
 # Applying the result
 
 
-def apply_result(plan: Plan, result: Event) -> dict[str, list[str]]:
+def apply_result(plan: Plan, result: Event, save_to: str = "") -> dict[str, list[str]]:
     """Add the stylized textures as new images/materials and assign them; returns {object: [new materials]}.
+    With `save_to` (a folder), the textures are also written there, as the CLI names them (texture_file_name).
 
-    Everything is checked and loaded before the first assignment, so a failure leaves the scene unchanged.
+    Everything is checked, loaded and saved before the first assignment, so a failure leaves the scene unchanged.
     """
     files = {t["material"]: t for t in result.get("textures", [])}
     missing = [t.key for t in plan.targets if t.key not in files]
@@ -145,6 +162,8 @@ def apply_result(plan: Plan, result: Event) -> dict[str, list[str]]:
     try:
         for target in plan.targets:
             images.append(_load_image(target, files[target.key]["path"]))
+        if save_to:
+            save_textures(plan.targets, images, Path(save_to), blend_stem())
     except Exception:
         for image in images:
             bpy.data.images.remove(image)
@@ -171,6 +190,42 @@ def apply_result(plan: Plan, result: Event) -> dict[str, list[str]]:
     return assigned
 
 
+def safe_name(name: str) -> str:
+    """nst3d's file-name rule (nst3d.backends.mesh.export.safe_name)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "texture"
+
+
+def blend_stem() -> str:
+    """The name the CLI would give the input: the .blend file's stem ("untitled" before it is saved)."""
+    return Path(bpy.data.filepath).stem if bpy.data.filepath else "untitled"
+
+
+def texture_file_name(stem: str, target: Target, suffix: str) -> str:
+    """<stem>_styled_<material><suffix>, as `nst3d mesh` names a texture of <stem>.glb (its output is
+    <stem>_styled.glb, each texture <output stem>_<material>.png); an untextured slot is <object>_<material>."""
+    return f"{stem}{STYLED_SUFFIX}_{safe_name(target.styled_name.removesuffix(STYLED_SUFFIX))}{suffix}"
+
+
+def save_textures(targets: list[Target], images: list, folder: Path, stem: str) -> list[Path]:
+    """Write each packed stylized image's own bytes into `folder` (made if needed; each file written under a
+    temporary name, then renamed). On failure, the files written so far are removed and JobError says why."""
+    written, tmp = [], None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for target, image in zip(targets, images, strict=True):
+            path = folder / texture_file_name(stem, target, Path(image.filepath_raw).suffix or ".png")
+            tmp = path.with_name(f".{path.name}.part")
+            tmp.write_bytes(image.packed_file.data)
+            tmp.replace(path)
+            written.append(path)
+    except OSError as exc:
+        for path in [*written, *([tmp] if tmp else [])]:
+            path.unlink(missing_ok=True)
+        raise JobError(f"cannot save the textures in {folder}: {exc.strerror or exc}; choose another folder") \
+            from None
+    return written
+
+
 def _load_image(target: Target, path: str) -> bpy.types.Image:
     try:
         image = bpy.data.images.load(path, check_existing=False)
@@ -191,7 +246,7 @@ def styled_material(target: Target, image) -> bpy.types.Material:
         material = source.copy()
     else:
         material = bpy.data.materials.new(target.styled_name)
-        material.use_nodes = True
+        use_nodes(material)
     material.name = target.styled_name
     material[SOURCE_KEY] = target.source
     node = base_color_image_node(material) if target.image else None
@@ -200,7 +255,7 @@ def styled_material(target: Target, image) -> bpy.types.Material:
         return material
     principled = _principled(material)
     if principled is None:
-        material.use_nodes = True
+        use_nodes(material)
         tree = material.node_tree
         tree.nodes.clear()
         output = tree.nodes.new("ShaderNodeOutputMaterial")

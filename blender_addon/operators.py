@@ -1,5 +1,5 @@
 """Operators: Stylize Selected (modal: a timer drains the worker's events, Esc cancels), Cancel, the style
-list, Revert to Originals, and the preferences' Check."""
+list, Revert to Originals. (The preferences' Check and Set up: prefs_operators.py.)"""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import time
 import bpy
 from bpy.props import StringProperty
 
-from . import jobs
+from . import jobs, live_preview
 from .preferences import get_preferences
-from .worker_process import WorkerError, check_worker, describe_check, find_interpreter
 
 #: The one job that may run at a time (the Cancel button and the panel look here).
 ACTIVE: dict = {}  # "job": the running StylizeJob; "assignment_after_last": _assignment() after the last result
@@ -49,11 +48,17 @@ def begin(context) -> jobs.StylizeJob:
     selected = list(context.selected_objects)
     objects = jobs.mesh_objects(selected)
     options = jobs.job_options(settings, prefs.device, prefs.weights_path)
-    job = jobs.start_job(objects, options, settings.texture_size or None, prefs.python_path, context)
+    # offline: Blender's "Allow Online Access" is off (or --offline-mode): the worker must not download weights.
+    # (The headless batch script, run by hand, keeps the worker's own rule: it downloads when none are set.)
+    extra = {"style_map": jobs.panel_style_map(settings) or None, "offline": not bpy.app.online_access,
+             "preview_every": live_preview.interval(settings.steps) if settings.live_preview else 0}
+    job = jobs.start_job(objects, options, settings.texture_size or None, prefs.python_path, context, extra=extra)
     skipped = len(selected) - len(objects)
     job.skipped = skipped
     ACTIVE["job"] = job
     status.running, status.stage, status.step, status.loss = True, "starting", 0, 0.0
+    status.preview_step = 0
+    live_preview.clear()
     status.total = settings.steps
     status.message = f"stylizing {len(objects)} object(s)" + (f"; skipped {skipped}" if skipped else "")
     return job
@@ -65,6 +70,8 @@ def update(context, job: jobs.StylizeJob) -> bool:
     status = _status(context)
     status.stage = "cancelling" if job.cancelled and not job.finished else job.stage
     status.step, status.total, status.loss = job.step, job.total or status.total, job.loss
+    if job.preview_step != status.preview_step and live_preview.show(job.preview_path, job.preview_step):
+        status.preview_step = job.preview_step
     _redraw(context)
     return job.finished
 
@@ -84,13 +91,15 @@ def finish(context, job: jobs.StylizeJob) -> tuple[bool, str]:
                 # previous result is still what the last step holds: then the push would be an undo that does
                 # nothing, between this result and the last one.
                 _undo_push("Before Stylize Selected")
-            assigned = jobs.apply_result(job.plan, job.result)
+            folder = context.scene.nst3d.texture_folder
+            assigned = jobs.apply_result(job.plan, job.result, bpy.path.abspath(folder) if folder else "")
             _undo_push("Stylize Selected")
             ACTIVE["assignment_after_last"] = _assignment()
             ok = True
             materials = sorted({m for names in assigned.values() for m in names})
             message = (f"stylized {len(assigned)} object(s) into {', '.join(materials)}"
                        + (f"; skipped {job.skipped} that are not meshes" if job.skipped else "")
+                       + (f"; textures saved in {bpy.path.abspath(folder)}" if folder else "")
                        + warning_suffix(job.result))
     except jobs.JobError as exc:
         message = str(exc)
@@ -279,6 +288,42 @@ class NST3D_OT_style_remove(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class NST3D_OT_style_map_add(bpy.types.Operator):
+    """Give a material (or object) of the selection its own style image: a new row for the active object's
+    active material"""
+
+    bl_idname = "nst3d.style_map_add"
+    bl_label = "Add Per-Material Style"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        settings = context.scene.nst3d
+        row = settings.style_map.add()
+        ob = context.active_object
+        material = ob.active_material if ob is not None else None
+        row.target = material.name if material is not None else (ob.name if ob is not None else "")
+        settings.style_map_index = len(settings.style_map) - 1
+        return {"FINISHED"}
+
+
+class NST3D_OT_style_map_remove(bpy.types.Operator):
+    """Remove the selected per-material style"""
+
+    bl_idname = "nst3d.style_map_remove"
+    bl_label = "Remove Per-Material Style"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        return len(context.scene.nst3d.style_map) > 0
+
+    def execute(self, context):
+        settings = context.scene.nst3d
+        settings.style_map.remove(settings.style_map_index)
+        settings.style_map_index = max(0, min(settings.style_map_index, len(settings.style_map) - 1))
+        return {"FINISHED"}
+
+
 class NST3D_OT_revert_styled(bpy.types.Operator):
     """Assign the original materials again on the selected objects (the _styled ones stay in the file)"""
 
@@ -294,38 +339,5 @@ class NST3D_OT_revert_styled(bpy.types.Operator):
         return {"FINISHED"} if count else {"CANCELLED"}
 
 
-class NST3D_OT_check_worker(bpy.types.Operator):
-    """Run the nst3d worker's check: versions, device and weights, or the exact problem"""
-
-    bl_idname = "nst3d.check_worker"
-    bl_label = "Check"
-    bl_options = {"REGISTER", "INTERNAL"}
-
-    def execute(self, context):
-        prefs = get_preferences(context)
-        try:
-            python, how = find_interpreter(bpy.path.abspath(prefs.python_path) if prefs.python_path else "")
-            report = check_worker(python, prefs.device, bpy.path.abspath(prefs.weights_path)
-                                  if prefs.weights_path else "")
-        except WorkerError as exc:
-            self._store(prefs, f"Error: {exc}")
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
-        text = f"Python: {python} ({how})\n{describe_check(report)}"
-        self._store(prefs, text)
-        if not report.get("ok"):
-            self.report({"ERROR"}, "; ".join(report.get("problems", [])) or "the worker is not ready")
-            return {"CANCELLED"}
-        self.report({"INFO"}, text.splitlines()[1])
-        return {"FINISHED"}
-
-    @staticmethod
-    def _store(prefs, text: str) -> None:
-        if hasattr(prefs, "bl_rna"):
-            prefs.check_result = text
-        else:
-            type(prefs).check_result = text
-
-
 CLASSES = (NST3D_OT_stylize_selected, NST3D_OT_cancel, NST3D_OT_style_add, NST3D_OT_style_remove,
-           NST3D_OT_revert_styled, NST3D_OT_check_worker)
+           NST3D_OT_style_map_add, NST3D_OT_style_map_remove, NST3D_OT_revert_styled)

@@ -12,6 +12,7 @@ import json
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -23,7 +24,6 @@ Event = dict[str, Any]
 
 #: Seconds between SIGTERM and SIGKILL when cancelling.
 CANCEL_GRACE_S = 5.0
-CHECK_TIMEOUT_S = 180.0
 INTERPRETER_ENV = "NST3D_PYTHON"
 WHERE_TO_SET = "set it in Preferences > Add-ons > nst3d Style Transfer > Python"
 
@@ -32,11 +32,11 @@ class WorkerError(Exception):
     """A readable, one-line reason why a job could not run or did not finish."""
 
 
-def find_interpreter(configured: str = "") -> tuple[str, str]:
+def find_interpreter(configured: str = "", managed: str = "") -> tuple[str, str]:
     """(path to a Python that has nst3d, how it was found). Raises WorkerError with what to do.
 
-    Order: the configured path, $NST3D_PYTHON, Blender's own Python when nst3d is importable there,
-    the interpreter of an `nst3d` console script on PATH.
+    Order: the configured path, $NST3D_PYTHON, `managed` (the environment "Set up nst3d" made, if any),
+    Blender's own Python when nst3d is importable there, the interpreter of an `nst3d` console script on PATH.
     """
     if configured:
         path = Path(configured).expanduser()
@@ -49,13 +49,15 @@ def find_interpreter(configured: str = "") -> tuple[str, str]:
         if not Path(env).is_file():
             raise WorkerError(f"${INTERPRETER_ENV} points to a missing file: {env}")
         return env, f"${INTERPRETER_ENV}"
+    if managed and Path(managed).is_file():
+        return managed, "set up by the add-on"
     if importlib.util.find_spec("nst3d") is not None and sys.executable:
         return sys.executable, "Blender's own Python"
     script = shutil.which("nst3d")
     if script and (python := _shebang_interpreter(Path(script))):
         return python, f"the nst3d command on PATH ({script})"
-    raise WorkerError("no Python with nst3d found: install it (pip install 'nst3d[mesh]') into a "
-                      f"Python 3.10+ and {WHERE_TO_SET}")
+    raise WorkerError("no Python with nst3d found: press \"Set up nst3d\" in the add-on preferences (or install "
+                      f"nst3d[mesh] into a Python 3.11+ and {WHERE_TO_SET})")
 
 
 def _shebang_interpreter(script: Path) -> str | None:
@@ -104,27 +106,6 @@ def explain_exit(python: str, returncode: int, stderr_tail: list[str]) -> str:
     return f"the worker stopped unexpectedly (exit status {returncode}){': ' + last if last else ''}"
 
 
-def check_worker(python: str, device: str = "auto", weights: str = "",
-                 timeout: float = CHECK_TIMEOUT_S) -> Event:
-    """Run `nst3d worker --check`; returns its report (with "ok") or raises WorkerError with the problem."""
-    argv = [python, "-m", "nst3d", "worker", "--check", "--device", device]
-    if weights:
-        argv += ["--weights", weights]
-    proc = _popen(argv, None, python, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                  encoding="utf-8", errors="replace")
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise WorkerError(f"the check did not finish in {timeout:.0f} s "
-                          f"(is {python} the right Python?)") from None
-    report = next((e for e in parse_lines(out.splitlines()) if e.get("event") == "check"), None)
-    if report is None:
-        raise WorkerError(explain_exit(python, proc.returncode, err.splitlines()[-20:]))
-    return report
-
-
 def describe_check(report: Event) -> str:
     """A short human summary of a check report: versions, device, weights, then problems."""
     parts = [f"nst3d {report.get('nst3d', '?')}", f"Python {report.get('python', '?')}",
@@ -155,17 +136,25 @@ def parse_lines(lines) -> list[Event]:
     return events
 
 
-class WorkerProcess:
-    """One running `nst3d worker JOB.json`. Threads only read pipes; `drain()` runs on the main thread."""
+class BackgroundProcess:
+    """One subprocess (argument list, no shell) whose output is read on threads, so that the caller (Blender's
+    main thread, on a timer) never blocks: `drain_lines()` returns the stdout lines received so far, `poll()`
+    the exit status once it has ended. stderr is kept as a tail; `log_file` gets stderr (and stdout too with
+    `log_stdout`)."""
 
-    def __init__(self, python: str, job_file: Path, log_file: Path | None = None):
+    def __init__(self, argv: list[str], python: str, cwd: str | None = None, log_file: Path | None = None,
+                 log_stdout: bool = False, own_group: bool = False):
         self.python = python
-        self.argv = [python, "-m", "nst3d", "worker", str(job_file)]
-        self.events: queue.Queue[Event] = queue.Queue()
+        self.argv = argv
+        self.lines: queue.Queue[str] = queue.Queue()
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
-        self._log = open(log_file, "w", encoding="utf-8") if log_file else None  # noqa: SIM115 - closed in close()
-        self.proc = _popen(self.argv, str(job_file.parent), python, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", bufsize=1)
+        self._log = open(log_file, "a", encoding="utf-8") if log_file else None  # noqa: SIM115 - closed in close()
+        self._log_stdout = log_stdout
+        # own_group (POSIX): the process leads a new process group, so cancel() also stops what it started
+        # (pip's build steps, ensurepip), not just the process itself.
+        self._group = own_group and os.name == "posix"
+        self.proc = _popen(argv, cwd, python, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           encoding="utf-8", errors="replace", bufsize=1, start_new_session=self._group)
         self._cancel_at: float | None = None
         self._readers = [threading.Thread(target=self._read_stdout, daemon=True),
                          threading.Thread(target=self._read_stderr, daemon=True)]
@@ -174,8 +163,9 @@ class WorkerProcess:
 
     def _read_stdout(self) -> None:
         for line in self.proc.stdout:
-            for event in parse_lines([line]):
-                self.events.put(event)
+            self.lines.put(line.rstrip("\n"))
+            if self._log is not None and self._log_stdout:
+                self._log.write(line)
 
     def _read_stderr(self) -> None:
         for line in self.proc.stderr:
@@ -183,38 +173,47 @@ class WorkerProcess:
             if self._log is not None:
                 self._log.write(line)
 
-    def drain(self) -> list[Event]:
-        """Every event received since the last call (main thread; never blocks)."""
+    def drain_lines(self) -> list[str]:
+        """Every stdout line received since the last call (never blocks)."""
         drained = []
         while True:
             try:
-                drained.append(self.events.get_nowait())
+                drained.append(self.lines.get_nowait())
             except queue.Empty:
                 return drained
 
     def cancel(self) -> None:
-        """Ask the worker to stop (SIGTERM: it cancels and writes nothing); SIGKILL after a grace period."""
+        """Ask the process to stop (SIGTERM); SIGKILL after a grace period (see poll)."""
         if self.proc.poll() is None and self._cancel_at is None:
             self._cancel_at = time.monotonic()
-            self.proc.terminate()
+            self._signal(signal.SIGTERM)
+
+    def _signal(self, signum: int) -> None:
+        try:
+            if self._group:
+                os.killpg(self.proc.pid, signum)
+            else:
+                self.proc.send_signal(signum)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     @property
     def cancelling(self) -> bool:
         return self._cancel_at is not None
 
     def poll(self) -> int | None:
-        """The exit status once the worker has ended and its pipes are read to the end, else None."""
+        """The exit status once the process has ended and its pipes are read to the end, else None."""
         if self._cancel_at is not None and self.proc.poll() is None \
                 and time.monotonic() - self._cancel_at > CANCEL_GRACE_S:
-            self.proc.kill()
+            self._signal(getattr(signal, "SIGKILL", signal.SIGTERM))
         if self.proc.poll() is None or any(r.is_alive() for r in self._readers):
             return None
         return self.proc.returncode
 
     def close(self) -> None:
-        """Stop the worker if it still runs, and release its pipes and log."""
+        """Stop the process if it still runs, and release its pipes and log."""
         if self.proc.poll() is None:
-            self.proc.kill()
+            self._signal(getattr(signal, "SIGKILL", signal.SIGTERM))
             self.proc.wait()
         for reader in self._readers:
             reader.join(timeout=2)
@@ -224,3 +223,30 @@ class WorkerProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+class WorkerProcess(BackgroundProcess):
+    """One running `nst3d worker JOB.json`; `drain()` returns its events (main thread, never blocks)."""
+
+    def __init__(self, python: str, job_file: Path, log_file: Path | None = None):
+        if log_file is not None:
+            log_file.write_text("", encoding="utf-8")
+        super().__init__([python, "-m", "nst3d", "worker", str(job_file)], python, str(job_file.parent), log_file)
+
+    def drain(self) -> list[Event]:
+        """Every event received since the last call."""
+        return parse_lines(self.drain_lines())
+
+
+def check_argv(python: str, device: str = "auto", weights: str = "") -> list[str]:
+    """The worker's `--check` command line."""
+    argv = [python, "-m", "nst3d", "worker", "--check", "--device", device]
+    return argv + ["--weights", weights] if weights else argv
+
+
+def check_report(python: str, returncode: int, stdout_lines: list[str], stderr_tail: list[str]) -> Event:
+    """The report of a finished `--check` run, or WorkerError with why there is none."""
+    report = next((e for e in parse_lines(stdout_lines) if e.get("event") == "check"), None)
+    if report is None:
+        raise WorkerError(explain_exit(python, returncode, stderr_tail[-20:]))
+    return report

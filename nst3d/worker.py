@@ -5,12 +5,15 @@ Blender never imports torch. The job file (paths relative to the job file's fold
 
     {"nst3d_job": 1, "kind": "mesh", "input": "input.glb", "output_dir": "out",
      "options": {"styles": ["starry.jpg"], "steps": 200, ...},   # 1:1 nst3d.options.StyleOptions fields
-     "texture_size": 512, "style_map": null, "export_format": "glb"}
+     "texture_size": 512, "style_map": null, "export_format": "glb",
+     "offline": false,   # true: never download (Blender's online access is off); missing weights: an error
+     "preview_every": 0} # N > 0: a "preview" event every N optimisation steps (PNGs in <job folder>/previews)
 
 Events, one JSON object per line on stdout (everything else the process prints goes to stderr):
     {"event": "start", ...}
     {"event": "progress", "stage", "step", "total", "loss" (optimising only), "unit" (when not a step), ...}
     {"event": "message", "text"}   {"event": "warning", "text"} (bad but usable input, e.g. a missing texture)
+    {"event": "preview", "step", "total", "path"} (a small PNG of one held-out view; nst3d.worker_preview)
     {"event": "done", "outputs": [...], "textures": [{"material", "path", "factor"}], "report": {...}}
         (report: nst3d.pipelines.report.Report as JSON, the same keys as every command's report.json)
     {"event": "error", "message": "one line"}   {"event": "cancelled"}
@@ -58,6 +61,9 @@ class Job:
     export_format: str = "glb"
     shading: str = "none"
     keep_uv_layouts: bool = False  # the caller applies textures to its own UVs (see nst3d.backends.mesh.load)
+    offline: bool = False  # never download the VGG-19 weights (the host application forbids network access)
+    preview_every: int = 0  # a "preview" event every N optimisation steps (0: none)
+    preview_dir: Path | None = None  # where the preview PNGs go (the job file's folder / "previews")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -86,7 +92,8 @@ def job_from_dict(data: Any, base: Path) -> Job:
         raise UserError(f"job file version {data.get('nst3d_job')!r} is not supported (expected "
                         f"\"nst3d_job\": {JOB_VERSION}); update the add-on and nst3d together")
     mesh_fields = {"texture_size", "shading", "export_format"}
-    known = {"nst3d_job", "kind", "input", "output_dir", "options", "style_map", "keep_uv_layouts", *mesh_fields}
+    known = {"nst3d_job", "kind", "input", "output_dir", "options", "style_map", "keep_uv_layouts", "offline",
+             "preview_every", *mesh_fields}
     if unknown := sorted(set(data) - known):
         raise UserError(f"job file has unknown keys {', '.join(unknown)}")
     kind = data.get("kind")
@@ -99,13 +106,17 @@ def job_from_dict(data: Any, base: Path) -> Job:
         mesh = from_mapping(MeshOptions, {k: data[k] for k in mesh_fields if k in data}, base, what="job")
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    keep_uv_layouts = data.get("keep_uv_layouts", False)
-    if not isinstance(keep_uv_layouts, bool):
-        raise UserError(f"job keep_uv_layouts must be true or false, got {keep_uv_layouts!r}")
+    flags = {key: data.get(key, False) for key in ("keep_uv_layouts", "offline")}
+    for key, value in flags.items():
+        if not isinstance(value, bool):
+            raise UserError(f"job {key} must be true or false, got {value!r}")
+    preview_every = data.get("preview_every", 0)
+    if isinstance(preview_every, bool) or not isinstance(preview_every, int) or preview_every < 0:
+        raise UserError(f"job preview_every must be a whole number of steps (0: no previews), got {preview_every!r}")
     return Job(kind=kind, input=_path(data["input"], base), output_dir=_path(data["output_dir"], base),
                options=options_from_dict(data.get("options") or {}, base), texture_size=mesh.texture_size,
                style_map=_style_map(data.get("style_map"), base), export_format=mesh.export_format,
-               shading=mesh.shading, keep_uv_layouts=keep_uv_layouts)
+               shading=mesh.shading, **flags, preview_every=preview_every, preview_dir=base / "previews")
 
 
 def _style_map(value: Any, base: Path) -> dict[str, list[Path]] | None:
@@ -189,16 +200,22 @@ def run_job(job: Job, on_event: Callable[[Event], None],
         raise UserError(f"job kind {job.kind!r} is not supported")
     try:
         from nst3d.pipelines.mesh import stylize_mesh_file
+        from nst3d.worker_preview import Previews
     except ModuleNotFoundError as exc:
         raise UserError(f"this nst3d installation cannot stylize meshes (missing module {exc.name}); "
                         "install it with: pip install 'nst3d[mesh]'") from None
     if not job.input.is_file():
         raise UserError(f"job input not found: {job.input}")
+    if job.offline:
+        job.options.weights = offline_weights(job.options.weights)
     started = time.perf_counter()
+    sink = _without_done(on_event)
+    previews = Previews(job.preview_every, job.preview_dir, sink) if job.preview_every else None
     report = stylize_mesh_file(job.input, job.output_dir, job.options, job.style_map,
                                texture_size=job.texture_size, export_format=job.export_format,
                                shading=job.shading, keep_uv_layouts=job.keep_uv_layouts,
-                               on_event=_without_done(on_event), should_stop=should_stop)
+                               on_event=previews or sink, should_stop=should_stop,
+                               on_adapter=(lambda adapter: setattr(previews, "adapter", adapter)) if previews else None)
     outputs = sorted(str(p) for p in job.output_dir.rglob("*") if p.is_file())
     asset = Path(report.outputs["asset"])
     textures = []
@@ -206,6 +223,17 @@ def run_job(job: Job, on_event: Callable[[Event], None],
         textures = extract_base_color_textures(asset, job.output_dir / "textures", source=job.input)
     return {"event": "done", "outputs": outputs, "textures": textures, "report": report.to_dict(),
             "seconds": time.perf_counter() - started}
+
+
+def offline_weights(weights: Path | None) -> Path:
+    """The VGG-19 weights file, never downloaded; UserError saying where to put one."""
+    from nst3d.features import TORCHVISION_FILE, WEIGHTS_ENV, hub_checkpoint_path, resolve_weights
+
+    if weights or os.environ.get(WEIGHTS_ENV) or hub_checkpoint_path().is_file():
+        return resolve_weights(weights, download=False)
+    raise UserError(f"no VGG-19 weights, and online access is off so they cannot be downloaded: put "
+                    f"{TORCHVISION_FILE} in {hub_checkpoint_path().parent}, or choose a weights file "
+                    f"(the add-on preferences' VGG-19 Weights, or ${WEIGHTS_ENV})")
 
 
 def _without_done(on_event: Callable[[Event], None]) -> Callable[[Event], None]:

@@ -7,7 +7,9 @@
 
 Without --blender the zip is written with zipfile, laid out as Blender's own builder does (files at the
 archive root, no __pycache__ or dot-files); if Blender's extension tool is importable here (the `bpy`
-module ships it) the manifest is validated with it first.
+module ships it) the manifest is validated with it first. The zip also carries nst3d itself as a wheel
+(wheels/nst3d-<version>-py3-none-any.whl, built with `pip wheel --no-deps` from this checkout): the add-on's
+"Set up nst3d" installs it from there, so an artist needs no checkout (--no-wheel leaves it out).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -48,9 +51,21 @@ def addon_files(source: Path) -> list[Path]:
     return files
 
 
-def write_zip(source: Path, target: Path, prefix: str = "") -> Path:
-    """Zip `source`'s add-on files into `target`; written atomically. With a `prefix` (a classic add-on
-    zip: one top folder) the manifest is left out, so that Blender installs it as a legacy add-on."""
+def build_wheel(out_dir: Path) -> Path:
+    """nst3d's wheel from this checkout (no dependencies; setuptools from this Python, no download)."""
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                             "--disable-pip-version-check", "-w", str(out_dir), str(REPO)],
+                            capture_output=True, text=True)
+    found = sorted(out_dir.glob("nst3d-*.whl"))
+    if result.returncode != 0 or not found:
+        raise SystemExit(f"build_addon: cannot build the nst3d wheel: {(result.stderr or result.stdout).strip()}")
+    return found[-1]
+
+
+def write_zip(source: Path, target: Path, prefix: str = "", extra: list[tuple[Path, str]] = ()) -> Path:
+    """Zip `source`'s add-on files into `target`, plus `extra` (file, name in the zip); written atomically.
+    With a `prefix` (a classic add-on zip: one top folder) the manifest is left out, so that Blender installs
+    it as a legacy add-on."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.part")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
@@ -58,6 +73,8 @@ def write_zip(source: Path, target: Path, prefix: str = "") -> Path:
             name = path.relative_to(source).as_posix()
             if prefix and name == "blender_manifest.toml":
                 continue
+            archive.write(path, f"{prefix}/{name}" if prefix else name)
+        for path, name in extra:
             archive.write(path, f"{prefix}/{name}" if prefix else name)
     tmp.replace(target)
     return target
@@ -86,7 +103,7 @@ def validate(source: Path) -> None:
 
 
 def build(source: Path = SOURCE, out_dir: Path = REPO / "dist", classic: bool = False,
-          blender: str | None = None) -> Path:
+          blender: str | None = None, wheel: bool = True) -> Path:
     """Build the package; returns the path of the zip."""
     version = manifest_value(source, "version")
     if blender:
@@ -96,9 +113,12 @@ def build(source: Path = SOURCE, out_dir: Path = REPO / "dist", classic: bool = 
                         "--source-dir", str(source), "--output-dir", str(out_dir)], check=True)
         return out_dir / f"{manifest_value(source, 'id')}-{version}.zip"
     validate(source)
-    if classic:
-        return write_zip(source, out_dir / f"{CLASSIC_FOLDER}-{version}-classic.zip", prefix=CLASSIC_FOLDER)
-    return write_zip(source, out_dir / f"{manifest_value(source, 'id')}-{version}.zip")
+    with tempfile.TemporaryDirectory(prefix="nst3d-wheel-") as tmp:
+        built = build_wheel(Path(tmp)) if wheel else None
+        extra = [(built, f"wheels/{built.name}")] if built else []
+        if classic:
+            return write_zip(source, out_dir / f"{CLASSIC_FOLDER}-{version}-classic.zip", CLASSIC_FOLDER, extra)
+        return write_zip(source, out_dir / f"{manifest_value(source, 'id')}-{version}.zip", extra=extra)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,9 +126,10 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-o", "--out-dir", type=Path, default=REPO / "dist", help="where to write the zip")
     parser.add_argument("--classic", action="store_true", help="a legacy add-on zip (one top folder) instead")
-    parser.add_argument("--blender", metavar="EXE", help="build with `EXE --command extension build`")
+    parser.add_argument("--blender", metavar="EXE", help="build with `EXE --command extension build` (no wheel)")
+    parser.add_argument("--no-wheel", action="store_true", help="leave nst3d's own wheel out of the zip")
     args = parser.parse_args(argv)
-    print(build(SOURCE, args.out_dir, args.classic, args.blender))
+    print(build(SOURCE, args.out_dir, args.classic, args.blender, wheel=not args.no_wheel))
     return 0
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up ./.venv with nst3d and what it needs. Idempotent: a second run with nothing changed takes a second.
 #   scripts/setup.sh            core + meshes + splats + batch (Ray) + dev tools
-#   scripts/setup.sh --all      also nerfstudio and the bpy module (what the test suite uses)
+#   scripts/setup.sh --all      also nerfstudio and the bpy module (what the test suite uses), and .venv-bpy5
+#                               (Blender 5.0's bpy over .venv, for the add-on tests; scripts/setup_bpy5.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +27,11 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then
 fi
 
 stamp_value="$extras $(cat pyproject.toml scripts/constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)"
+bpy5() {  # --all: the Blender 5.0 add-on job's .venv-bpy5, layered over .venv (see scripts/setup_bpy5.sh)
+  if [[ ",$extras," == *",blender,"* ]]; then bash scripts/setup_bpy5.sh; fi
+}
 if [[ -x .venv/bin/python && -f .venv/.nst3d-setup && "$(cat .venv/.nst3d-setup)" == "$stamp_value" ]]; then
+  bpy5
   exit 0
 fi
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv
@@ -42,3 +47,4 @@ if [[ ",$extras," == *",nerf,"* ]]; then
 fi
 echo "$stamp_value" > .venv/.nst3d-setup
 echo "setup: .venv ready ($extras)" >&2
+bpy5

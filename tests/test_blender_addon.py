@@ -7,18 +7,26 @@ Undo does work in background mode with the bpy module, and is exercised for real
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+# Blender's user folders (presets, extensions) in a private temporary folder, never the tester's own: read when
+# bpy starts, so set before the import.
+if "BLENDER_USER_RESOURCES" not in os.environ:
+    os.environ["BLENDER_USER_RESOURCES"] = tempfile.mkdtemp(prefix="nst3d-blender-user-")
+    atexit.register(shutil.rmtree, os.environ["BLENDER_USER_RESOURCES"], True)
 bpy = pytest.importorskip("bpy")
 import addon_utils  # noqa: E402 - only exists once bpy is importable
 
@@ -57,6 +65,13 @@ def prefs(addon):
     preferences.device = "auto"
     preferences.keep_job_files = False
     preferences.check_result = ""
+    preferences.setup_source, preferences.setup_wheels = "cpu", ""
+    preferences.setup_base_python, preferences.setup_reuse = "", False
+    status = bpy.context.window_manager.nst3d
+    status.setup_error = status.setup_message = ""
+    from blender_addon import tasks
+
+    tasks.cancel_all()
 
 
 @pytest.fixture
@@ -88,6 +103,22 @@ def style_image(tmp_path_factory) -> Path:
     return path
 
 
+def use_nodes(material) -> None:
+    if bpy.app.version < (5, 0, 0):  # always on, and deprecated, in Blender 5
+        material.use_nodes = True
+
+
+@pytest.fixture(autouse=True)
+def no_deprecated_api_in_the_addon():
+    """Every test fails when the add-on's own code touches an API its Blender version deprecates."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DeprecationWarning)
+        yield
+    ours = [f"{Path(w.filename).name}:{w.lineno}: {w.message}" for w in caught
+            if issubclass(w.category, DeprecationWarning) and str(REPO / ADDON) in w.filename]
+    assert not ours, ours
+
+
 def build_scene():
     """A textured cube (own UVs, a packed checker image) and an untextured red icosphere without UVs."""
     import bmesh
@@ -112,7 +143,7 @@ def build_scene():
     image.pixels.foreach_set(pixels.astype(np.float32).ravel())
     image.pack()
     material = bpy.data.materials.new("Painted")
-    material.use_nodes = True
+    use_nodes(material)
     tree = material.node_tree
     texture = tree.nodes.new("ShaderNodeTexImage")
     texture.image = image
@@ -128,7 +159,7 @@ def build_scene():
     scene.collection.objects.link(ball)
     ball.location = (1.5, 0.0, 0.0)
     red = bpy.data.materials.new("Red")
-    red.use_nodes = True
+    use_nodes(red)
     red.node_tree.nodes["Principled BSDF"].inputs["Base Color"].default_value = (0.8, 0.1, 0.1, 1.0)
     ball_mesh.materials.append(red)
     for ob in (cube, ball):
@@ -219,6 +250,24 @@ def test_panel_properties_agree_with_the_schema(addon):
     assert tuple(item[0] for item in DEVICE_ITEMS) == DEVICES
 
 
+def test_a_length_option_is_shown_in_scene_units(addon):
+    """An option the schema marks as a length (a stroke scale in world units) uses the scene's length unit."""
+    from blender_addon.properties import panel_property
+
+    spec = {"label": "Stroke Scale", "help": "stroke size in world units", "kind": "float", "default": 0.1,
+            "group": "options", "minimum": 0.0, "unit": "length"}
+
+    class Probe(bpy.types.PropertyGroup):
+        __annotations__ = {"value": panel_property(spec)}
+
+    bpy.utils.register_class(Probe)
+    try:
+        prop = Probe.bl_rna.properties["value"]
+        assert (prop.subtype, prop.unit, prop.default) == ("DISTANCE", "LENGTH", pytest.approx(0.1))
+    finally:
+        bpy.utils.unregister_class(Probe)
+
+
 def test_addon_never_imports_torch_or_nst3d():
     """Blender's side is bpy + stdlib: no module of the add-on imports torch, numpy or nst3d."""
     import ast
@@ -245,12 +294,92 @@ def test_style_list_operators(empty_file, style_image):
     assert len(settings.styles) == 1
 
 
+def _preset_values(path: Path) -> dict:
+    """The settings a preset file sets: {name: value}."""
+    import ast
+
+    values = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Attribute):
+            values[node.targets[0].attr] = ast.literal_eval(node.value)
+    return values
+
+
+def test_presets_shipped_applied_saved_and_removed(empty_file):
+    """Preview and Final are installed into the user's presets folder; choosing one sets the panel; + saves every
+    panel option as a new preset, - removes the chosen one."""
+    from blender_addon.option_schema import PANEL_OPTIONS
+    from blender_addon.presets import user_preset_folder
+
+    folder = user_preset_folder()
+    assert str(folder).startswith(os.environ["BLENDER_USER_RESOURCES"])
+    assert {"Preview.py", "Final.py"} <= {p.name for p in folder.iterdir()}
+    preview, final = _preset_values(folder / "Preview.py"), _preset_values(folder / "Final.py")
+    assert preview["steps"] < final["steps"] and preview["size"] < final["size"]  # small and fast
+    settings = bpy.context.scene.nst3d
+    for name, values in (("Preview", preview), ("Final", final)):
+        bpy.ops.script.execute_preset(filepath=str(folder / f"{name}.py"), menu_idname="NST3D_MT_presets")
+        assert {key: getattr(settings, key) for key in values} == values
+        assert bpy.types.NST3D_MT_presets.bl_label == name
+
+    settings.steps, settings.loss, settings.strength = 42, "adain", 3.5
+    assert bpy.ops.nst3d.preset_add(name="Mine") == {"FINISHED"}
+    mine = _preset_values(folder / "Mine.py")
+    assert mine.keys() == PANEL_OPTIONS.keys() and (mine["steps"], mine["loss"]) == (42, "adain")
+    bpy.ops.script.execute_preset(filepath=str(folder / "Final.py"), menu_idname="NST3D_MT_presets")
+    assert settings.steps == final["steps"]
+    bpy.ops.script.execute_preset(filepath=str(folder / "Mine.py"), menu_idname="NST3D_MT_presets")
+    assert (settings.steps, settings.loss, settings.strength) == (42, "adain", 3.5)
+    assert bpy.ops.nst3d.preset_add(remove_active=True) == {"FINISHED"}
+    assert not (folder / "Mine.py").exists() and (folder / "Final.py").exists()
+
+
+def test_per_material_styles_from_the_panel(empty_file, prefs, style_image, tmp_path):
+    """Rows of the panel's per-material list become the job's style map (by the exported names); a row without
+    an image stops the run before anything is exported."""
+    from blender_addon import operators
+
+    build_scene()
+    settings = bpy.context.scene.nst3d
+    set_style(settings, style_image)
+    bpy.context.view_layer.objects.active = bpy.data.objects["Plain"]
+    assert bpy.ops.nst3d.style_map_add() == {"FINISHED"}
+    row = settings.style_map[0]
+    assert row.target == "Red"  # the active object's active material
+    _stylize_fails("per-material style image for Red is not found")
+    other = tmp_path / "other.png"
+    shutil.copyfile(style_image, other)
+    row.path = str(other)
+    bpy.ops.nst3d.style_map_add()
+    settings.style_map[1].target, settings.style_map[1].path = "Textured", str(style_image)  # an object
+    from blender_addon.properties import _style_map_names
+
+    offered = _style_map_names(row, bpy.context, "")  # the name field's search: the selection's names
+    assert {("Red", "material"), ("Painted", "material"), ("Textured", "object"), ("Plain", "object")} == set(offered)
+    prefs.python_path = sys.executable
+    job = operators.begin(bpy.context)
+    try:
+        style_map = json.loads(job.plan.job_file.read_text())["style_map"]
+    finally:
+        operators.cancel_active()
+        while not operators.update(bpy.context, job):
+            time.sleep(0.05)
+        operators.finish(bpy.context, job)
+    red = next(t.key for t in job.plan.targets if t.source == "Red")
+    textured = job.plan.objects.index("Textured")
+    assert style_map == {red: [str(other)], f"nst3d_o{textured}": [str(style_image)]}
+    bpy.ops.nst3d.style_map_remove()
+    assert [r.target for r in settings.style_map] == ["Red"]
+    assert "NST3D_UL_style_map" in dir(bpy.types)
+
+
 class LayoutRecorder:
     """Stands in for UILayout, which needs a window to exist (none in background mode). It checks what the
     real one would: every property drawn exists on its data, every operator is registered."""
 
     def __init__(self):
         self.props, self.operators, self.labels, self.progress_text, self.enabled = [], [], [], None, True
+        self.icons = []
 
     def row(self, **_kw):
         return self
@@ -262,9 +391,18 @@ class LayoutRecorder:
         self.props.append(name)
 
     def operator(self, idname, **_kw):
+        from types import SimpleNamespace
+
         module, name = idname.split(".")
         assert getattr(getattr(bpy.ops, module), name).get_rna_type() is not None
         self.operators.append(idname)
+        return SimpleNamespace()  # the operator's properties, set by the panel
+
+    def template_icon(self, icon_value=0, scale=1.0):
+        self.icons.append(icon_value)
+
+    def menu(self, menu, **_kw):
+        assert hasattr(bpy.types, menu)
 
     def label(self, text="", **_kw):
         self.labels.append(text)
@@ -296,7 +434,7 @@ def test_panel_draws_every_state(empty_file):
     status = bpy.context.window_manager.nst3d
     status.error = "the worker stopped unexpectedly (exit status 139): Segmentation fault (core dumped)"
     failed = _draw_panel()
-    assert " ".join(failed.labels[1:]) == status.error  # wrapped over lines, nothing lost
+    assert " ".join(failed.labels[2:]) == status.error  # wrapped over lines, nothing lost (after 2 headings)
 
     operators.ACTIVE["job"] = "running"
     try:
@@ -309,16 +447,12 @@ def test_panel_draws_every_state(empty_file):
 
 
 def test_preferences_draw(prefs):
-    layout = LayoutRecorder()
-
-    class Drawn:
-        def __getattr__(self, name):
-            return layout if name == "layout" else getattr(prefs, name)
-
     prefs.check_result = "Python: x\nProblem: torch cannot be imported"
-    type(prefs).draw(Drawn(), bpy.context)
-    assert layout.props == ["python_path", "device", "weights_path", "keep_job_files"]
-    assert layout.operators == ["nst3d.check_worker"] and "Problem: torch cannot be imported" in layout.labels
+    layout = _draw_preferences(prefs)
+    assert layout.props == ["setup_source", "setup_base_python", "setup_reuse", "python_path", "device",
+                            "weights_path", "keep_job_files"]
+    assert "nst3d.setup" in layout.operators
+    assert layout.operators[-1] == "nst3d.check_worker" and "Problem: torch cannot be imported" in layout.labels
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -394,6 +528,26 @@ def test_worker_error_is_shown(empty_file, prefs, real_weights, tmp_path):
     assert "Traceback" not in error and "\n" not in error
 
 
+def test_offline_blender_never_downloads_weights(empty_file, prefs, style_image, tmp_path):
+    """Blender's online access is off (the bpy module's default): the job tells the worker to stay offline,
+    and with no weights set or cached the panel says where to put them (the hub cache is empty here)."""
+    assert not bpy.app.online_access
+    build_scene()
+    set_style(bpy.context.scene.nst3d, style_image)
+    prefs.python_path = sys.executable
+    error = _stylize_fails("online access is off")
+    hub = Path(os.environ["TORCH_HOME"]) / "hub" / "checkpoints"
+    assert f"put vgg19-dcbb9e9d.pth in {hub}" in error and "\n" not in error
+    assert not hub.exists()  # nothing was downloaded, not even a partial file
+
+
+def test_the_manifest_asks_for_network_access():
+    import tomllib
+
+    manifest = tomllib.loads((REPO / ADDON / "blender_manifest.toml").read_text())
+    assert {"files", "network"} <= set(manifest["permissions"])
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The real thing
 
@@ -405,7 +559,24 @@ def test_jobs_ask_the_worker_to_keep_the_uv_layouts(addon, tmp_path):
     from nst3d.worker import load_job
 
     job = load_job(write_job_file(tmp_path, {"styles": [str(tmp_path / "s.png")]}, None))
-    assert job.keep_uv_layouts
+    assert job.keep_uv_layouts and not job.offline and job.preview_every == 0
+
+
+@pytest.mark.slow
+def test_the_worker_checks_the_add_ons_job_fields(addon, tmp_path):
+    """offline and preview_every, as the panel writes them, and what the worker refuses."""
+    from blender_addon.jobs import write_job_file
+    from nst3d.errors import UserError
+    from nst3d.worker import load_job
+
+    styles = {"styles": [str(tmp_path / "s.png")]}
+    job = load_job(write_job_file(tmp_path, styles, None, {"offline": True, "preview_every": 3}))
+    assert job.offline and job.preview_every == 3 and job.preview_dir == tmp_path.resolve() / "previews"
+    for extra, message in (({"offline": "yes"}, "offline must be true or false"),
+                           ({"preview_every": -1}, "preview_every must be a whole number"),
+                           ({"preview_every": 2.5}, "preview_every must be a whole number")):
+        with pytest.raises(UserError, match=message):
+            load_job(write_job_file(tmp_path, styles, None, extra))
 
 
 def test_a_style_map_by_scene_names_reaches_the_worker_by_export_names(empty_file, style_image, tmp_path):
@@ -433,7 +604,7 @@ def test_worker_warnings_reach_the_panel_message(addon):
     assert warning_suffix({"report": {"warnings": ["a palette", "b"]}}) == "; warning: a palette (+1 more)"
 
 
-def test_stylize_selected_end_to_end_and_undo(empty_file, prefs, style_image, real_weights):
+def test_stylize_selected_end_to_end_and_undo(empty_file, prefs, style_image, real_weights, tmp_path):
     cube, ball = build_scene()
     set_style(bpy.context.scene.nst3d, style_image, steps=4)
     prefs.weights_path = str(real_weights)
@@ -448,10 +619,21 @@ def test_stylize_selected_end_to_end_and_undo(empty_file, prefs, style_image, re
     bpy.context.scene.collection.objects.link(bare)
     bare.select_set(True)
 
+    bpy.context.scene.nst3d.texture_folder = str(tmp_path / "textures")
+    row = bpy.context.scene.nst3d.style_map.add()  # a per-material style: the worker takes the panel's map
+    row.target, row.path = "Red", str(style_image)
     assert bpy.ops.nst3d.stylize_selected() == {"FINISHED"}
 
     status = bpy.context.window_manager.nst3d
     assert status.error == "" and "stylized 3 object(s)" in status.message
+    assert f"textures saved in {tmp_path / 'textures'}" in status.message
+    # the saved files: named as `nst3d mesh untitled.glb` names its textures, the packed images' very bytes
+    saved = {p.name: p.read_bytes() for p in (tmp_path / "textures").iterdir()}
+    packed = {name: bpy.data.images[image].packed_file.data for name, image in (
+        ("untitled_styled_Painted.png", "Checker_styled"), ("untitled_styled_Plain_Red.png", "Plain_Red_styled"),
+        ("untitled_styled_Bare_Material.png", "Bare_Material_styled"))}
+    assert saved.keys() == packed.keys() and all(saved[name] == packed[name] for name in saved)
+    assert all(data.startswith(b"\x89PNG") for data in saved.values())
     assert "skipped 1 that are not meshes" in status.message  # the note survives to the final message
     assert len(bpy.data.objects["Bare"].material_slots) == 1  # given a slot for its stylized texture
     assert status.step == status.total == 4
@@ -494,6 +676,23 @@ def test_stylize_selected_end_to_end_and_undo(empty_file, prefs, style_image, re
     assert "Painted_styled" in bpy.data.materials
 
 
+def test_saving_textures_into_an_unusable_folder_says_so(addon, tmp_path):
+    from blender_addon.materials import JobError, Target, save_textures
+
+    image = bpy.data.images.new("Saved", 4, 4)
+    image.filepath_raw = str(tmp_path / "x.png")
+    image.file_format = "PNG"
+    image.save()
+    image.pack()
+    target = Target(key="nst3d_m0", source="Wood", image="", uv_map="UVMap", styled_name="Wood_styled")
+    assert [p.name for p in save_textures([target], [image], tmp_path / "out", "chair")] == ["chair_styled_Wood.png"]
+    blocked = tmp_path / "file"
+    blocked.write_text("a file, not a folder")
+    with pytest.raises(JobError, match=f"cannot save the textures in {blocked}"):
+        save_textures([target], [image], blocked / "sub", "chair")
+    bpy.data.images.remove(image)
+
+
 def test_each_of_two_stylizations_is_one_undo(empty_file, prefs, style_image, real_weights):
     """A second Stylize pushed a 'before' step equal to the first result's: an undo that did nothing between them."""
     build_scene()
@@ -508,6 +707,103 @@ def test_each_of_two_stylizations_is_one_undo(empty_file, prefs, style_image, re
     assert painted() == first
     bpy.ops.ed.undo()
     assert painted() == "Painted"
+
+
+def _glb_bounds(path: Path) -> np.ndarray:
+    """[2, 3] min and max corner of a GLB's vertices, in Blender's axes (glTF is Y-up: x, -z, y)."""
+    import trimesh
+
+    scene = trimesh.load(path, force="scene")
+    points = np.concatenate([geometry.vertices for geometry in scene.dump()])
+    blender = np.stack([points[:, 0], -points[:, 2], points[:, 1]], axis=1)
+    return np.stack([blender.min(axis=0), blender.max(axis=0)])
+
+
+def test_modifiers_are_stylized_and_textures_go_back_on_the_base_uvs(empty_file, prefs, style_image,
+                                                                      real_weights, tmp_path):
+    """A cube half (x >= 0) with a Mirror modifier, and a plain ball without UVs with an Array: the job sees the
+    evaluated meshes; the textures come back onto the base meshes' UV maps (the modifiers stay)."""
+    from blender_addon.jobs import prepare_job
+
+    cube, ball = build_scene()
+    cube.location = ball.location = (0.0, 0.0, 0.0)
+    ball.location.y = 4.0
+    for vertex in cube.data.vertices:  # the cube becomes the x >= 0 half of a 4 x 2 x 2 box
+        vertex.co.x = (vertex.co.x + 1.0)
+    cube.modifiers.new("Mirror", "MIRROR")
+    array = ball.modifiers.new("Array", "ARRAY")
+    array.count, array.relative_offset_displace = 2, (0.0, 1.0, 0.0)  # a second ball beyond y = 5
+    loops = (len(cube.data.loops), len(ball.data.loops))
+    assert not export_warnings()
+
+    plan = prepare_job([cube, ball], {"styles": [str(style_image)]}, folder=tmp_path / "job")
+    low, high = _glb_bounds(plan.folder / "input.glb")
+    assert (low[0], high[0]) == pytest.approx((-2.0, 2.0), abs=1e-4)  # the mirrored half is there
+    assert high[1] > 6.5  # and the Array's second ball (the first one ends at y = 5)
+    assert [u.loops for u in plan.unwraps] == [loops[1]]  # unwrapped on the base mesh, before the Array
+
+    set_style(bpy.context.scene.nst3d, style_image, steps=2)
+    prefs.weights_path, prefs.device = str(real_weights), "cpu"
+    assert bpy.ops.nst3d.stylize_selected() == {"FINISHED"}
+    cube, ball = bpy.data.objects["Textured"], bpy.data.objects["Plain"]
+    assert cube.material_slots[0].material.name == "Painted_styled"
+    node = cube.material_slots[0].material.node_tree.nodes["Image Texture"]
+    assert node.image.name == "Checker_styled" and not node.inputs["Vector"].is_linked  # the render UV map
+    assert cube.data.uv_layers.keys() == ["UVMap"] and ball.data.uv_layers.keys() == ["nst3d_UV"]
+    assert (len(cube.data.loops), len(ball.data.loops)) == loops
+    assert [m.type for m in cube.modifiers] == ["MIRROR"] and [m.type for m in ball.modifiers] == ["ARRAY"]
+    uv = bpy.data.materials["Plain_Red_styled"].node_tree.nodes["nst3d_texture"].inputs["Vector"].links[0]
+    assert uv.from_node.uv_map == "nst3d_UV"
+
+
+def export_warnings() -> list[str]:
+    from blender_addon.export import modifier_warnings
+
+    return modifier_warnings(bpy.context.selected_objects)
+
+
+def test_a_modifier_that_drops_the_uvs_is_named(empty_file, style_image, tmp_path):
+    """Remesh rebuilds the mesh without UVs: the panel warns before the run, the job says what to do."""
+    from blender_addon.jobs import JobError, prepare_job
+
+    cube, _ball = build_scene()
+    cube.modifiers.new("Rebuild", "REMESH")
+    warnings = export_warnings()
+    assert len(warnings) == 1 and warnings[0].startswith("Textured: modifier Rebuild changes the UVs")
+    set_style(bpy.context.scene.nst3d, style_image)
+    assert "Textured: modifier Rebuild changes the UVs" in " ".join(_draw_panel().labels)
+    before = fingerprint()
+    with pytest.raises(JobError, match=r"modifiers of Textured \(Rebuild\) drop its UV map 'UVMap': apply it"):
+        prepare_job([cube], {"styles": [str(style_image)]}, folder=tmp_path / "job")
+    assert fingerprint() == before and not (tmp_path / "job").exists()
+
+
+def test_live_preview_reaches_the_panel_before_the_run_ends(empty_file, prefs, style_image, real_weights):
+    """The worker renders one held-out view every few steps; the panel shows the latest while the run goes on."""
+    from blender_addon import live_preview, operators
+
+    build_scene()
+    settings = bpy.context.scene.nst3d
+    set_style(settings, style_image, steps=4)
+    prefs.weights_path, prefs.device = str(real_weights), "cpu"
+    assert settings.live_preview  # on by default
+    job = operators.begin(bpy.context)
+    assert json.loads(job.plan.job_file.read_text())["preview_every"] == live_preview.interval(4)
+    status, seen = bpy.context.window_manager.nst3d, []
+    deadline = time.monotonic() + 300
+    while not operators.update(bpy.context, job) and time.monotonic() < deadline:
+        if status.preview_step and not seen:
+            image = live_preview.current()
+            drawn = _draw_panel()
+            seen.append((status.preview_step, tuple(image.image_size), drawn.labels, drawn.icons))
+        time.sleep(0.02)
+    ok, message = operators.finish(bpy.context, job)
+    assert ok, message
+    assert seen, "no preview reached the panel before the run ended"
+    step, size, labels, icons = seen[0]
+    assert 1 <= step <= 4 and 0 < max(size) <= 160 and len(icons) == 1  # a small image, drawn once
+    assert f"preview at step {step}" in labels
+    assert status.preview_step == 4  # the last step's preview came too (the panel stops showing it when done)
 
 
 @pytest.mark.slow
@@ -541,25 +837,68 @@ def test_cancel_leaves_scene_unchanged(empty_file, prefs, style_image, real_weig
 # Preferences: Check
 
 
+def _draw_preferences(prefs) -> LayoutRecorder:
+    layout = LayoutRecorder()
+
+    class Drawn:
+        def __getattr__(self, name):
+            return layout if name == "layout" else getattr(prefs, name)
+
+    type(prefs).draw(Drawn(), bpy.context)
+    return layout
+
+
 def test_check_reports_versions(empty_file, prefs, real_weights):
+    """Check returns at once (the worker imports torch in the background), shows progress, then the report."""
+    from blender_addon import tasks
+
     prefs.python_path = sys.executable
     prefs.weights_path = str(real_weights)
     prefs.device = "cpu"
-    bpy.ops.nst3d.check_worker()
+    started = time.monotonic()
+    assert bpy.ops.nst3d.check_worker() == {"FINISHED"}
+    assert time.monotonic() - started < 1.0 and "check" in tasks.RUNNING
+    assert bpy.context.window_manager.nst3d.check_running and prefs.check_result.startswith("Checking ")
+    drawn = _draw_preferences(prefs)
+    assert "nst3d.cancel_task" in drawn.operators and "nst3d.check_worker" not in drawn.operators
+    assert drawn.progress_text.startswith("Checking the worker")
+    tasks.wait(timeout=120)
     text = prefs.check_result
     assert "nst3d 0.1.0" in text and "torch " in text and "device cpu" in text and real_weights.name in text
+    assert not bpy.context.window_manager.nst3d.check_running and not tasks.RUNNING
 
 
 def test_check_reports_the_problem(empty_file, prefs, tmp_path):
+    from blender_addon import tasks
+
     prefs.python_path = str(tmp_path / "missing-python")
     with pytest.raises(RuntimeError, match="interpreter not found"):
         bpy.ops.nst3d.check_worker()
     assert prefs.check_result.startswith("Error: Python interpreter not found")
     prefs.python_path = sys.executable
     prefs.weights_path = str(tmp_path / "nope.pth")
-    with pytest.raises(RuntimeError, match="weights file not found"):
-        bpy.ops.nst3d.check_worker()
+    bpy.ops.nst3d.check_worker()
+    tasks.wait(timeout=120)
     assert "Problem: VGG-19 weights file not found" in prefs.check_result
+
+
+def test_check_never_blocks_and_cancels(empty_file, prefs, tmp_path):
+    """An interpreter that hangs: Check returns at once, Cancel stops the process, the box says so."""
+    from blender_addon import tasks
+
+    hanging = tmp_path / "python"
+    hanging.write_text("#!/bin/sh\nexec sleep 60\n")
+    hanging.chmod(0o755)
+    prefs.python_path = str(hanging)
+    started = time.monotonic()
+    bpy.ops.nst3d.check_worker()
+    assert time.monotonic() - started < 1.0
+    task = tasks.RUNNING["check"]
+    assert tasks.tick() and task.process.proc.poll() is None  # still running
+    assert bpy.ops.nst3d.cancel_task(kind="check") == {"FINISHED"}
+    tasks.wait(timeout=20)
+    assert time.monotonic() - started < 15 and task.process.proc.returncode < 0
+    assert prefs.check_result == "Error: the check was cancelled" and not tasks.RUNNING
 
 
 def test_interpreter_auto_detection(monkeypatch, tmp_path):
@@ -577,11 +916,21 @@ def test_interpreter_auto_detection(monkeypatch, tmp_path):
 # Packaging: the built extension installs and registers
 
 
-def test_built_extension_installs(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "build_addon.py"), "-o", str(tmp_path)],
+@pytest.fixture(scope="module")
+def built_extension(tmp_path_factory) -> Path:
+    """The extension zip scripts/build_addon.py makes from this checkout (with nst3d's own wheel inside)."""
+    out = tmp_path_factory.mktemp("dist")
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "build_addon.py"), "-o", str(out)],
                             capture_output=True, text=True, check=True)
-    package = Path(result.stdout.strip().splitlines()[-1])
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def test_built_extension_installs(built_extension, tmp_path):
+    import zipfile
+
+    package = built_extension
     assert package.name == "nst3d-0.1.0.zip"
+    assert "wheels/nst3d-0.1.0-py3-none-any.whl" in zipfile.ZipFile(package).namelist()
     script = f"""
 import bpy
 bpy.ops.extensions.package_install_files(filepath={str(package)!r}, repo="user_default", enable_on_install=True)
@@ -589,12 +938,152 @@ print("ENABLED", "bl_ext.user_default.nst3d" in bpy.context.preferences.addons)
 print("PANEL", hasattr(bpy.types, "NST3D_PT_style"), hasattr(bpy.types.Scene, "nst3d"))
 prefs = bpy.context.preferences.addons["bl_ext.user_default.nst3d"].preferences
 print("PREFS", prefs.device)
+from bl_ext.user_default.nst3d import environment
+print("ROOT", environment.env_root())
+print("WHEELS", *sorted(p.name for p in environment.BUNDLED_WHEELS.iterdir()))
 """
     env = {**os.environ, "BLENDER_USER_RESOURCES": str(tmp_path / "user"), "XDG_CACHE_HOME": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert "ENABLED True" in out.stdout, out.stdout + out.stderr
     assert "PANEL True True" in out.stdout and "PREFS auto" in out.stdout
     assert (tmp_path / "user" / "extensions" / "user_default" / "nst3d" / "blender_manifest.toml").is_file()
+    # the set-up's environment goes to the extension's own user folder; the wheel it installs came in the zip
+    root = Path(out.stdout.split("ROOT ")[1].splitlines()[0])
+    assert root.is_dir() and root.is_relative_to(tmp_path / "user" / "extensions") and "nst3d" in root.parts
+    assert "WHEELS nst3d-0.1.0-py3-none-any.whl" in out.stdout
+    assert {"Preview.py", "Final.py"} <= {p.name for p in (tmp_path / "user" / "scripts" / "presets" / "nst3d")
+                                         .iterdir()}
+
+
+def _wheel_folder(built_extension: Path, folder: Path) -> Path:
+    """A local wheel folder holding nst3d's wheel (the one in the extension zip, built from this checkout)."""
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(built_extension) as archive:
+        for name in archive.namelist():
+            if name.startswith("wheels/"):
+                (folder / Path(name).name).write_bytes(archive.read(name))
+    return folder
+
+
+PREFERENCE_NAMES = ("setup_source", "setup_wheels", "setup_base_python", "setup_reuse", "python_path", "device",
+                    "weights_path", "keep_job_files", "check_result")
+
+
+@pytest.mark.slow
+def test_setup_from_a_local_wheel_folder(empty_file, prefs, built_extension, tmp_path, monkeypatch):
+    """Set up nst3d, offline: a wheel folder with nst3d's wheel, and this Python's installed packages reused (its
+    torch, numpy, trimesh...). It runs in the background; afterwards Check finds the environment with no path
+    typed and reports nst3d, torch and the device; the worker imports nst3d from the environment itself."""
+    from blender_addon import environment, tasks
+
+    monkeypatch.delenv("PYTHONPATH", raising=False)  # nst3d must come from the environment, not this checkout
+    monkeypatch.delenv("NST3D_PYTHON", raising=False)
+    prefs.setup_source, prefs.setup_wheels = "wheels", str(_wheel_folder(built_extension, tmp_path / "wheels"))
+    prefs.setup_base_python, prefs.setup_reuse, prefs.device = sys.executable, True, "cpu"
+    status = bpy.context.window_manager.nst3d
+    root = environment.env_root()
+    try:
+        started = time.monotonic()
+        assert bpy.ops.nst3d.setup() == {"FINISHED"}
+        assert time.monotonic() - started < 1.0 and status.setup_running
+        drawn = _draw_preferences(prefs)
+        assert "nst3d.cancel_task" in drawn.operators and drawn.progress_text.startswith("Creating the environment")
+        tasks.wait(timeout=600)
+        assert status.setup_error == "" and status.setup_message == f"nst3d is set up in {root / 'env'}"
+        assert "Installing nst3d" in (root / "setup.log").read_text()
+        python = environment.managed_python()
+        assert python == str(environment.env_python(root / "env")) and not (root / "env.partial").exists()
+        where = subprocess.run([python, "-c", "import nst3d; print(nst3d.__file__)"], capture_output=True,
+                               text=True, timeout=120)
+        assert Path(where.stdout.strip()).is_relative_to(root / "env"), where.stdout + where.stderr
+
+        prefs.check_result = ""
+        assert prefs.python_path == ""  # nothing typed: Check finds the environment by itself
+        bpy.ops.nst3d.check_worker()
+        tasks.wait(timeout=120)
+        text = prefs.check_result
+        assert text.startswith(f"Python: {python} (set up by the add-on)"), text
+        assert "nst3d 0.1.0" in text and "torch " in text and "device cpu" in text and "Problem" not in text
+    finally:
+        shutil.rmtree(root / "env", ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_failed_setup_changes_nothing_and_says_why(empty_file, prefs, built_extension, tmp_path, monkeypatch):
+    """A wheel folder without torch and a base Python without torch: the install fails; the preferences and an
+    environment set up before are as they were; the reason is pip's own last error."""
+    from blender_addon import environment, tasks
+
+    base = getattr(sys, "_base_executable", sys.executable)
+    if subprocess.run([base, "-c", "import torch"], capture_output=True).returncode == 0:
+        pytest.skip(f"the base Python {base} has torch")
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    prefs.setup_source, prefs.setup_wheels = "wheels", str(_wheel_folder(built_extension, tmp_path / "wheels"))
+    prefs.setup_base_python, prefs.setup_reuse = base, False
+    root = environment.env_root()
+    earlier = root / "env" / "earlier.txt"  # an environment from an earlier set-up must survive
+    earlier.parent.mkdir(parents=True, exist_ok=True)
+    earlier.write_text("kept")
+    before = {name: getattr(prefs, name) for name in PREFERENCE_NAMES}
+    try:
+        bpy.ops.nst3d.setup()
+        tasks.wait(timeout=600)
+        error = bpy.context.window_manager.nst3d.setup_error
+        assert error.startswith("Installing torch and the other packages failed: "), error
+        log = (root / "setup.log").read_text().split("# Installing torch and the other packages")[1]
+        pip_error = next(line for line in log.splitlines() if line.startswith("ERROR: ")).removeprefix("ERROR: ")
+        assert pip_error in error and "the wheel folder must hold every package" in error
+        assert error.endswith(f"(log: {root / 'setup.log'})")
+        assert {name: getattr(prefs, name) for name in PREFERENCE_NAMES} == before
+        assert earlier.read_text() == "kept" and not (root / "env.partial").exists()
+    finally:
+        shutil.rmtree(root / "env", ignore_errors=True)
+
+
+def test_setup_cancels(empty_file, prefs, built_extension, tmp_path):
+    """Cancel while the environment is being made: the processes stop, nothing is left, it says so."""
+    from blender_addon import environment, tasks
+
+    prefs.setup_source, prefs.setup_wheels = "wheels", str(_wheel_folder(built_extension, tmp_path / "wheels"))
+    bpy.ops.nst3d.setup()
+    task = tasks.RUNNING["setup"]
+    time.sleep(0.5)
+    assert tasks.tick() and task.index == 0  # still creating the environment
+    assert bpy.ops.nst3d.cancel_task(kind="setup") == {"FINISHED"}
+    tasks.wait(timeout=30)
+    assert bpy.context.window_manager.nst3d.setup_error == "set-up cancelled; nothing was changed"
+    assert task.process.proc.returncode < 0 and not (environment.env_root() / "env.partial").exists()
+    assert environment.managed_python() == ""
+
+
+def test_setup_commands_are_argument_lists(addon, tmp_path):
+    """The download choices add PyTorch's CPU or CUDA index; a wheel folder installs with no index at all."""
+    from blender_addon.environment import TORCH_INDEXES, pip_argv
+
+    for source, index in TORCH_INDEXES.items():
+        argv = pip_argv("/env/bin/python", source)
+        assert argv[:4] == ["/env/bin/python", "-m", "pip", "install"] and argv[-1] == "nst3d[mesh]"
+        assert argv[argv.index("--extra-index-url") + 1] == index and "--no-index" not in argv
+    argv = pip_argv("/env/bin/python", "wheels", str(tmp_path))
+    assert "--no-index" in argv and argv[argv.index("--no-index") + 2] == str(tmp_path)
+    assert "--extra-index-url" not in argv
+
+
+def test_setup_refuses_a_missing_wheel_folder_and_downloads_while_offline(empty_file, prefs, tmp_path):
+    from blender_addon import tasks
+
+    prefs.setup_source, prefs.setup_wheels = "wheels", str(tmp_path / "nowhere")
+    with pytest.raises(RuntimeError, match="the wheel folder does not exist"):
+        bpy.ops.nst3d.setup()
+    assert "wheel folder does not exist" in bpy.context.window_manager.nst3d.setup_error
+    assert not bpy.app.online_access  # the bpy module's default
+    for source in ("cpu", "cuda"):
+        prefs.setup_source = source
+        with pytest.raises(RuntimeError, match="online access is off"):
+            bpy.ops.nst3d.setup()
+    assert not tasks.RUNNING
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -204,17 +204,21 @@ def stylize_mesh_file(input_path: str | Path, out_dir: str | Path, opts: StyleOp
                       export_format: str = "glb", compare_baseline: bool = False,
                       on_event: EventSink | None = None, should_stop: Callable[[], bool] | None = None,
                       texture: str | Path | None = None, shading: str = "none",
-                      pool_size: int = 48, held_out: int = HELD_OUT, keep_uv_layouts: bool = False) -> Report:
+                      pool_size: int = 48, held_out: int = HELD_OUT, keep_uv_layouts: bool = False,
+                      on_adapter: Callable[[MeshAdapter], None] | None = None) -> Report:
     """Stylize a mesh file; write out_dir/<stem>_styled.glb (or .obj), texture PNGs, contact_sheet.png and
     report.json, and return the report. Nothing is written if anything fails or the run is cancelled.
 
     opts: the shared options (None fields take the mesh defaults); style_map: {material or object name:
     style images}; texture_size: resample textures (longer side); texture: an image for UV'd triangles
-    without a texture; keep_uv_layouts: see load_mesh. Raises UserError for bad input,
+    without a texture; keep_uv_layouts: see load_mesh; on_adapter: called with the adapter before the run (the
+    worker's live previews render with its backend). Raises UserError for bad input,
     nst3d.stylize.Cancelled when should_stop() turns true.
     """
     adapter = MeshAdapter(Path(input_path), Path(out_dir), style_map or {}, texture_size=texture_size,
                           export_format=export_format, compare_baseline=compare_baseline,
                           texture=None if texture is None else Path(texture), shading=shading, pool_size=pool_size,
                           held_out=held_out, keep_uv_layouts=keep_uv_layouts)
+    if on_adapter is not None:
+        on_adapter(adapter)
     return run(adapter, opts, on_event, should_stop)
