@@ -28,7 +28,7 @@ CHOICE_NAMES = {
 
 
 def panel_property(spec: dict):
-    """The bpy property for one entry of option_schema.PANEL_OPTIONS. An integer whose default is None (the
+    """The bpy property for one entry of option_schema.PANEL_OPTIONS. A number whose default is None (the
     backend's own) is 0 in the panel. A float with "unit": "length" (a size in world units, e.g. a stroke scale)
     is shown in the scene's units and stored in Blender units, which the GLB export keeps as its world units."""
     common = {"name": spec["label"], "description": spec["help"][:1].upper() + spec["help"][1:]}
@@ -44,7 +44,9 @@ def panel_property(spec: dict):
         return IntProperty(default=spec["default"] or 0, **bounds, **common)
     if spec.get("unit") == "length":
         common.update(subtype="DISTANCE", unit="LENGTH")
-    return FloatProperty(default=spec["default"], **bounds, **common)
+    if spec["default"] is None:
+        bounds["min"] = 0.0
+    return FloatProperty(default=spec["default"] or 0.0, **bounds, **common)
 
 
 class NST3D_StyleImage(bpy.types.PropertyGroup):
