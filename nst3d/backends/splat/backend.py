@@ -37,7 +37,13 @@ import torch
 
 from nst3d.backends.base import Render, pool_backgrounds
 from nst3d.backends.splat.capture import capture_cameras as capture_cameras  # re-exported: its old home
-from nst3d.backends.splat.close import close_cameras, scene_diagonal, surface_points, zoomed_capture
+from nst3d.backends.splat.close import (
+    close_cameras,
+    octave_shares,
+    scene_diagonal,
+    surface_points,
+    zoomed_capture,
+)
 from nst3d.backends.splat.color_field import ColorField
 from nst3d.backends.splat.consistency import ConsistentObjective as ConsistentObjective  # re-exported
 from nst3d.backends.splat.consistency import consistency_loss as consistency_loss  # re-exported
@@ -202,24 +208,27 @@ class SplatBackend:
     def _close_pool(self, count: int, group: int, generator: torch.Generator) -> Cameras | None:
         """`count` close training views at the octaves (finest first, the finest getting any remainder): surface
         views in groups of `group` (orbits), or zoomed crops of the pool's capture cameras."""
+        cams, depth, mask = self._whole_pool()
         if self.capture is None:
-            points = count // group
-            share = [points // len(self.octaves) + (k < points % len(self.octaves)) for k in range(len(self.octaves))]
-            return close_cameras(self.scene, self.octaves, share, group, self.size, generator)
-        cams = Cameras(torch.cat([b.cameras.world_to_cam for b in self.batches]).cpu(),
-                       torch.cat([b.cameras.K for b in self.batches]).cpu(), self.size, self.size)
-        depth = torch.cat([b.depth for b in self.batches]).cpu()
-        mask = torch.cat([b.mask for b in self.batches]).cpu()
+            return close_cameras(self.scene, self.octaves, octave_shares(count // group, self.octaves), group,
+                                 self.size, generator, cams, depth)
         crops = zoomed_capture(cams, depth, mask, self.octaves, count, generator)
         return None if crops is None else crops[neighbour_chain(crops.centers, generator)]
+
+    def _whole_pool(self) -> tuple[Cameras, torch.Tensor, torch.Tensor]:
+        """The whole-object pool's cameras, depth and mask [C, 1, H, W], on the CPU (set-up and evaluation only)."""
+        whole = self.batches[: self.whole_batches]
+        cams = Cameras(torch.cat([b.cameras.world_to_cam for b in whole]).cpu(),
+                       torch.cat([b.cameras.K for b in whole]).cpu(), self.size, self.size)
+        return cams, torch.cat([b.depth for b in whole]).cpu(), torch.cat([b.mask for b in whole]).cpu()
 
     def close_ups(self, count: int = 4, seed: int = 1) -> HeldOutViews:
         """Close-up held-out views: CLOSE_UP_FRACTION of the bounding diagonal high, looking along the normal at
         surface points drawn like the training ones but from another seed (never trained on)."""
         generator = torch.Generator().manual_seed(10_007 + seed)
         height = CLOSE_UP_FRACTION * self.diagonal
-        centers = None if self.capture is None else self.capture.centers
-        points, normals = surface_points(self.scene, count, height, generator, centers)
+        cams, depth, _ = self._whole_pool()
+        points, normals = surface_points(self.scene, count, height, generator, cams, depth)
         return close_up_views(points, normals, height, self.size, self.size, FOV_DEGREES)
 
     def held_out(self, count: int = 4) -> HeldOutViews:

@@ -3,10 +3,10 @@ stroke scale's octaves (nst3d.scales) looking at them; zoomed crops of capture c
 
 Points: Gaussian centres drawn with probability opacity x disc area (the two largest scales' product), so the
 draw follows the visible surface area, not the Gaussian count. Normal: the Gaussian's shortest axis (a trained
-splat builds surfaces from flat discs). Side: with orbit views, the side from which the point is seen through
-the least opacity (`transmittance`, ties going away from the centre: a donut's inner ring faces the hole); with
-a capture, the side its nearest capture camera is on (an inside-out scene's ground is seen from above, never
-from below). Points seen through more than half opacity from their side are dropped.
+splat builds surfaces from flat discs), turned to the side of the whole-object pool's cameras (orbits, or the
+capture's own) that see the point in their depth maps: a donut's inner ring faces the hole, an inside-out
+scene's ground is seen from above; a point no pool view sees is dropped, and so is one that the close camera
+would see through more than half opacity (`transmittance`: something stands between).
 
 Device rule: everything here runs on the CPU (cameras are CPU tensors, nst3d.cameras): the scene's tensors are
 copied to the CPU once per call; the backend moves the cameras to its device with the rest of the pool.
@@ -22,11 +22,13 @@ from nst3d.cameras import Cameras, jitter_directions
 from nst3d.scales import bounding_diagonal, distance_for_height, surface_cameras, zoomed
 
 MIN_TRANSMITTANCE = 0.5
+#: A pool view sees a point when its depth map there is within this share of the bounding diagonal of the point.
+SEEN_TOLERANCE = 0.02
 #: Gaussians within this share of the view height in front of the point are part of its surface, not occluders.
 SURFACE_DEPTH = 0.1
 #: Close views per training point are jittered this much about the chosen side's normal.
 JITTER_DEGREES = 20.0
-OVERSAMPLE = 4  # candidate points drawn per point wanted (some are hidden)
+OVERSAMPLE = 8  # candidate points drawn per point wanted (some are hidden)
 
 
 def scene_diagonal(scene: SplatScene) -> float:
@@ -64,10 +66,25 @@ def transmittance(scene: SplatScene, origins: torch.Tensor, targets: torch.Tenso
     return log_left.exp()
 
 
+def seen_by(points: torch.Tensor, cameras: Cameras, depth: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """[P, C] whether camera c sees point p [P, 3]: in front, inside its image, and its depth map ([C, 1, H, W],
+    0 = nothing) there within `tolerance` (world units) of the point's depth (nothing nearer hides it)."""
+    w2c = cameras.world_to_cam.float()
+    local = torch.einsum("cij,pj->pci", w2c[:, :3, :3], points) + w2c[:, :3, 3]
+    z = local[..., 2]
+    pixel = torch.einsum("cij,pcj->pci", cameras.K[:, :2, :].float(), local / z.clamp(min=1e-9)[..., None])
+    col, row = pixel[..., 0].floor().long(), pixel[..., 1].floor().long()
+    inside = (z > 0) & (col >= 0) & (col < cameras.width) & (row >= 0) & (row < cameras.height)
+    index = torch.arange(len(cameras))[None].expand_as(col)
+    seen = depth[index, 0, row.clamp(0, cameras.height - 1), col.clamp(0, cameras.width - 1)]
+    return inside & (seen > 0) & ((seen - z).abs() <= tolerance)
+
+
 def surface_points(scene: SplatScene, count: int, view_height: float, generator: torch.Generator,
-                   capture_centers: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   cameras: Cameras, depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(points [V, 3], normals [V, 3], unit, pointing to the side each is seen from), V <= count: see the module
-    docstring. view_height: the views' height there (how far away they stand, and what counts as surface)."""
+    docstring. cameras [C] and their depth maps [C, 1, H, W] (CPU): views known to be outside the object (the
+    whole-object pool, or the capture's). view_height: the close views' height (how far away they stand)."""
     s = scene.to("cpu")
     axes = s.scales.sort(dim=-1).values
     weight = s.opacities * axes[:, 1] * axes[:, 2]
@@ -78,32 +95,26 @@ def surface_points(scene: SplatScene, count: int, view_height: float, generator:
     shortest = s.scales[pick].argmin(-1)
     normal = rotation_matrices(s.quats[pick]).gather(2, shortest[:, None, None].expand(-1, 3, 1))[..., 0]
     points = s.means[pick]
+    seen = seen_by(points, cameras, depth, SEEN_TOLERANCE * scene_diagonal(s)).float()  # [P, C]
+    towards = ((cameras.centers[None] - points[:, None]) * seen[..., None]).sum(1)  # [P, 3]
+    normal = normal * torch.sign((towards * normal).sum(-1, keepdim=True) + 1e-12)
     distance = distance_for_height(view_height, FOV_DEGREES)
     surface = torch.full((len(points),), SURFACE_DEPTH * view_height)
-    if capture_centers is not None:
-        nearest = capture_centers[torch.cdist(points, capture_centers).argmin(-1)]
-        normal = normal * torch.sign(((nearest - points) * normal).sum(-1, keepdim=True) + 1e-12)
-        left = transmittance(s, points + normal * distance, points, surface)
-    else:
-        center, _ = robust_bounds(framing_points(s))
-        normal = normal * torch.sign(((points - center) * normal).sum(-1, keepdim=True) + 1e-12)
-        out, back = (transmittance(s, points + sign * normal * distance, points, surface) for sign in (1, -1))
-        normal = torch.where((back > out + 0.05)[:, None], -normal, normal)
-        left = torch.maximum(out, back)
-    seen = torch.nonzero(left >= MIN_TRANSMITTANCE).squeeze(1)[:count]
-    return points[seen], normal[seen]
+    clear = transmittance(s, points + normal * distance, points, surface) >= MIN_TRANSMITTANCE
+    keep = torch.nonzero((seen.sum(-1) > 0) & clear).squeeze(1)[:count]
+    return points[keep], normal[keep]
 
 
 def close_cameras(scene: SplatScene, heights: list[float], points_per_height: list[int], group: int, size: int,
-                  generator: torch.Generator, capture_centers: torch.Tensor | None = None) -> Cameras | None:
+                  generator: torch.Generator, cameras: Cameras, depth: torch.Tensor) -> Cameras | None:
     """Training cameras at each octave height (finest first): points_per_height[k] surface points, `group`
     views each (a training batch: the same point from directions jittered about its normal, so the
-    consistency term compares them). None when no point is visible."""
+    consistency term compares them). cameras, depth: see surface_points. None when no point is visible."""
     w2c, K = [], []
     for height, count in zip(heights, points_per_height, strict=True):
         if count == 0:
             continue
-        points, normals = surface_points(scene, count, height, generator, capture_centers)
+        points, normals = surface_points(scene, count, height, generator, cameras, depth)
         if len(points) == 0:
             continue
         directions = jitter_directions(normals.repeat_interleave(group, 0), JITTER_DEGREES, generator)
@@ -132,3 +143,14 @@ def zoomed_capture(cameras: Cameras, depth: torch.Tensor, mask: torch.Tensor, he
         factors.append(max(1.0, seen / heights[k % len(heights)]))
         centers.append(torch.stack([xs[i], ys[i]]).float() + 0.5)
     return zoomed(cameras[picked.tolist()], torch.tensor(factors), torch.stack(centers))
+
+
+def octave_shares(points: int, heights: list[float]) -> list[int]:
+    """Surface points per octave height (finest first), in proportion to 1 / height (a finer view covers less of
+    the surface, so more of them cover it), rounded so they add up to `points`."""
+    weights = [1 / h for h in heights]
+    exact = [points * w / sum(weights) for w in weights]
+    shares = [int(e) for e in exact]
+    for k in sorted(range(len(heights)), key=lambda k: shares[k] - exact[k])[: points - sum(shares)]:
+        shares[k] += 1
+    return shares

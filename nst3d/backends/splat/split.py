@@ -6,10 +6,10 @@ Gaussians for this reason). Before stylization, every Gaussian whose largest 3-s
 time (largest first), by children along that axis:
 
 - the 1D profile along the axis, a Gaussian of sigma s, is written as a sum of narrower Gaussians of sigma s'
-  (at most max_extent / 3, and at least s / MAX_FACTOR per round) placed every SPACING * s' along the axis,
-  weighted by a Gaussian of sigma sqrt(s^2 - s'^2) (the convolution identity N(s^2) = N(s'^2) * N(s^2 - s'^2),
-  truncated at TRUNCATE of it and renormalised): the children's summed alpha equals the parent's wherever
-  the alphas are small (the sum ripples by ~1% at SPACING 2);
+  (at most max_extent / 3, and at least s / MAX_FACTOR per round) on a grid along the axis, weighted by a
+  Gaussian of sigma sqrt(s^2 - s'^2) (the convolution identity N(s^2) = N(s'^2) * N(s^2 - s'^2), sampled finely
+  enough that the sum ripples by <= 1%, cut at TRUNCATE of its sigma; children too faint to render are dropped):
+  the children's summed alpha equals the parent's wherever the alphas are small;
 - 3DGS composites alpha = 1 - prod(1 - alpha_i), not a sum, so where children overlap an opaque parent the
   linear weights come out too transparent: each parent's children get one opacity gain, chosen from
   GAINS to fit the parent's composited alpha profile across and along the axis (`_fit_gain`).
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from nst3d.backends.splat.ply import SplatPly, _with_vertex_count
+from nst3d.backends.splat.render import ALPHA_MIN
 from nst3d.backends.splat.scene import SplatScene
 
 #: A Gaussian is split when its largest 3-sigma half-extent exceeds this many pixels of the finest training views
@@ -39,8 +40,11 @@ SPLIT_PIXELS = 5.0
 MAX_GROWTH = 4.0
 MAX_GAUSSIANS = 4_000_000
 MAX_ROUNDS = 6
-MAX_FACTOR = 4.0  # one round narrows an axis at most this much (bounds the children per round to 11)
-SPACING = 2.0  # children every SPACING * s' along the axis
+MAX_FACTOR = 4.0  # one round narrows an axis at most this much (bounds the children per round)
+MIN_FACTOR = 1.5  # and at least this much (a Gaussian just over the extent is not split into near-copies of itself)
+#: Children every SPACING * s' sqrt(s^2 - s'^2) / s along the axis: summing Gaussians of sigma s' placed on a grid of
+#: a sampled Gaussian kernel ripples by 2 exp(-2 pi^2 (width / spacing)^2), width = that product: <= 1% at 1.9.
+SPACING = 1.9
 TRUNCATE = 2.5  # the weighting Gaussian is cut at this many of its sigmas
 GAINS = (1.0, 1.1, 1.2, 1.35, 1.5, 1.7, 1.9, 2.2, 2.5, 3.0, 3.6, 4.5)
 OPACITY_MAX = 0.999
@@ -87,7 +91,7 @@ def split_scene(scene: SplatScene, max_extent: float, cap: int | None = None) ->
         over = torch.nonzero(extent > max_extent).squeeze(1)
         if len(over) == 0:
             break
-        plan = _children_plan(scene.scales[over], max_extent)
+        plan = _children_plan(scene.scales[over], scene.opacities[over], max_extent)
         added = plan[2].sum(-1) - 1  # [P] Gaussians each split adds
         order = torch.argsort(extent[over] * scene.opacities[over], descending=True)
         fits = int((torch.cumsum(added[order], 0) <= cap - len(scene)).sum())
@@ -104,22 +108,24 @@ def split_scene(scene: SplatScene, max_extent: float, cap: int | None = None) ->
     return Split(scene, parent, rounds, capped, max_extent, cap)
 
 
-def _children_plan(scales: torch.Tensor, max_extent: float
+def _children_plan(scales: torch.Tensor, opacities: torch.Tensor, max_extent: float
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For Gaussians of scales [P, 3]: (axis [P], child sigma s' [P], keep [P, J] bool, offsets [P, J] (world
-    units along the axis), linear opacity factors [P, J] = w_j * s / s') over J child slots."""
+    """For Gaussians of scales [P, 3], opacities [P]: (axis [P], child sigma s' [P], keep [P, J] bool (children
+    that can show: the renderer skips opacities under ALPHA_MIN), offsets [P, J] (world units along the axis), linear
+    opacity factors [P, J] = w_j * s / s') over J child slots."""
     s, axis = scales.max(dim=-1)
-    child = torch.maximum(torch.full_like(s, max_extent / 3), s / MAX_FACTOR).minimum(s)
+    child = torch.maximum(torch.full_like(s, max_extent / 3 * (1 - 1e-4)), s / MAX_FACTOR).minimum(s / MIN_FACTOR)
     kernel = (s * s - child * child).clamp(min=0).sqrt()
-    spacing = SPACING * child
+    spacing = SPACING * kernel * child / s  # SPACING x the width of kernel-sample x child: the sum's ripple <= 1%
     half = torch.ceil(TRUNCATE * kernel / spacing).long().clamp(min=1)  # children each side of the middle
     most = int(half.max())
     j = torch.arange(-most, most + 1, device=scales.device, dtype=scales.dtype)  # [J]
-    keep = j.abs()[None] <= half[:, None]
+    slots = j.abs()[None] <= half[:, None]
     offsets = j[None] * spacing[:, None]  # [P, J]
-    weights = torch.exp(-0.5 * (offsets / kernel[:, None].clamp(min=1e-12)) ** 2) * keep
-    weights = weights / weights.sum(-1, keepdim=True)
-    return axis, child, keep, offsets, weights * (s / child)[:, None]
+    weights = torch.exp(-0.5 * (offsets / kernel[:, None].clamp(min=1e-12)) ** 2) * slots
+    factors = weights / weights.sum(-1, keepdim=True) * (s / child)[:, None]
+    keep = slots & (factors * opacities[:, None] * GAINS[-1] >= ALPHA_MIN)  # fainter ones never render: dropped
+    return axis, child, keep, offsets, factors
 
 
 def _fit_gain(opacity: torch.Tensor, child: torch.Tensor, offsets: torch.Tensor, factors: torch.Tensor,
