@@ -115,7 +115,7 @@ class SplatAdapter(Adapter):
             self.split_psnr = split_psnr(self.unsplit, self.backend, held.anchors)
         return held
 
-    def close_ups(self) -> HeldOutViews:
+    def close_ups(self) -> HeldOutViews | None:
         return self.backend.close_ups(self.held_out_count, self.opts.seed)
 
     def render_stylized(self, cameras):

@@ -222,13 +222,16 @@ class SplatBackend:
                        torch.cat([b.cameras.K for b in whole]).cpu(), self.size, self.size)
         return cams, torch.cat([b.depth for b in whole]).cpu(), torch.cat([b.mask for b in whole]).cpu()
 
-    def close_ups(self, count: int = 4, seed: int = 1) -> HeldOutViews:
+    def close_ups(self, count: int = 4, seed: int = 1) -> HeldOutViews | None:
         """Close-up held-out views: CLOSE_UP_FRACTION of the bounding diagonal high, looking along the normal at
-        surface points drawn like the training ones but from another seed (never trained on)."""
+        surface points drawn like the training ones but from another seed (never trained on); None when the
+        whole-object views see no point."""
         generator = torch.Generator().manual_seed(10_007 + seed)
         height = CLOSE_UP_FRACTION * self.diagonal
         cams, depth, _ = self._whole_pool()
         points, normals = surface_points(self.scene, count, height, generator, cams, depth)
+        if len(points) == 0:
+            return None
         return close_up_views(points, normals, height, self.size, self.size, FOV_DEGREES)
 
     def held_out(self, count: int = 4) -> HeldOutViews:

@@ -3,10 +3,10 @@ stroke scale's octaves (nst3d.scales) looking at them; zoomed crops of capture c
 
 Points: Gaussian centres drawn with probability opacity x disc area (the two largest scales' product), so the
 draw follows the visible surface area, not the Gaussian count. Normal: the Gaussian's shortest axis (a trained
-splat builds surfaces from flat discs), turned to the side of the whole-object pool's cameras (orbits, or the
-capture's own) that see the point in their depth maps: a donut's inner ring faces the hole, an inside-out
-scene's ground is seen from above; a point no pool view sees is dropped, and so is one that the close camera
-would see through more than half opacity (`transmittance`: something stands between).
+splat builds surfaces from flat discs; a round one faces the cameras that see it), turned to the side of the
+whole-object pool's cameras (orbits, or the capture's own) that see the point in their depth maps: a donut's
+inner ring faces the hole, an inside-out scene's ground is seen from above; a point no pool view sees is
+dropped, and so is one that the close camera would see through more than half opacity (`transmittance`).
 
 Device rule: everything here runs on the CPU (cameras are CPU tensors, nst3d.cameras): the scene's tensors are
 copied to the CPU once per call; the backend moves the cameras to its device with the rest of the pool.
@@ -28,6 +28,7 @@ SEEN_TOLERANCE = 0.02
 SURFACE_DEPTH = 0.1
 #: Close views per training point are jittered this much about the chosen side's normal.
 JITTER_DEGREES = 20.0
+FLAT = 0.5  # a Gaussian whose shortest axis is under this share of the middle one is a disc (its normal counts)
 OVERSAMPLE = 8  # candidate points drawn per point wanted (some are hidden)
 
 
@@ -96,8 +97,11 @@ def surface_points(scene: SplatScene, count: int, view_height: float, generator:
     normal = rotation_matrices(s.quats[pick]).gather(2, shortest[:, None, None].expand(-1, 3, 1))[..., 0]
     points = s.means[pick]
     seen = seen_by(points, cameras, depth, SEEN_TOLERANCE * scene_diagonal(s)).float()  # [P, C]
-    towards = ((cameras.centers[None] - points[:, None]) * seen[..., None]).sum(1)  # [P, 3]
+    to_cameras = torch.nn.functional.normalize(cameras.centers[None] - points[:, None], dim=-1)  # [P, C, 3]
+    towards = torch.nn.functional.normalize((to_cameras * seen[..., None]).sum(1), dim=-1)  # [P, 3]
     normal = normal * torch.sign((towards * normal).sum(-1, keepdim=True) + 1e-12)
+    flat = axes[pick, 0] < FLAT * axes[pick, 1]
+    normal = torch.where(flat[:, None], normal, towards)  # a round Gaussian has no normal: face the cameras
     distance = distance_for_height(view_height, FOV_DEGREES)
     surface = torch.full((len(points),), SURFACE_DEPTH * view_height)
     clear = transmittance(s, points + normal * distance, points, surface) >= MIN_TRANSMITTANCE
