@@ -219,6 +219,9 @@ def test_nerf_command_writes_a_run_that_nerfstudio_reloads(scene, style_file, ra
     assert EVALUATION_KEYS <= set(evaluation)
     assert set(evaluation["style_distance"]) == {"before", "after"}
     assert {"short_range", "long_range"} <= set(evaluation["consistency"])
+    close = evaluation["close_up"]  # the held-out views zoomed to a fifth of the framed extent
+    assert set(close["style_distance"]) == {"before", "after"} and close["held_out"]["view_height"] > 0
+    assert report["details"]["zoomed_crops"] >= 1
     for key in ("seconds", "peak_memory_mb", "peak_device_memory_mb", "device"):
         assert key in report
     for key in ("seconds_per_step", "patch_rays", "trainable_parameters"):
