@@ -44,7 +44,7 @@ from nst3d.backends.splat.close import (
     surface_points,
     zoomed_capture,
 )
-from nst3d.backends.splat.color_field import ColorField
+from nst3d.backends.splat.color_field import ColorField, resolution_for
 from nst3d.backends.splat.consistency import ConsistentObjective as ConsistentObjective  # re-exported
 from nst3d.backends.splat.consistency import consistency_loss as consistency_loss  # re-exported
 from nst3d.backends.splat.consistency import pair_warp
@@ -146,6 +146,10 @@ class SplatBackend:
             hi = torch.quantile(self.points, 0.995, dim=0) + margin
             self.field: ColorField | None = ColorField(self.scene.means, lo.to(self.device), hi.to(self.device),
                                                        field_resolution, field_levels)
+            needed = resolution_for(float((hi - lo).max()), self.stroke_scale, size)
+            if field_resolution < needed and on_event is not None:
+                on_event({"event": "warning", "text": f"--color-field {field_resolution}: its finest voxels are "
+                          f"coarser than a stroke at --stroke-scale {self.stroke_scale:.3g}; {needed} holds those"})
             self.free_colors = None
         else:
             self.field = None
