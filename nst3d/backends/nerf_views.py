@@ -13,7 +13,7 @@ Cameras stay on the CPU (nst3d.cameras); the backend turns them into rays on the
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
@@ -21,8 +21,13 @@ from nst3d.cameras import Cameras
 from nst3d.held_out import HeldOutViews
 from nst3d.scales import octave_heights, stroke_scale_or_default, zoomed
 
-if TYPE_CHECKING:
-    from nst3d.backends.nerf import SceneFrame
+
+class SceneFrame(Protocol):
+    """What these functions read of nst3d.backends.nerf.SceneFrame (which imports this module)."""
+
+    center: torch.Tensor
+    distance: float
+    fov_y_degrees: float
 
 
 def rotate_about(cameras: Cameras, center: torch.Tensor, axis: torch.Tensor, angle: torch.Tensor) -> Cameras:
