@@ -34,6 +34,7 @@ PREPROCESS = ("auto", "torchvision", "caffe")
 DEVICES = ("auto", "cpu", "cuda")
 SHADINGS = ("none", "lambert")
 EXPORT_FORMATS = ("glb", "obj")
+SPLITS = ("auto", "none")
 
 # Far above any useful strength, far below where Adam's squared gradients overflow float32 (about 1e20 here) and
 # the parameters silently stop moving.
@@ -130,6 +131,16 @@ class MeshOptions:
     shading: str = option("none", "render with Lambert shading while optimising (default: unlit base colour)",
                           choices=SHADINGS)
     export_format: str = option("glb", "output format", choices=EXPORT_FORMATS, flag="--format")
+
+
+@dataclass
+class SplatOptions:
+    """The splat backend's options declared here (`nst3d splat`); its older flags live in nst3d/commands/splat.py."""
+
+    split: str = option("auto", "auto (default): split Gaussians larger than a few pixels of the finest (stroke-scale) "
+                                "views into smaller ones that render the same, so strokes can be finer than the "
+                                "capture's Gaussians (the count grows, up to 4x); none: keep every Gaussian's geometry "
+                                "bit-identical", choices=SPLITS)
 
 
 @dataclass(frozen=True)

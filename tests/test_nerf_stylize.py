@@ -219,6 +219,9 @@ def test_nerf_command_writes_a_run_that_nerfstudio_reloads(scene, style_file, ra
     assert EVALUATION_KEYS <= set(evaluation)
     assert set(evaluation["style_distance"]) == {"before", "after"}
     assert {"short_range", "long_range"} <= set(evaluation["consistency"])
+    close = evaluation["close_up"]  # the held-out views zoomed to a fifth of the framed extent
+    assert set(close["style_distance"]) == {"before", "after"} and close["held_out"]["view_height"] > 0
+    assert report["details"]["zoomed_crops"] >= 1
     for key in ("seconds", "peak_memory_mb", "peak_device_memory_mb", "device"):
         assert key in report
     for key in ("seconds_per_step", "patch_rays", "trainable_parameters"):
@@ -397,3 +400,29 @@ def test_ns_train_method_on_cuda_matches_the_cpu(scene, style_file, random_weigh
     change = (b.rgb - a.rgb).abs().mean()
     assert change > 1e-4
     assert (c.rgb - b.rgb).abs().mean() < 0.25 * change  # the GPU's stylization is the CPU's
+
+
+def test_zoomed_crops_cover_the_octaves_and_close_ups_the_close_up_height():
+    """Camera math only (no scene): each training crop covers its octave's height where the capture looks, never
+    zoomed out; close-ups cover CLOSE_UP_FRACTION of the framed extent at the depth their anchors show."""
+    from nst3d.backends.nerf import SceneFrame
+    from nst3d.backends.nerf_views import close_up_crops, framed_height, octave_crops
+    from nst3d.cameras import cameras_around, fibonacci_directions
+    from nst3d.held_out import held_out_views
+    from nst3d.scales import CLOSE_UP_FRACTION
+
+    train = cameras_around(torch.zeros(3), 4.0, fibonacci_directions(12), 64, 48, 50.0)
+    frame = SceneFrame.from_cameras(train)
+    heights, crops = octave_crops(train, frame, None, 9, seed=3)
+    assert len(crops) == 9 and len(heights) >= 2 and heights[0] == pytest.approx(0.2 * framed_height(frame))
+    depth = (crops.cam_to_world[:, :3, 3] - frame.center).norm(dim=-1)  # the ring looks at its centre
+    covers = depth * crops.height / crops.K[:, 1, 1]
+    assert torch.allclose(covers, torch.tensor([heights[k % len(heights)] for k in range(9)]), rtol=1e-3)
+    principal = crops.K[:, :2, 2]
+    assert not torch.allclose(principal, train.K[:1, :2, 2].expand_as(principal))  # off-centre crops
+    held = held_out_views(frame.framer(64, 48), count=2)
+    shown = torch.full((6, 1, 48, 64), 3.0)
+    close = close_up_crops(held, shown, torch.ones_like(shown), CLOSE_UP_FRACTION * framed_height(frame))
+    assert close.view_height == pytest.approx(CLOSE_UP_FRACTION * framed_height(frame))
+    for cams in (close.anchors, close.short, close.long):
+        assert torch.allclose(3.0 * cams.height / cams.K[:, 1, 1], torch.full((2,), close.view_height), rtol=1e-4)

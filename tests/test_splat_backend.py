@@ -209,7 +209,8 @@ def nst3d(*args):
 def test_cli_writes_stylized_ply_sheet_and_report(files, random_weights_file, tmp_path):
     out = tmp_path / "styled.ply"
     r = nst3d("splat", files / "ball.ply", "--style", files / "style.png", "-o", out, "--size", 40, "--steps", 4,
-              "--views", 2, "--pool", 4, "--held-out", 2, "--weights", random_weights_file, "--quiet")
+              "--views", 2, "--pool", 4, "--held-out", 2, "--weights", random_weights_file, "--quiet", "--split",
+              "none")
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["styled.json", "styled.ply", "styled.png"]
     source, result = read_splat(files / "ball.ply"), read_splat(out)

@@ -229,7 +229,7 @@ def test_cli_stylizes_spz_into_inria_ply_and_compressed_ply_into_compressed_ply(
         source, out = tmp_path / name, tmp_path / output
         assert asset_kind(source) == "splat" and infer_backend(source) == "splat"
         code = main(["splat", str(source), "--style", str(style), "-o", str(out), "--size", "32", "--steps", "2",
-                     "--pool", "2", "--held-out", "1", "--weights", str(random_weights_file)])
+                     "--pool", "2", "--held-out", "1", "--weights", str(random_weights_file), "--split", "none"])
         assert code == 0, capsys.readouterr().err
         decoded = read_any_splat(source)
         assert f"({decoded.source_format}, 300 Gaussians); the output is" in capsys.readouterr().err

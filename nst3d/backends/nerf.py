@@ -17,8 +17,10 @@
   along each ray and their weights never change, so they are kept (up to `geometry_cache_mb`) and each step
   only evaluates the appearance branch on them; held-out and other views go through the model's forward.
 - Views: a pool of the dataset's training cameras, rescaled to the working size, as captured and jittered by
-  a small fixed rotation about the scene centre (their content renders are kept); held-out cameras come from
-  nst3d.eval around the same centre.
+  a small fixed rotation about the scene centre, and (crop_share) zoomed crops of them at the stroke scale's
+  octaves (nerf_views.py; their content renders are kept); held-out cameras come from nst3d.eval around the same
+  centre. The colour branch's hash grid limits the finest stroke: its finest level's cell (the scene box / its
+  max resolution, nerfacto 2048) must be under a stroke's few pixels at the finest crops.
 - Save: `save_run` writes a normal nerfstudio run (config.yml + step-N.ckpt) beside the original, which
   ns-viewer, ns-render and ns-export load (also nst3d.integrations.nerfstudio.run). This module keeps
   only the model-facing side: rendering, back-propagation, views; it never reads or writes a run's files.
@@ -41,6 +43,7 @@ from typing import Any, Protocol
 import torch
 
 from nst3d.backends.base import Render
+from nst3d.backends.nerf_views import default_pool_size, joined, octave_crops, view_pool
 from nst3d.cameras import Cameras, cameras_around, opengl_to_opencv
 from nst3d.sampling import evenly_spaced_indices
 
@@ -133,19 +136,6 @@ class SceneFrame:
         """A `frame(directions [V, 3]) -> Cameras` for nst3d.eval.held_out_views."""
         return lambda directions: cameras_around(self.center, self.distance, self.to_world(directions), width,
                                                  height, self.fov_y_degrees, up=self.up)
-
-
-def rotate_about(cameras: Cameras, center: torch.Tensor, axis: torch.Tensor, angle: torch.Tensor) -> Cameras:
-    """Cameras [V] orbited about `center` [3] by `angle` [V] radians around unit `axis` [V, 3]."""
-    k = torch.zeros(len(cameras), 3, 3)
-    k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
-    k = k - k.transpose(1, 2)
-    s, c = angle.sin()[:, None, None], angle.cos()[:, None, None]
-    rotation = torch.eye(3) + s * k + (1 - c) * (k @ k)  # Rodrigues
-    move = torch.eye(4).repeat(len(cameras), 1, 1)
-    move[:, :3, :3] = rotation
-    move[:, :3, 3] = center - (rotation @ center[:, None])[..., 0]
-    return Cameras(cameras.world_to_cam @ torch.linalg.inv(move), cameras.K, cameras.width, cameras.height)
 
 
 # --------------------------------------------------------------------------------------------- rendering
@@ -273,26 +263,6 @@ class NerfViews:
         return len(self.cameras)
 
 
-def default_pool_size(cameras: int) -> int:
-    """Twice the training cameras (each once as captured, once jittered), up to 128 unless there are more."""
-    return min(2 * cameras, max(cameras, 128))
-
-
-def view_pool(train: Cameras, frame: SceneFrame, size: int, jitter_degrees: float, seed: int = 0) -> Cameras:
-    """`size` training views: pool[k] is camera k % N, as captured for k < N, else orbited about the scene
-    centre by a fixed random rotation of up to jitter_degrees."""
-    index = [k % len(train) for k in range(size)]
-    pool = train[index]
-    jittered = [k for k in range(size) if k >= len(train)]
-    if jittered and jitter_degrees > 0:
-        generator = torch.Generator().manual_seed(seed)
-        axis = torch.nn.functional.normalize(torch.randn(len(jittered), 3, generator=generator), dim=-1)
-        angle = (torch.rand(len(jittered), generator=generator) * 2 - 1) * math.radians(jitter_degrees)
-        moved = rotate_about(pool[jittered], frame.center, axis, angle)
-        pool.world_to_cam[jittered] = moved.world_to_cam
-    return pool
-
-
 class NerfBackend:
     """Stylize a StyleNerfactoModel's appearance (nst3d.backends.base.Backend, deferred).
 
@@ -305,7 +275,7 @@ class NerfBackend:
     def __init__(self, model: Any, train_cameras: Cameras, frame: SceneFrame, views_per_step: int = 1,
                  jitter_degrees: float = JITTER_DEGREES, patch_rays: int = PATCH_RAYS, lr: float | None = None,
                  pool_size: int | None = None, seed: int = 0, geometry_cache_mb: float = GEOMETRY_CACHE_MB,
-                 chunk_rays: int | None = None):
+                 chunk_rays: int | None = None, stroke_scale: float | None = None, crop_share: float = 0.0):
         self.model = model
         self.train_cameras = train_cameras
         self.frame = frame
@@ -313,8 +283,12 @@ class NerfBackend:
         self.patch_rays = patch_rays
         self.chunk_rays = chunk_rays or patch_rays  # renders without autograd too: memory set by the patch
         self.lr = lr
-        self.pool = view_pool(train_cameras, frame, pool_size or default_pool_size(len(train_cameras)),
-                              jitter_degrees, seed)
+        size = pool_size or default_pool_size(len(train_cameras))
+        crops = int(size * crop_share)  # zoomed crops at the stroke scale's octaves (nerf_views.octave_crops)
+        self.pool = view_pool(train_cameras, frame, size - crops, jitter_degrees, seed)
+        self.octaves, self.crops = octave_crops(train_cameras, frame, stroke_scale, crops, seed)
+        if self.crops is not None:
+            self.pool = joined(self.pool, self.crops)
         self._content: dict[int, Render] = {}  # pool index -> content render (CPU)
         self.geometry_budget = geometry_cache_mb * 2**20
         self._geometry: dict[int, list[GeometryPiece]] = {}  # pool index -> geometry (model device)
@@ -435,10 +409,12 @@ class TrainedRun(Protocol):
 
 def backend_for_run(run: TrainedRun, size: int, views_per_step: int = 1, jitter_degrees: float = JITTER_DEGREES,
                     patch_rays: int = PATCH_RAYS, lr: float | None = None, pool_size: int | None = None,
-                    seed: int = 0, geometry_cache_mb: float = GEOMETRY_CACHE_MB) -> NerfBackend:
+                    seed: int = 0, geometry_cache_mb: float = GEOMETRY_CACHE_MB, stroke_scale: float | None = None,
+                    crop_share: float = 0.0) -> NerfBackend:
     """A NerfBackend over a loaded run's training cameras at working size `size` (longer side, px)."""
     first = run.train_cameras[0:1]
     width, height = working_size(int(first.width), int(first.height), size)
     train = from_nerfstudio(run.train_cameras, width, height)
     return NerfBackend(run.model, train, SceneFrame.from_cameras(train), views_per_step, jitter_degrees,
-                       patch_rays, lr, pool_size, seed, geometry_cache_mb)
+                       patch_rays, lr, pool_size, seed, geometry_cache_mb, stroke_scale=stroke_scale,
+                       crop_share=crop_share)

@@ -13,6 +13,7 @@ from nst3d.events import ProgressBar
 from nst3d.files import check_output
 from nst3d.options import add_style_options, options_from_args, with_defaults
 from nst3d.pipelines.splat import DEFAULT_CONSISTENCY, DEFAULTS, stylize_splat_file
+from nst3d.schema import SplatOptions, add_arguments, from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="drop huge and needle-like Gaussians that smear the style (changes the count; off by "
                         "default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_arguments(p, SplatOptions, title="splat")
     add_style_options(p, DEFAULTS)
     p.set_defaults(run=run)
 
@@ -82,9 +84,11 @@ def run(args: argparse.Namespace) -> int:
                                 compare_baseline=args.compare_baseline, up=args.up, pool=args.pool,
                                 held_out=args.held_out, cleanup=args.cleanup, color_field=args.color_field,
                                 consistency_weight=args.consistency_weight, sheet=sheet, report=report_path,
-                                on_event=bar)
+                                on_event=bar, split=from_args(SplatOptions, args).split)
     bar.close()
     style = report.evaluation["style_distance"]
+    close = report.evaluation.get("close_up", {}).get("style_distance")
+    close_text = "" if close is None else f", close-up {close['before']:.3g} -> {close['after']:.3g}"
     print(f"wrote {args.output}, {sheet}, {report_path} ({report.details['gaussians']} Gaussians; held-out style "
-          f"distance {style['before']:.3g} -> {style['after']:.3g}; {report.seconds:.0f} s)")
+          f"distance {style['before']:.3g} -> {style['after']:.3g}{close_text}; {report.seconds:.0f} s)")
     return 0

@@ -16,6 +16,7 @@ from nst3d.errors import UserError
 from nst3d.events import EventSink, ignore
 from nst3d.held_out import HeldOutViews, held_out_views
 from nst3d.options import StyleOptions
+from nst3d.scales import CLOSE_UP_FRACTION
 from nst3d.schema import DEFAULTS as BACKEND_DEFAULTS
 
 from .report import Report
@@ -25,6 +26,8 @@ DEFAULTS = BACKEND_DEFAULTS["nerf"]
 #: views smaller than this (px) stylize much less: 0.24x of the start style distance at 64 px vs 0.16x at 96
 SMALL_VIEW = 96
 PREVIEW = "nst3d_preview.png"
+#: The share of the training pool made of zoomed crops of capture cameras at the stroke scale's octaves.
+CROP_SHARE = 1 / 3
 REPORT = "nst3d_report.json"
 
 
@@ -59,7 +62,8 @@ class NerfAdapter(Adapter):
         from nst3d.backends.nerf import backend_for_run
 
         backend = backend_for_run(self.run, opts.size, opts.views, self.jitter, self.patch_rays, opts.lr, self.pool,
-                                  opts.seed, self.geometry_cache_mb)
+                                  opts.seed, self.geometry_cache_mb, stroke_scale=opts.stroke_scale,
+                                  crop_share=CROP_SHARE)
         self.run.model.field.reset_appearance()  # a stylized run is stylized again from its original appearance
         return backend
 
@@ -87,7 +91,16 @@ class NerfAdapter(Adapter):
         return self.backend.render(cameras)
 
     def render_original(self, cameras):
-        return self.backend.render_content(cameras)
+        self.last_original = self.backend.render_content(cameras)  # the held-out views' depth, for close_ups
+        return self.last_original
+
+    def close_ups(self) -> HeldOutViews:
+        """The held-out views zoomed so each anchor covers CLOSE_UP_FRACTION of the framed extent at its depth."""
+        from nst3d.backends.nerf_views import close_up_crops, framed_height
+
+        shown = self.last_original
+        return close_up_crops(self.held, shown.depth.cpu(), shown.mask.cpu(),
+                              CLOSE_UP_FRACTION * framed_height(self.backend.frame))
 
     def export(self, opts: StyleOptions, history: list, finish: Finish) -> Report:
         """save_run writes the run in a hidden folder; the preview and report go in before it appears."""
@@ -125,7 +138,8 @@ class NerfAdapter(Adapter):
                 "training_cameras": len(train),
                 "pool": len(backend.pool), "geometry_cache_mb": backend.geometry_bytes / 2**20,
                 "patch_rays": self.patch_rays, "jitter_degrees": self.jitter, "seconds_per_step": self.seconds_per_step,
-                "trainable_parameters": sum(p.numel() for p in self.run.model.appearance_parameters())}
+                "trainable_parameters": sum(p.numel() for p in self.run.model.appearance_parameters()),
+                "octave_heights": backend.octaves, "zoomed_crops": 0 if backend.crops is None else len(backend.crops)}
 
 
 def stylize_nerf_run(config_path: Path, output: Path, opts: StyleOptions, *, data: Path | None = None,

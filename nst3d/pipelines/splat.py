@@ -18,19 +18,27 @@ from nst3d.backends.splat.backend import (
     robust_bounds,
 )
 from nst3d.backends.splat.capture import cameras_beside, capture_cameras
+from nst3d.backends.splat.close import scene_diagonal
 from nst3d.backends.splat.compressed import write_compressed_ply
 from nst3d.backends.splat.formats import read_any_splat
 from nst3d.backends.splat.ply import GAUSSIAN_PROPERTIES, read_splat, write_splat
+from nst3d.backends.splat.scene import render_scene
+from nst3d.backends.splat.split import SPLIT_PIXELS, split_extent, split_ply, split_scene
 from nst3d.errors import UserError
 from nst3d.events import EventSink, ignore
 from nst3d.held_out import HeldOutViews
 from nst3d.options import StyleOptions
+from nst3d.scales import stroke_scale_or_default
 from nst3d.schema import DEFAULTS as BACKEND_DEFAULTS
 
 from .report import Report
 from .run import Adapter, Finish, run
 
 DEFAULT_CONSISTENCY = 20.0
+#: The share of the training pool made of close views at the stroke scale's octaves (the rest frame the object):
+#: on the donut, half the pool left the close-up held-out style at 0.49x of its start (its finest views covered
+#: a seventh of the surface), so two thirds, most of them at the finest octave (close.octave_shares).
+CLOSE_SHARE = 2 / 3
 DEFAULTS = BACKEND_DEFAULTS["splat"]
 
 
@@ -43,13 +51,15 @@ class SplatAdapter(Adapter):
 
     def __init__(self, scene_path: Path, output: Path, *, cameras: Path | None, dataparser_transforms: Path | None,
                  view_dependent: bool, compare_baseline: bool, up: str, pool: int, held_out: int, cleanup: bool,
-                 color_field: int, consistency_weight: float, sheet: Path | None, report: Path | None):
+                 color_field: int, consistency_weight: float, sheet: Path | None, report: Path | None,
+                 split: str = "auto"):
         self.input, self.output, self.cameras = scene_path, output, cameras
         self.dataparser_transforms, self.view_dependent, self.up = dataparser_transforms, view_dependent, up
         self.compare_baseline, self.pool, self.held_out_count = compare_baseline, pool, held_out
         self.cleanup, self.color_field, self.consistency_weight = cleanup, color_field, consistency_weight
         self.sheet, self.report_path = sheet, report
         self.compressed_out = output.name.lower().endswith(".compressed.ply")
+        self.split_mode, self.split = split, None
 
     def load(self, opts: StyleOptions, device: torch.device, on_event: EventSink) -> None:
         self.ply = ply = read_any_splat(self.input)
@@ -68,6 +78,18 @@ class SplatAdapter(Adapter):
             self.scene = self.scene.subset(self.keep)
             if len(self.scene) == 0:
                 raise UserError("--cleanup would remove every Gaussian; run without it")
+        self.diagonal = scene_diagonal(self.scene)
+        self.stroke_scale = stroke_scale_or_default(opts.stroke_scale, self.diagonal)
+        on_event({"event": "message", "text": f"stroke scale {self.stroke_scale:.4g} (scene units; bounding diagonal "
+                  f"{self.diagonal:.4g}){'' if opts.stroke_scale else ': the default, give --stroke-scale to choose'}"})
+        if self.split_mode == "auto":
+            self.unsplit = self.scene
+            self.split = split_scene(self.scene, split_extent(self.stroke_scale, opts.size))
+            if self.split.rounds:
+                self.scene = self.split.scene
+                on_event({"event": "message", "text": f"split Gaussians larger than {self.split.max_extent:.3g} "
+                          f"(3 sigma; {SPLIT_PIXELS:g} px of the finest views): {len(self.unsplit)} -> "
+                          f"{len(self.scene)}{' (the cap)' if self.split.capped else ''}; --split none keeps them"})
 
     def make_backend(self, opts: StyleOptions, device: torch.device, on_event: EventSink,
                      should_stop: Callable[[], bool] | None) -> SplatBackend:
@@ -75,7 +97,8 @@ class SplatAdapter(Adapter):
         return SplatBackend(self.scene, size=opts.size, views_per_step=opts.views, pool_size=self.pool,
                             view_dependent=self.view_dependent, capture=self.capture, up=self.up, lr=opts.lr,
                             init=opts.init, device=device, seed=opts.seed, field_resolution=self.color_field,
-                            held_out=self.held_out_count, on_event=on_event, should_stop=should_stop)
+                            held_out=self.held_out_count, on_event=on_event, should_stop=should_stop,
+                            stroke_scale=self.stroke_scale, close_share=CLOSE_SHARE)
 
     def palette(self) -> torch.Tensor:
         return torch.cat([b.content.permute(1, 0, 2, 3)[:, b.mask[:, 0] > 0.5] for b in self.backend.batches], dim=1)
@@ -87,7 +110,13 @@ class SplatAdapter(Adapter):
         self.backend.keep_chroma = opts.preserve_color == "luminance"
 
     def held_out(self) -> HeldOutViews:
-        return self.backend.held_out(self.held_out_count)
+        held = self.backend.held_out(self.held_out_count)
+        if self.split is not None and self.split.rounds:
+            self.split_psnr = split_psnr(self.unsplit, self.backend, held.anchors)
+        return held
+
+    def close_ups(self) -> HeldOutViews | None:
+        return self.backend.close_ups(self.held_out_count, self.opts.seed)
 
     def render_stylized(self, cameras):
         return self.backend.render_cameras(cameras, "stylized")
@@ -97,6 +126,9 @@ class SplatAdapter(Adapter):
 
     def export(self, opts: StyleOptions, history: list, finish: Finish) -> Report:
         ply, keep = self.ply, self.keep
+        if self.split is not None and self.split.rounds:  # the file holds the split Gaussians (dropped ones gone)
+            kept_rows = torch.arange(ply.count) if keep is None else torch.nonzero(keep.cpu()).squeeze(1)
+            ply, keep = split_ply(ply, kept_rows[self.split.parent.cpu()].numpy(), self.scene), None
         sh_dc, sh_rest = full_colors(ply, self.backend, keep)
         kept = None if keep is None else keep.cpu().numpy()
         if self.compressed_out:
@@ -131,7 +163,18 @@ class SplatAdapter(Adapter):
             "pool": len(backend.batches) * self.opts.views,
             "renderer": "gsplat" if backend.engine == "gsplat" else "nst3d tiled PyTorch compositor",
             "consistency_weight": self.consistency_weight,
+            "stroke_scale": self.stroke_scale, "bounding_diagonal": self.diagonal, "octave_heights": backend.octaves,
+            "close_views": (len(backend.batches) - backend.whole_batches) * self.opts.views,
+            "split": self._split_details(),
         }
+
+    def _split_details(self) -> dict[str, Any]:
+        split = self.split
+        if split is None:
+            return {"mode": "none"}
+        return {"mode": "auto", "max_extent": split.max_extent, "pixels": SPLIT_PIXELS, "rounds": split.rounds,
+                "before": len(self.unsplit), "after": len(self.scene), "cap": split.cap, "capped": split.capped,
+                "psnr_db_on_held_out_anchors": getattr(self, "split_psnr", None)}
 
 
 def stylize_splat_file(scene_path: Path, output: Path, opts: StyleOptions, *, cameras: Path | None = None,
@@ -139,14 +182,15 @@ def stylize_splat_file(scene_path: Path, output: Path, opts: StyleOptions, *, ca
                        compare_baseline: bool = False, up: str = "auto", pool: int = 48, held_out: int = 4,
                        cleanup: bool = False, color_field: int = 0,
                        consistency_weight: float = DEFAULT_CONSISTENCY, sheet: Path | None = None,
-                       report: Path | None = None, on_event: EventSink = ignore, should_stop=None) -> Report:
+                       report: Path | None = None, on_event: EventSink = ignore, should_stop=None,
+                       split: str = "auto") -> Report:
     """Stylize the splat at scene_path into `output` (and the contact sheet `sheet` and report `report` where
     given); returns the report. Nothing is written if anything fails or the run is cancelled."""
     adapter = SplatAdapter(Path(scene_path), Path(output), cameras=cameras,
                            dataparser_transforms=dataparser_transforms, view_dependent=view_dependent,
                            compare_baseline=compare_baseline, up=up, pool=pool, held_out=held_out, cleanup=cleanup,
                            color_field=color_field, consistency_weight=consistency_weight, sheet=sheet,
-                           report=report)
+                           report=report, split=split)
     return run(adapter, opts, on_event, should_stop)
 
 
@@ -188,6 +232,12 @@ def verify_compressed_output(source, output: Path, order: np.ndarray) -> dict[st
     return {"count": out.count, "format": "compressed PLY", "geometry_and_opacity_identical": bool(
                 np.array_equal(before, after)), "max_position_error": float(np.abs(after[:, :3] - before[:, :3]).max(
                 initial=0.0)), "fraction_of_colours_changed": changed}
+
+
+def split_psnr(unsplit: SplatScene, backend: SplatBackend, cameras) -> float:
+    """PSNR (dB, over white) of the split scene's original colours against the unsplit scene from `cameras`."""
+    before, after = render_scene(unsplit, cameras), backend.render_cameras(cameras, "original")
+    return float(-10 * torch.log10(((before.rgb - after.rgb) ** 2).mean().clamp(min=1e-12)))
 
 
 def _bytes(column: np.ndarray) -> np.ndarray:

@@ -37,7 +37,14 @@ import torch
 
 from nst3d.backends.base import Render, pool_backgrounds
 from nst3d.backends.splat.capture import capture_cameras as capture_cameras  # re-exported: its old home
-from nst3d.backends.splat.color_field import ColorField
+from nst3d.backends.splat.close import (
+    close_cameras,
+    octave_shares,
+    scene_diagonal,
+    surface_points,
+    zoomed_capture,
+)
+from nst3d.backends.splat.color_field import ColorField, resolution_for
 from nst3d.backends.splat.consistency import ConsistentObjective as ConsistentObjective  # re-exported
 from nst3d.backends.splat.consistency import consistency_loss as consistency_loss  # re-exported
 from nst3d.backends.splat.consistency import pair_warp
@@ -45,6 +52,7 @@ from nst3d.backends.splat.engine import GSPLAT, TORCH, choose_engine
 from nst3d.backends.splat.ply import SH_C0
 from nst3d.backends.splat.render import Plan, covariances, plan, rasterize, shade
 from nst3d.backends.splat.scene import (
+    FOV_DEGREES,
     SplatScene,
     _to_render,
     canonical_to_world,
@@ -62,7 +70,8 @@ from nst3d.cameras import Cameras, fibonacci_directions, jitter_directions
 from nst3d.color import keep_content_chroma
 from nst3d.errors import UserError
 from nst3d.events import Cancelled, ignore
-from nst3d.held_out import HeldOutViews, held_out_views
+from nst3d.held_out import HeldOutViews, close_up_views, held_out_views
+from nst3d.scales import CLOSE_UP_FRACTION, octave_heights, stroke_scale_or_default
 
 
 @dataclass
@@ -97,12 +106,15 @@ class SplatBackend:
                  lr: float | None = None, init: str = "content", device: torch.device | str = "cpu",
                  seed: int = 0, jitter_degrees: float = 12.0, zoom_range: tuple[float, float] = (0.8, 1.1),
                  field_resolution: int = 0, field_levels: int = 4, white_share: float = 1.0, held_out: int = 4,
-                 on_event: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None):
+                 on_event: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None,
+                 stroke_scale: float | None = None, close_share: float = 0.0):
         """held_out: capture cameras kept out of the pool for the report (a capture only, at most a fifth);
         field_resolution: 0 (default) gives every Gaussian a free colour offset; > 0 paints the offsets into
         a ColorField of that finest resolution instead (smoother, coarser strokes; on the donut it matched the
         style less well for the same consistency); white_share: share of pool views rendered over white (the
-        others over a random colour each)."""
+        others over a random colour each); stroke_scale: the finest view height (world units; default
+        nst3d.scales' share of the bounding diagonal); close_share: the share of the pool made of close views at
+        the octaves down to it (close.py: surface views for orbits, zoomed capture cameras with a capture)."""
         self.device = torch.device(device)
         self.scene = scene.to(self.device)
         self.size = size
@@ -115,6 +127,9 @@ class SplatBackend:
                       "so its colours are the same from every side; stylizing the base colours only"})
         self.points = framing_points(scene, seed)
         self.center, self.radius = robust_bounds(self.points)
+        self.diagonal = scene_diagonal(scene)
+        self.stroke_scale = stroke_scale_or_default(stroke_scale, self.diagonal)
+        self.octaves = octave_heights(self.stroke_scale, self.diagonal)
         self.capture = capture
         self.up = capture_up(capture) if capture is not None and up == "auto" else up_vector(up, self.points)
         self.rotation = canonical_to_world(self.up)
@@ -131,12 +146,19 @@ class SplatBackend:
             hi = torch.quantile(self.points, 0.995, dim=0) + margin
             self.field: ColorField | None = ColorField(self.scene.means, lo.to(self.device), hi.to(self.device),
                                                        field_resolution, field_levels)
+            needed = resolution_for(float((hi - lo).max()), self.stroke_scale, size)
+            if field_resolution < needed and on_event is not None:
+                on_event({"event": "warning", "text": f"--color-field {field_resolution}: its finest voxels are "
+                          f"coarser than a stroke at --stroke-scale {self.stroke_scale:.3g}; {needed} holds those"})
             self.free_colors = None
         else:
             self.field = None
             self.free_colors = torch.nn.Parameter(torch.zeros_like(base))  # [N, 3] per-Gaussian offsets
         self.keep_chroma = False  # --preserve-color luminance: applied to what is exported
         self.sh_rest = torch.nn.Parameter(self.scene.sh_rest.clone()) if self.view_dependent else None
+        close_points = round(pool_size * close_share / views_per_step) if close_share > 0 else 0
+        close_count = min(close_points * views_per_step, pool_size - 1)
+        pool_size -= close_count
         if capture is not None:
             self.held_capture, pool = split_capture(capture, size, held_out)
             if len(self.held_capture) < held_out and on_event is not None:
@@ -149,17 +171,13 @@ class SplatBackend:
             directions = directions[neighbour_chain(directions, generator)]  # a batch's views overlap
             zoom = zoom_range[0] + (zoom_range[1] - zoom_range[0]) * torch.rand(pool_size, generator=generator)
             pool = self.frame(directions, zoom=zoom)
-        backgrounds = pool_backgrounds(len(pool), white_share, generator)
         self.batches: list[ViewBatch] = []
-        starts = range(0, len(pool), views_per_step)
-        for key, start in enumerate(starts):
-            if should_stop is not None and should_stop():
-                raise Cancelled()
-            index = list(range(start, min(start + views_per_step, len(pool))))
-            self.batches.append(self._prepare(key, pool[index], backgrounds[index]))
-            if on_event is not None:
-                on_event({"event": "progress", "stage": "preparing views", "step": key + 1,
-                          "total": len(starts), "unit": "batch"})
+        self._prepare_pool(pool, views_per_step, white_share, generator, on_event, should_stop)
+        self.whole_batches = len(self.batches)
+        if close_count > 0:
+            close = self._close_pool(close_count, views_per_step, generator)
+            if close is not None:
+                self._prepare_pool(close, views_per_step, white_share, generator, on_event, should_stop)
         if on_event is not None:
             on_event({"event": "stage_done", "stage": "preparing views"})
         self._order: list[int] = []
@@ -176,6 +194,49 @@ class SplatBackend:
         world = directions.float() @ self.rotation.T
         return frame_views(self.points, self.center, world, self.up, width or self.size, height or self.size,
                            zoom=zoom)
+
+    def _prepare_pool(self, pool: Cameras, views_per_step: int, white_share: float, generator: torch.Generator,
+                      on_event: Callable[[dict], None] | None, should_stop: Callable[[], bool] | None) -> None:
+        """Set up `pool` as ViewBatches of views_per_step consecutive views, appended to self.batches."""
+        backgrounds = pool_backgrounds(len(pool), white_share, generator)
+        starts = range(0, len(pool), views_per_step)
+        for number, start in enumerate(starts):
+            if should_stop is not None and should_stop():
+                raise Cancelled()
+            index = list(range(start, min(start + views_per_step, len(pool))))
+            self.batches.append(self._prepare(len(self.batches), pool[index], backgrounds[index]))
+            if on_event is not None:
+                on_event({"event": "progress", "stage": "preparing views", "step": number + 1,
+                          "total": len(starts), "unit": "batch"})
+
+    def _close_pool(self, count: int, group: int, generator: torch.Generator) -> Cameras | None:
+        """`count` close training views at the octaves (finest first, the finest getting any remainder): surface
+        views in groups of `group` (orbits), or zoomed crops of the pool's capture cameras."""
+        cams, depth, mask = self._whole_pool()
+        if self.capture is None:
+            return close_cameras(self.scene, self.octaves, octave_shares(count // group, self.octaves), group,
+                                 self.size, generator, cams, depth)
+        crops = zoomed_capture(cams, depth, mask, self.octaves, count, generator)
+        return None if crops is None else crops[neighbour_chain(crops.centers, generator)]
+
+    def _whole_pool(self) -> tuple[Cameras, torch.Tensor, torch.Tensor]:
+        """The whole-object pool's cameras, depth and mask [C, 1, H, W], on the CPU (set-up and evaluation only)."""
+        whole = self.batches[: self.whole_batches]
+        cams = Cameras(torch.cat([b.cameras.world_to_cam for b in whole]).cpu(),
+                       torch.cat([b.cameras.K for b in whole]).cpu(), self.size, self.size)
+        return cams, torch.cat([b.depth for b in whole]).cpu(), torch.cat([b.mask for b in whole]).cpu()
+
+    def close_ups(self, count: int = 4, seed: int = 1) -> HeldOutViews | None:
+        """Close-up held-out views: CLOSE_UP_FRACTION of the bounding diagonal high, looking along the normal at
+        surface points drawn like the training ones but from another seed (never trained on); None when the
+        whole-object views see no point."""
+        generator = torch.Generator().manual_seed(10_007 + seed)
+        height = CLOSE_UP_FRACTION * self.diagonal
+        cams, depth, _ = self._whole_pool()
+        points, normals = surface_points(self.scene, count, height, generator, cams, depth)
+        if len(points) == 0:
+            return None
+        return close_up_views(points, normals, height, self.size, self.size, FOV_DEGREES)
 
     def held_out(self, count: int = 4) -> HeldOutViews:
         """Held-out views: eval's orbit anchors and partners, or for a capture the cameras kept out of the

@@ -49,3 +49,11 @@ class ColorField:
         """One group per level; each coarser level steps `coarse_scale` times smaller (its voxels touch many
         Gaussians, so a full step moves large areas at once)."""
         return [{"params": [v], "lr": lr * coarse_scale**level} for level, v in enumerate(self.values)]
+
+
+def resolution_for(span: float, stroke_scale: float, size: int, pixels: float = 4.0) -> int:
+    """The finest resolution whose voxels (span / resolution, span the box's longest side) are at most `pixels`
+    pixels of the finest training views (stroke_scale over `size` px): what a stroke needs. Above it, a voxel
+    finer than the Gaussians' spacing adds nothing (each Gaussian reads one trilinear sample at its centre), and
+    storage stays bounded by 8 entries per Gaussian per level whatever the resolution."""
+    return max(2, int(-(-span * size // (pixels * stroke_scale))))
