@@ -56,7 +56,7 @@ from nst3d.color import keep_content_chroma
 from nst3d.scales import bounding_diagonal, octave_heights, stroke_scale_or_default, surface_cameras
 
 CLOSE_JITTER_DEGREES = 25.0  # close views look along directions this near the outward normal
-MAX_RAISED_SIDE = 2048  # a texture may be resampled up to this side to hold strokes at the stroke scale
+MAX_RAISED_SIDE = 1024  # the residual's (and a raised texture's) largest side: 2048 cost 1.56x the bare VGG step
 WHOLE_SHARE = 0.4  # of the training pool: whole-object views (the rest: close octaves)
 
 
