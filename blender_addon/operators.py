@@ -270,6 +270,14 @@ class NST3D_OT_style_add(bpy.types.Operator):
         return {"FINISHED"}
 
 
+def _remove_active(settings, collection: str, index: str) -> set[str]:
+    """Remove the list's active row (settings.<collection>[settings.<index>]) and keep the index in range."""
+    rows = getattr(settings, collection)
+    rows.remove(getattr(settings, index))
+    setattr(settings, index, max(0, min(getattr(settings, index), len(rows) - 1)))
+    return {"FINISHED"}
+
+
 class NST3D_OT_style_remove(bpy.types.Operator):
     """Remove the selected style image"""
 
@@ -282,10 +290,7 @@ class NST3D_OT_style_remove(bpy.types.Operator):
         return len(context.scene.nst3d.styles) > 0
 
     def execute(self, context):
-        settings = context.scene.nst3d
-        settings.styles.remove(settings.style_index)
-        settings.style_index = max(0, min(settings.style_index, len(settings.styles) - 1))
-        return {"FINISHED"}
+        return _remove_active(context.scene.nst3d, "styles", "style_index")
 
 
 class NST3D_OT_style_map_add(bpy.types.Operator):
@@ -318,10 +323,7 @@ class NST3D_OT_style_map_remove(bpy.types.Operator):
         return len(context.scene.nst3d.style_map) > 0
 
     def execute(self, context):
-        settings = context.scene.nst3d
-        settings.style_map.remove(settings.style_map_index)
-        settings.style_map_index = max(0, min(settings.style_map_index, len(settings.style_map) - 1))
-        return {"FINISHED"}
+        return _remove_active(context.scene.nst3d, "style_map", "style_map_index")
 
 
 class NST3D_OT_revert_styled(bpy.types.Operator):
