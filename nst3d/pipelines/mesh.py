@@ -144,14 +144,15 @@ class MeshAdapter(Adapter):
         self.held = held_out_views(self.backend.frame, self.held_out_count)
         return self.held
 
-    def close_ups(self) -> HeldOutViews:
-        """Close-ups at area-sampled visible points, never trained on (their own random stream)."""
+    def close_ups(self) -> HeldOutViews | None:
+        """Close-ups at area-sampled visible points, never trained on (their own random stream); None when no
+        surface point can be seen from a close-up's distance."""
         backend = self.backend
         height = CLOSE_UP_FRACTION * backend.diagonal
         generator = torch.Generator().manual_seed(CLOSE_UP_SEED + self.opts.seed)
         points, normals = visible_surface_views(backend.rasterizer, self.held_out_count, height, backend.size,
                                                 generator)
-        return close_up_views(points, normals, height, backend.size, backend.size)
+        return close_up_views(points, normals, height, backend.size, backend.size) if len(points) else None
 
     def render_stylized(self, cameras):
         return self.backend.render_cameras(cameras, self.textures)
