@@ -166,3 +166,64 @@ def test_dilation_fills_the_gutter_and_keeps_the_charts():
     assert torch.equal(out[:, 2:4, 2:4], texture[:, 2:4, 2:4])
     assert torch.allclose(out[:, 1, 1], torch.full((3,), 0.7)) and torch.allclose(out[:, 5, 5], torch.full((3,), 0.7))
     assert torch.equal(out[:, 7, 7], torch.zeros(3))
+
+
+def test_sample_matrix_is_the_per_level_gather(tmp_path):
+    """The training renders' sparse matrix gives the same pixels and texel gradients as grid_sample per mip
+    level (gbuffer.gather), with trilinear weights, two slots and border clamping."""
+    from nst3d.backends.mesh.gbuffer import gather, mip_levels, plan_samples
+    from nst3d.backends.mesh.resolve import resolve, sample_matrix, stacked
+
+    generator = torch.Generator().manual_seed(0)
+    n, pixel_count = 500, 64
+    sizes, indices, textures = [(16, 8), (5, 7)], [], []
+    for size in sizes:
+        uv = torch.rand(n, 2, generator=generator) * 1.2 - 0.1  # some outside [0, 1]: clamped to the border
+        lod = torch.rand(n, generator=generator) * 8 - 7
+        pixels = torch.randint(0, pixel_count, (n,), generator=generator)
+        factor = torch.rand(n, generator=generator)
+        indices.append(plan_samples(pixels, uv, lod, size, mip_levels(size), factor))
+        textures.append(torch.rand(1, 3, *size, generator=generator, requires_grad=True))
+    grad = torch.randn(pixel_count, 3, generator=generator)
+
+    expected = torch.zeros(pixel_count, 3)
+    for texture, index in zip(textures, indices, strict=True):
+        expected = gather(mip_chain(texture), index, expected)
+    expected.backward(grad)
+    expected_grads = [t.grad.clone() for t in textures]
+    for texture in textures:
+        texture.grad = None
+
+    matrix = sample_matrix(indices, sizes, pixel_count)
+    out = resolve(torch.cat([stacked(mip_chain(t)) for t in textures]), matrix)
+    out.backward(grad)
+    assert torch.allclose(out, expected, atol=1e-5)
+    for texture, expected_grad in zip(textures, expected_grads, strict=True):
+        assert torch.allclose(texture.grad, expected_grad, atol=1e-5)
+
+
+def test_fast_halving_and_doubling_match_torch():
+    """mip_chain's 2x2 box average and the pyramid's 2x bilinear enlargement (hand-written backward passes)
+    equal avg_pool2d and F.interpolate, forward and backward, including odd sides and channels_last."""
+    import torch.nn.functional as F
+
+    from nst3d.backends.mesh.texture import bilinear
+
+    generator = torch.Generator().manual_seed(1)
+    for shape in [(1, 3, 8, 12), (1, 3, 5, 7), (1, 3, 1, 4)]:
+        image = torch.rand(*shape, generator=generator, requires_grad=True)
+        size = (2 * shape[2], 2 * shape[3])
+        grad = torch.randn(1, 3, *size, generator=generator)
+        ours = bilinear(image, size)
+        (ours_grad,) = torch.autograd.grad(ours, image, grad)
+        theirs = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+        (theirs_grad,) = torch.autograd.grad(theirs, image, grad)
+        assert torch.allclose(ours, theirs, atol=1e-6) and torch.allclose(ours_grad, theirs_grad, atol=1e-5)
+    image = torch.rand(1, 3, 16, 8, generator=generator).contiguous(memory_format=torch.channels_last)
+    image.requires_grad_(True)
+    grad = torch.randn(1, 3, 8, 4, generator=generator)
+    ours = mip_chain(image)[1]
+    (ours_grad,) = torch.autograd.grad(ours, image, grad)
+    theirs = F.avg_pool2d(image, 2)
+    (theirs_grad,) = torch.autograd.grad(theirs, image, grad)
+    assert torch.allclose(ours, theirs, atol=1e-6) and torch.allclose(ours_grad, theirs_grad, atol=1e-6)

@@ -30,7 +30,6 @@ from nst3d.backends.mesh.gbuffer import (
     CoveredSamples,
     GBuffer,
     Rasterizer,
-    SampleIndex,
     covered_samples,
     mip_chain,
     mip_levels,
@@ -44,6 +43,7 @@ from nst3d.backends.mesh.render import (
     render_textures,
     render_textures_with_samples,
 )
+from nst3d.backends.mesh.resolve import SampleMatrix, resolve, sample_matrix, stacked
 from nst3d.backends.mesh.surface import surface_area, visible_surface_views
 from nst3d.backends.mesh.texture import TexturePyramid, dilate, matched_size
 from nst3d.backends.mesh.uv import resize_texture
@@ -62,15 +62,16 @@ WHOLE_SHARE = 0.4  # of the training pool: whole-object views (the rest: close o
 
 @dataclass
 class ViewBatch:
-    """Training views rasterized once. key: batch number (the loop caches content features by it)."""
+    """Training views rasterized once. key: batch number (the loop caches content features by it). Every
+    tensor lives on the backend's device."""
 
     key: int
     cameras: Cameras
     content: torch.Tensor  # [V, 3, H, W] original textures rendered (supersampled) over the background
     mask: torch.Tensor  # [V, G, H, W] coverage per style group (G = 1 without --style-map)
     depth: torch.Tensor  # [V, 1, H, W]
-    index: list[SampleIndex]  # per slot: the residual's gathers into this batch's pixels
-    pixels: torch.Tensor  # [N] every gather's flat pixel indices, concatenated in (slot, entry) order
+    slots: list[int]  # the texture slots these views see
+    samples: SampleMatrix  # those slots' residual mip chains (stacked, in `slots` order) -> the V*H*W pixels
 
 
 def close_shares(count: int, heights: list[float], area: float) -> list[int]:
@@ -229,16 +230,17 @@ class MeshBackend:
 
     def _finish_batch(self, key: int, cameras: Cameras, gbuf: GBuffer, rgb: torch.Tensor,
                       samples: CoveredSamples) -> ViewBatch:
-        index = []
+        slots, index = [], []
         for slot, pyramid in enumerate(self.pyramids):
             mine = samples.slot == slot
+            if not bool(mine.any()):
+                continue
             size = pyramid.render_size
+            slots.append(slot)
             index.append(plan_samples(samples.pixel[mine], samples.uv[mine], samples.lod[mine], size,
                                       mip_levels(size), samples.factor[mine]))
-        for item in index:  # weights as rows [1, n], to scale grid_sample's [C, n] output in place of a transpose
-            item.weights = [w.reshape(1, -1) for w in item.weights]
-        pixels = torch.cat([px for item in index for px in item.pixels] or [torch.zeros(0, dtype=torch.long)])
-        return ViewBatch(key, cameras, rgb, self._group_mask(gbuf), gbuf.depth[:, None], index, pixels)
+        matrix = sample_matrix(index, [self.pyramids[s].render_size for s in slots], rgb[:, 0].numel())
+        return ViewBatch(key, cameras, rgb, self._group_mask(gbuf), gbuf.depth[:, None], slots, matrix)
 
     def _group_mask(self, gbuf: GBuffer) -> torch.Tensor:
         """[V, G, H, W] coverage split by style group (edge pixels count in their representative's group)."""
@@ -265,21 +267,16 @@ class MeshBackend:
     def render(self, views: ViewBatch) -> Render:
         """The cached original render plus the residual textures rendered exactly as the final textures are:
         enlarged, mip-mapped and sampled (trilinear) at every covered sub-sample of the supersampled G-buffer,
-        weighted by coverage and shading and resolved into the pixels by one index_add."""
-        v, _, h, w = views.content.shape
-        samples = []
-        for pyramid, index in zip(self.pyramids, views.index, strict=True):
-            if not index.pixels:
-                continue
-            mips = mip_chain(pyramid.render_residual())
-            for grid, weight, k in zip(index.grids, index.weights, index.levels, strict=True):
-                sampled = F.grid_sample(mips[k], grid, mode="bilinear", padding_mode="border", align_corners=False)
-                samples.append(sampled[0, :, 0] * weight)  # [C, n]
-        if not samples:
+        weighted by coverage and shading and resolved into the pixels: one sparse product with the batch's
+        SampleMatrix (nst3d.backends.mesh.resolve)."""
+        if not views.slots:
             return Render(views.content, views.mask, views.depth)
-        residual = views.content.new_zeros(3, v * h * w).index_add(1, views.pixels, torch.cat(samples, dim=1))
-        rgb = views.content + residual.view(3, v, h, w).transpose(0, 1)
-        return Render(rgb, views.mask, views.depth)
+        v, _, h, w = views.content.shape
+        parts = [stacked(mip_chain(self.pyramids[s].render_residual().contiguous(memory_format=torch.channels_last)))
+                 for s in views.slots]
+        texels = parts[0] if len(parts) == 1 else torch.cat(parts)
+        residual = resolve(texels, views.samples).view(v, h, w, 3).permute(0, 3, 1, 2)
+        return Render(views.content + residual, views.mask, views.depth)
 
     def render_content(self, views: ViewBatch) -> Render:
         return Render(views.content, views.mask, views.depth)

