@@ -8,6 +8,12 @@ scales, the training pool, set-up and step time and peak memory, as one Markdown
 
 Assets come from ../shared/assets (Spot with its texture, Fox, the bunny, ShapeCollection) and, with
 --dense-bunny, the bunny subdivided to about 65k triangles (no UVs: a generated atlas). Outputs go to --out.
+
+--dots adds the dot test: a style of dark dots on a light ground (made here) on a scene of two spheres of
+radius 1 and 0.25 (no UVs), at the default stroke scale and at half of it. The dot size on the surface, per
+sphere, is the correlation length of the stylized texture's luminance over the surface: the distance (world
+units) at which the luminance of area-sampled surface points, correlated over pairs of points that far apart,
+falls to half its variance (for a pattern of dots of one diameter it is proportional to that diameter).
 """
 
 from __future__ import annotations
@@ -43,6 +49,100 @@ def dense_bunny(folder: Path, triangles: int = 60_000) -> Path:
     return path
 
 
+def dots_style(path: Path, size: int = 128, diameter: int = 12, seed: int = 0) -> Path:
+    """Dark dots (`diameter` px, on a jittered grid two diameters apart) on a light ground."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    image = np.full((size, size), 235, dtype=np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    for cy in range(diameter // 2, size, 2 * diameter):
+        for cx in range(diameter // 2, size, 2 * diameter):
+            y, x = cy + rng.uniform(-diameter / 3, diameter / 3), cx + rng.uniform(-diameter / 3, diameter / 3)
+            image[(yy - y) ** 2 + (xx - x) ** 2 <= (diameter / 2) ** 2] = 30
+    Image.fromarray(np.repeat(image[..., None], 3, -1)).save(path)
+    return path
+
+
+def two_spheres(path: Path) -> Path:
+    """Spheres of radius 1 (at the origin) and 0.25 (at x = 1.75), light grey, no UVs, as one glTF scene."""
+    import trimesh
+
+    scene = trimesh.Scene()
+    for name, radius, x in (("Big", 1.0, 0.0), ("Small", 0.25, 1.75)):
+        sphere = trimesh.creation.icosphere(subdivisions=4, radius=radius)
+        sphere.visual = trimesh.visual.TextureVisuals(material=trimesh.visual.material.PBRMaterial(
+            name=name, baseColorFactor=[230, 230, 230, 255]))
+        move = trimesh.transformations.translation_matrix((x, 0, 0))
+        scene.add_geometry(sphere, geom_name=name, node_name=name, transform=move)
+    scene.export(path)
+    return path
+
+
+def correlation_length(asset, slot: int, count: int, reach: float, seed: int = 0) -> float:
+    """The distance at which the luminance of `count` area-sampled points of the slot's triangles, correlated
+    over point pairs that far apart, falls to half its variance (see the module docstring)."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from scipy.spatial import cKDTree
+
+    from nst3d.backends.mesh.surface import triangle_areas
+
+    world = asset.world()
+    faces = np.nonzero(world.face_slot == slot)[0]
+    area = triangle_areas(world)[faces]
+    rng = np.random.default_rng(seed)
+    pick = faces[rng.choice(len(faces), count, p=area / area.sum())]
+    s, r = np.sqrt(rng.random(count)), rng.random(count)
+    bary = np.stack([1 - s, s * (1 - r), s * r], 1)[:, :, None]
+    corners = world.faces[pick]
+    points, uv = (world.vertices[corners] * bary).sum(1), (world.uv[corners] * bary).sum(1)
+    grid = torch.from_numpy(uv * 2 - 1).float().view(1, 1, -1, 2)
+    texture = asset.slots[slot].texture[None]
+    luminance = F.grid_sample(texture, grid, align_corners=False, padding_mode="border")[0, :, 0].mean(0).numpy()
+    pairs = cKDTree(points).query_pairs(reach, output_type="ndarray")
+    distance = np.linalg.norm(points[pairs[:, 0]] - points[pairs[:, 1]], axis=1)
+    x = (luminance - luminance.mean()) / max(luminance.std(), 1e-9)
+    bins = 60
+    index = np.minimum((distance / reach * bins).astype(int), bins - 1)
+    correlation = np.bincount(index, x[pairs[:, 0]] * x[pairs[:, 1]], bins) / np.maximum(
+        np.bincount(index, minlength=bins), 1)
+    below = np.nonzero(correlation < 0.5)[0]
+    if not len(below) or below[0] == 0:
+        return float("nan")
+    k, width = below[0], reach / bins
+    t = (correlation[k - 1] - 0.5) / (correlation[k - 1] - correlation[k])
+    return float((k - 0.5 + t) * width)
+
+
+def dot_test(args) -> list[str]:
+    """Rows of the dot test's table: per stroke scale, the correlation length on each sphere and their ratio."""
+    from nst3d.backends.mesh.load import load_mesh
+    from nst3d.options import StyleOptions
+    from nst3d.pipelines.mesh import stylize_mesh_file
+
+    folder = args.out / "dots"
+    folder.mkdir(parents=True, exist_ok=True)
+    style, scene = dots_style(folder / "dots.png"), two_spheres(folder / "spheres.glb")
+    rows, lengths, stroke_scale = [], [], None
+    for run in ("default", "half"):
+        opts = StyleOptions(styles=[style], size=args.size, steps=args.steps, weights=args.weights,
+                            stroke_scale=stroke_scale)
+        report = stylize_mesh_file(scene, folder / run, opts)
+        asset = load_mesh(next((folder / run).glob("*_styled.glb")))
+        slots = {slot.name.split("_")[0]: index for index, slot in enumerate(asset.slots)}
+        big = correlation_length(asset, slots["Big"], 64000, 0.3)
+        small = correlation_length(asset, slots["Small"], 4000, 0.3)
+        versus = "-" if not lengths else f"{big / lengths[0][0]:.2f} / {small / lengths[0][1]:.2f}"
+        lengths.append((big, small))
+        scale = report.details["stroke_scale"]
+        rows.append(f"| {scale:.4g} | {big:.4f} | {small:.4f} | {small / big:.2f} | {versus} |")
+        stroke_scale = scale / 2
+    return rows
+
+
 def ratio(block: dict) -> float:
     return block["style_distance"]["after"] / block["style_distance"]["before"]
 
@@ -73,6 +173,7 @@ def main() -> int:
     parser.add_argument("--style", type=Path, default=ASSETS / "styles" / "starry_night.jpg")
     parser.add_argument("--assets", default="spot,fox,bunny,shapes")
     parser.add_argument("--dense-bunny", action="store_true")
+    parser.add_argument("--dots", action="store_true", help="also run the dot test (two spheres, two stroke scales)")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--no-baseline", action="store_true", help="skip the per-view baseline (half the time)")
@@ -101,6 +202,10 @@ def main() -> int:
         results[name] = report.to_dict()
         print(row(name, report), flush=True)
     (args.out / "bench_strokes.json").write_text(json.dumps(results, indent=1, default=str))
+    if args.dots:
+        print("\n| stroke scale | dot size (correlation length), big sphere | small sphere | small / big | "
+              "vs the default stroke scale, big / small |\n| --- | --- | --- | --- | --- |")
+        print("\n".join(dot_test(args)), flush=True)
     return 0
 
 
