@@ -1,8 +1,8 @@
 """Rasterize once, shade every step: one ray per (sub-)pixel is cast into the fixed geometry (open3d's
 RaycastingScene (Embree) on the CPU, nst3d's PyTorch rasterizer on CUDA or without open3d: see raster.py) and
-the hits are kept in a G-buffer; every optimisation step then only samples the textures
-through it with `grid_sample` (differentiable, CPU or CUDA), as pytorch3d/nvdiffrast split rasterize and
-shade.
+the hits are kept in a G-buffer; renders then only sample the textures through it with `grid_sample`
+(differentiable, CPU or CUDA), as pytorch3d/nvdiffrast split rasterize and shade. Training steps go one further:
+their samples, fixed for a pool batch, become one sparse matrix (resolve.py).
 
 Anti-aliasing: textures are sampled trilinearly from a mip chain at each pixel's level of detail (the
 texel footprint of the pixel, from the triangle's UV-to-world area ratio, depth and slant), and views can be
