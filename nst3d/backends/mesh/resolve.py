@@ -43,10 +43,6 @@ class SampleMatrix:
     matrix: torch.Tensor  # [P, T] sparse CSR
     adjoint: torch.Tensor  # [T, P] sparse CSR
 
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for m in (self.matrix, self.adjoint)
-                   for t in (m.crow_indices(), m.col_indices(), m.values()))
-
 
 def _bilinear_taps(grid: torch.Tensor, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """grid_sample's bilinear taps (align_corners=False, border padding) of points grid [n, 2] in [-1, 1]
