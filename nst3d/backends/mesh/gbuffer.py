@@ -319,13 +319,18 @@ def sample_trilinear(mips: list[torch.Tensor], uv: torch.Tensor, lod: torch.Tens
     return gather(mips, index, torch.zeros(len(uv), mips[0].shape[1], dtype=mips[0].dtype, device=uv.device))
 
 
+def mip_shapes(size: tuple[int, int]) -> list[tuple[int, int]]:
+    """The (h, w) of every level mip_chain makes for a texture of `size`, level 0 first."""
+    shapes = [tuple(size)]
+    while max(shapes[-1]) > 1 and min(shapes[-1]) > 1:
+        h, w = shapes[-1]
+        shapes.append((max(1, h // 2), max(1, w // 2)))
+    return shapes
+
+
 def mip_levels(size: tuple[int, int]) -> int:
     """How many levels mip_chain makes for a texture of `size` (h, w)."""
-    h, w = size
-    count = 1
-    while max(h, w) > 1 and min(h, w) > 1:
-        h, w, count = max(1, h // 2), max(1, w // 2), count + 1
-    return count
+    return len(mip_shapes(size))
 
 
 @dataclass

@@ -16,16 +16,7 @@ from itertools import accumulate
 
 import torch
 
-from nst3d.backends.mesh.gbuffer import SampleIndex
-
-
-def mip_shapes(size: tuple[int, int]) -> list[tuple[int, int]]:
-    """The (h, w) of every level gbuffer.mip_chain makes for a texture of `size`, level 0 first."""
-    shapes = [tuple(size)]
-    while max(shapes[-1]) > 1 and min(shapes[-1]) > 1:
-        h, w = shapes[-1]
-        shapes.append((max(1, h // 2), max(1, w // 2)))
-    return shapes
+from nst3d.backends.mesh.gbuffer import SampleIndex, mip_shapes
 
 
 def stacked(mips: list[torch.Tensor]) -> torch.Tensor:
