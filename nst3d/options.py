@@ -75,19 +75,22 @@ def resolve_device(name: str) -> torch.device:
 def configure_cuda() -> None:
     """Process-wide CUDA settings for stylization (they change nothing on a CPU):
 
-    - cudnn.benchmark: cuDNN times its convolution algorithms once per input shape and keeps the fastest; a run
-      feeds VGG the same few shapes (views, style scales) every step, so the search pays for itself at once.
-    - TF32 for float32 matrix products and convolutions (Ampere and later): VGG features, Gram matrices and the
-      NeRF's MLPs with a 10-bit mantissa. The losses are ratios of feature statistics and the optimiser only
-      follows their gradients, so figures move in the third digit at most.
+    - cudnn.benchmark stays off: on an H200 (BENCHMARKS.md, "First GPU runs") its algorithm search made the first
+      step 4 s longer and took the peak to 33 GB (image 512²; 37 GB mesh) against 0.7 / 5.7 GB without it, for
+      no faster steady step (7.7 vs 6.3 ms image, 82 vs 83 ms mesh): a user's GPU is often shared with Blender.
+    - TF32 for float32 convolutions (Ampere and later): VGG's features with a 10-bit mantissa. The losses are
+      ratios of feature statistics and the optimiser only follows their gradients, so figures move in the third
+      digit at most. Matrix products stay IEEE float32: the renderers project points with them (the splat
+      compositor, the mesh rasterizer), and TF32 there moves a point by ~1e-3 of its distance from the origin,
+      which showed as 1e-3 colour differences from gsplat on an H200.
     """
-    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = False
     matmul = torch.backends.cuda.matmul
     if hasattr(matmul, "fp32_precision"):  # torch >= 2.9: the per-backend API (not mixed with the old one)
-        matmul.fp32_precision = "tf32"
+        matmul.fp32_precision = "ieee"
         torch.backends.cudnn.conv.fp32_precision = "tf32"
     else:
-        matmul.allow_tf32 = True
+        matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = True
 
 

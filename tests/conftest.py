@@ -52,3 +52,17 @@ def random_weights_file(tmp_path_factory, vgg) -> Path:
     path = tmp_path_factory.mktemp("weights") / "vgg19-random.pth"
     torch.save({f"features.{k}": v for k, v in vgg.net.state_dict().items()}, path)
     return path
+
+
+@pytest.fixture
+def tf32_matmul():
+    """Float32 matrix products in TF32 for the test, as a user or another library may set them (restored
+    after); yields (attribute name, the TF32 value, the IEEE value) of torch.backends.cuda.matmul."""
+    matmul = torch.backends.cuda.matmul
+    name, tf32, ieee = (("fp32_precision", "tf32", "ieee") if hasattr(matmul, "fp32_precision")
+                        else ("allow_tf32", True, False))
+    saved = getattr(matmul, name)
+    setattr(matmul, name, tf32)
+    yield name, tf32, ieee
+    setattr(matmul, name, saved)
+

@@ -77,9 +77,12 @@ def test_render_takes_a_device(tmp_path, capsys):
 @pytest.mark.gpu
 def test_resolving_cuda_sets_it_up_and_resets_its_peak():
     device = resolve_device("cuda")
-    assert torch.backends.cudnn.benchmark
+    assert not torch.backends.cudnn.benchmark  # its search cost 30 GB of peak memory for no speed
     matmul = torch.backends.cuda.matmul
-    assert matmul.fp32_precision == "tf32" if hasattr(matmul, "fp32_precision") else matmul.allow_tf32
+    if hasattr(matmul, "fp32_precision"):  # convolutions in TF32, matrix products (the renderers') in IEEE float32
+        assert (torch.backends.cudnn.conv.fp32_precision, matmul.fp32_precision) == ("tf32", "ieee")
+    else:
+        assert torch.backends.cudnn.allow_tf32 and not matmul.allow_tf32
     block = torch.empty(512 * 2**20, dtype=torch.uint8, device=device)
     del block
     high = peak_memory(device)["peak_device_memory_mb"]

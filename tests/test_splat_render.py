@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from nst3d.backends.splat.render import plan, rasterize, rasterize_dense, rasterize_torch, shade
+from nst3d.backends.splat.render import ieee_matmul, plan, rasterize, rasterize_dense, rasterize_torch, shade
 from nst3d.cameras import cameras_around, fibonacci_directions
 
 
@@ -84,6 +84,19 @@ def test_geometry_gradients_are_refused():
     with pytest.raises(ValueError, match="geometry"):
         rasterize_torch(s["means"].requires_grad_(True), s["quats"], s["scales"], s["opacities"], s["colors"],
                         cams.world_to_cam, cams.K, 16, 16, sh_degree=0)
+
+def test_planning_holds_matrix_products_to_ieee_and_restores_the_process_choice(tf32_matmul):
+    """TF32 cannot be seen on a CPU (the CUDA comparison is tests/test_splat_gpu.py); the setting's round trip can."""
+    matmul, (name, tf32, ieee) = torch.backends.cuda.matmul, tf32_matmul
+    seen = []
+    with pytest.raises(RuntimeError), ieee_matmul():
+        seen.append(getattr(matmul, name))
+        raise RuntimeError("a failing render")
+    assert seen == [ieee] and getattr(matmul, name) == tf32
+    s, cams = scene(n=20, degree=0), cameras(1, 16, 16)
+    plan(s["means"], s["quats"], s["scales"], s["opacities"], cams.world_to_cam, cams.K, 16, 16)
+    assert getattr(matmul, name) == tf32
+
 
 class TileKernel:
     """Stands in for gsplat's `_RasterizeToPixels` autograd function (the one CUDA kernel gsplat has no CPU version
