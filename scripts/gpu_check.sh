@@ -41,7 +41,7 @@ say "building gsplat's CUDA kernels if not cached (first run: minutes)"
 timeout 240 "$python" -c 'from gsplat.cuda._backend import _C; assert _C is not None, "gsplat CUDA build failed"' \
   >.cache/gsplat-build.log 2>&1 || say "gsplat's CUDA kernels did not build (see .cache/gsplat-build.log)"
 say "gsplat ready after $((SECONDS - start)) s; running pytest -m gpu"
-timeout 120 "$python" -m pytest -q -m gpu -p no:cacheprovider >.cache/gpu-tests.log 2>&1
+timeout 180 "$python" -m pytest -q -m gpu -p no:cacheprovider >.cache/gpu-tests.log 2>&1
 tests=$?
 case $tests in
   0) tests_line="passed" ;;

@@ -14,6 +14,7 @@ from nst3d.cli import main
 from nst3d.errors import UserError
 from nst3d.files import save_image
 from nst3d.pipelines.report import REPORT_KEYS, Report, read_report
+from nst3d.pipelines.run import step_timing
 from tests.mesh_data import textured_quad_glb
 from tests.test_splat_backend import ball
 
@@ -59,8 +60,17 @@ def test_every_command_writes_the_one_report_schema(kind, inputs, random_weights
     style = data["evaluation"]["style_distance"]
     assert set(style) == {"before", "after"} and all(v > 0 for v in style.values())
     assert (data["evaluation"]["consistency"] is None) == (kind == "image")
+    timing = data["step_seconds"]  # the warm-up step apart from the steady ones
+    assert set(timing) == {"first", "steady"} and timing["first"] > 0 and timing["steady"] > 0
+    assert timing["first"] + timing["steady"] <= data["seconds_by_stage"]["optimise"]
     assert Path(data["outputs"]["report"] or report_path).name.endswith(".json")
     assert read_report(report_path).evaluation == data["evaluation"]
+
+
+def test_step_timing_splits_the_first_step_from_the_steady_ones():
+    assert step_timing([]) == {}
+    assert step_timing([4.0]) == {"first": 4.0}
+    assert step_timing([4.0, 4.5, 5.0, 5.5]) == {"first": 4.0, "steady": 0.5}
 
 
 def test_a_document_without_the_schema_keys_is_refused(tmp_path):

@@ -26,7 +26,9 @@ class Report:
     "content_distance", "consistency": {"short_range", "long_range", "covisible"} or None (a 2D image has no
     views to compare), "held_out": {"count", "short_degrees", "long_degrees"} or None, "views", "size"; with
     --compare-baseline also "baseline", "floor", "consistency_above_floor", "half_pixel_style_distance"};
-    seconds / seconds_by_stage: wall-clock time, whole and per stage; final_loss: the last step's loss terms;
+    seconds / seconds_by_stage: wall-clock time, whole and per stage; step_seconds: {"first", "steady"}, the
+    first optimisation step's seconds (warm-up) and the mean of the others (nst3d.pipelines.run.step_timing);
+    final_loss: the last step's loss terms;
     peak_memory_mb / peak_device_memory_mb: host and GPU peaks (None on a CPU); warnings: what the run warned
     about; details: the backend's own figures (mesh: triangles, textures, shading, ...; splat: gaussians,
     sh_degree, output_check, renderer, cameras, ...; nerf: pool, patch_rays, ...).
@@ -41,6 +43,7 @@ class Report:
     seconds: float
     seconds_by_stage: dict[str, float]
     steps: int
+    step_seconds: dict[str, float]
     final_loss: dict[str, float] | None
     device: str
     peak_memory_mb: float | None

@@ -120,6 +120,18 @@ class Adapter:
         return {}
 
 
+def step_timing(step_ends: list[float]) -> dict[str, float]:
+    """{"first": the first optimisation step's seconds (cuDNN's algorithm search, lazy CUDA modules, the
+    caches' first fill), "steady": the mean of the others}, from each step's end time since the optimise stage
+    began; {} for a run without step events."""
+    if not step_ends:
+        return {}
+    timing = {"first": step_ends[0]}
+    if len(step_ends) > 1:
+        timing["steady"] = (step_ends[-1] - step_ends[0]) / (len(step_ends) - 1)
+    return timing
+
+
 class _Clock:
     """Stage start times; `durations` gives each stage's seconds."""
 
@@ -141,12 +153,14 @@ def run(adapter: Adapter, options: StyleOptions, on_event: EventSink | None = No
     """Stylize `adapter`'s asset with `options` (None fields take the backend's defaults); returns the report.
     Raises UserError for bad input, nst3d.stylize.Cancelled when should_stop() turns true; nothing is
     written unless the run gets to its export."""
-    clock, warned = _Clock(), []
+    clock, warned, step_ends = _Clock(), [], []
     sink = on_event or ignore
 
     def send(event: Event) -> None:
         if event.get("event") == "warning":
             warned.append(str(event.get("text", "")))
+        if event.get("event") == "progress" and "loss" in event and list(clock.marks)[-1:] == ["optimise"]:
+            step_ends.append(time.perf_counter() - clock.marks["optimise"])
         sink(event)
 
     def stage(name: str) -> None:
@@ -199,6 +213,7 @@ def run(adapter: Adapter, options: StyleOptions, on_event: EventSink | None = No
             command=adapter.command, input=str(adapter.input), outputs=outputs,
             styles=[str(s) for s in opts.styles], options=to_mapping(opts), evaluation=evaluation,
             seconds=time.perf_counter() - clock.started, seconds_by_stage=clock.durations(), steps=opts.steps,
+            step_seconds=step_timing(step_ends),
             final_loss=history[-1] if history else None, device=str(device),
             peak_memory_mb=memory["peak_memory_mb"], peak_device_memory_mb=memory["peak_device_memory_mb"],
             weights=vgg.source, style_layers=list(objective.target.layers), content_layer=objective.content_layer,
