@@ -122,7 +122,7 @@ def test_training_render_is_the_final_render_of_the_stylized_texture(tmp_path):
     texture will show: a sharper training render would let the style live in detail the final render filters
     away."""
     asset = load_mesh(textured_quad_glb(tmp_path / "quad.glb", size=32))
-    backend = MeshBackend(asset, size=24, views_per_step=2, pool_size=2, supersample=2, raise_textures_to=None)
+    backend = MeshBackend(asset, size=24, views_per_step=2, pool_size=2, supersample=2, raise_textures=False)
     pyramid = backend.pyramids[0]
     assert pyramid.render_size == (32, 32)  # the texture's own size here, so the comparison is exact
     with torch.no_grad():

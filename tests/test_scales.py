@@ -147,13 +147,25 @@ def test_a_texture_too_small_for_the_stroke_scale_is_raised_with_a_warning(tmp_p
     from tests.mesh_data import textured_quad_glb
 
     asset = load_mesh(textured_quad_glb(tmp_path / "quad.glb", size=16))
-    raised = MeshBackend(asset, size=32, views_per_step=2, pool_size=4, stroke_scale=0.2, raise_textures_to=128)
+    raised = MeshBackend(asset, size=32, views_per_step=2, pool_size=4, stroke_scale=0.2, largest_side=128)
     side = raised.residual_sides[0]
     assert side > 16 and raised.pyramids[0].base.shape[-1] == min(side, 128)
     assert any("raised from 16" in note for note in raised.notes)
     assert raised.stylized_textures()[0].shape[-1] == min(side, 128)  # the export carries the finer texture
-    kept = MeshBackend(asset, size=32, views_per_step=2, pool_size=4, stroke_scale=0.2, raise_textures_to=None)
+    kept = MeshBackend(asset, size=32, views_per_step=2, pool_size=4, stroke_scale=0.2, raise_textures=False)
     assert kept.pyramids[0].base.shape[-1] == 16 and any("--texture-size" in note for note in kept.notes)
+
+
+def test_the_residual_may_grow_with_the_view_size(tmp_path):
+    """A stroke scale far below the texture's texel size asks for more texels than any cap: the cap is 1024 up to
+    256 px views and 4 texels per view pixel row above, so larger renders do not magnify the residual."""
+    from tests.mesh_data import textured_quad_glb
+
+    asset = load_mesh(textured_quad_glb(tmp_path / "quad.glb", size=16))
+    small = MeshBackend(asset, size=32, views_per_step=2, pool_size=2, stroke_scale=0.01)
+    large = MeshBackend(asset, size=300, views_per_step=2, pool_size=2, stroke_scale=0.01, supersample=1)
+    assert small.residual_sides == [1024] and large.residual_sides == [1200]
+    assert large.pyramids[0].base.shape[-1] == 1200 and any("capped" in note for note in large.notes)
 
 
 def test_the_stroke_scale_reaches_the_worker_the_batch_and_the_blender_panel(tmp_path):

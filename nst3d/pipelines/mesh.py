@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from nst3d.backends.mesh.backend import MAX_RAISED_SIDE, MeshBackend
+from nst3d.backends.mesh.backend import MeshBackend
 from nst3d.backends.mesh.export import FORMATS, export_asset
 from nst3d.backends.mesh.load import load_mesh
 from nst3d.backends.mesh.regions import match_style_map
@@ -128,7 +128,7 @@ class MeshAdapter(Adapter):
         backend = MeshBackend(self.asset, size=opts.size, views_per_step=opts.views, pool_size=self.pool_size,
                               lr=opts.lr, shading=self.shading, groups=self.groups, device=device, seed=opts.seed,
                               init=opts.init, stroke_scale=opts.stroke_scale,
-                              raise_textures_to=None if self.texture_size else MAX_RAISED_SIDE)
+                              raise_textures=not self.texture_size)
         on_event({"event": "message", "stage": "setup", "text": stroke_scale_text(backend, opts.stroke_scale)})
         for note in backend.notes:
             on_event({"event": "warning", "text": note})

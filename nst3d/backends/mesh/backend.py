@@ -56,7 +56,14 @@ from nst3d.color import keep_content_chroma
 from nst3d.scales import bounding_diagonal, octave_heights, stroke_scale_or_default, surface_cameras
 
 CLOSE_JITTER_DEGREES = 25.0  # close views look along directions this near the outward normal
-MAX_RAISED_SIDE = 1024  # the residual's (and a raised texture's) largest side: 2048 cost 1.56x the bare VGG step
+
+
+def largest_residual_side(size: int) -> int:
+    """The residual's (and a raised texture's) largest side for training views of `size` px: 4 texels per view
+    pixel row, at least 1024 and at most 4096. Both its cost and VGG's grow with size², so it keeps its share of
+    the step (at 256 px, 2048 cost 1.56x the bare VGG step before the sparse step; 1024, 1.04x now), while a
+    512 px close-up no longer magnifies a 1024 residual into texel-sized blotches (BENCHMARKS.md, first GPU runs)."""
+    return min(4096, max(1024, 4 * size))
 WHOLE_SHARE = 0.4  # of the training pool: whole-object views (the rest: close octaves)
 
 
@@ -98,15 +105,16 @@ class MeshBackend:
                  seed: int = 0, jitter_degrees: float = 12.0, zoom_range: tuple[float, float] = (0.85, 1.1),
                  residual_side: int | None = None, residual_scale: float = 1.0, upsample: str = "smooth",
                  init: str = "content", white_share: float = 1.0, stroke_scale: float | None = None,
-                 multi_scale: bool = True, raise_textures_to: int | None = MAX_RAISED_SIDE):
+                 multi_scale: bool = True, raise_textures: bool = True, largest_side: int | None = None):
         """groups: style group of each slot (for --style-map; default all 0); residual_side: force the
         residual's resolution (default: where one texel covers one pixel of the finest training views, median
         over them); residual_scale: the finest parameters' resolution relative to it (smoothly enlarged);
         white_share: share of pool views rendered over white (the others over a random colour each);
         stroke_scale: the closest views' height in world units (default: nst3d.scales.STROKE_FRACTION of the
         bounding diagonal); multi_scale: False keeps whole-object views only (the pool before stroke scales);
-        raise_textures_to: a texture smaller than the finest views need is resampled up to that need, at most
-        this side (None: never; `notes` then says so)."""
+        raise_textures: resample a texture smaller than the finest views need up to that need (False: never;
+        `notes` then says so); largest_side: the residual's and a raised texture's largest side (default
+        largest_residual_side(size))."""
         if shading not in ("none", "lambert"):
             raise ValueError(f"unknown shading {shading!r}; use none or lambert")
         self.asset = asset
@@ -135,9 +143,10 @@ class MeshBackend:
         finest = self.view_heights == min(heights) if heights else torch.ones(pool_size, dtype=torch.bool)
         if not finest.any():  # no close view could be placed: the whole-object views set the density
             finest = ~finest
-        self.residual_sides = self._residual_sides([b[1] for b in built], residual_side,
-                                                   finest.split(views_per_step))
-        bases, self.notes = self._raised_textures(raise_textures_to)
+        self.largest_side = largest_side or largest_residual_side(size)
+        needs = self._texel_needs([b[1] for b in built], finest.split(views_per_step))
+        self.residual_sides = [residual_side or min(need, self.largest_side) for need in needs]
+        bases, self.notes = self._raised_textures(needs, raise_textures)
         noise = torch.Generator().manual_seed(seed) if init == "noise" else None
         self.pyramids = []
         for texture, side in zip(bases, self.residual_sides, strict=True):
@@ -181,23 +190,22 @@ class MeshBackend:
         K = torch.stack([scales[s][0].K[k] for s, k in pick])
         return Cameras(w2c, K, self.size, self.size), torch.stack([scales[s][1][k] for s, k in pick])
 
-    def _raised_textures(self, cap: int | None) -> tuple[list[torch.Tensor], list[str]]:
-        """(the pyramids' bases: each original texture [3, H, W], resampled up to its residual's side (the texel
-        density the finest views need) where it is smaller, at most `cap`; the warnings that say so)."""
+    def _raised_textures(self, needs: list[int], allowed: bool) -> tuple[list[torch.Tensor], list[str]]:
+        """(the pyramids' bases: each original texture [3, H, W], resampled up to its residual's side where it
+        is smaller, if allowed; the warnings that say so, and whether the side is capped below the need)."""
         notes, bases = [], list(self.originals)
-        for slot, side in enumerate(self.residual_sides):
+        for slot, (side, need) in enumerate(zip(self.residual_sides, needs, strict=True)):
             texture, name = self.originals[slot], self.asset.slots[slot].name
             own = max(texture.shape[-2:])
             if side <= own:
                 continue
-            if cap is None or cap <= own:
+            if not allowed:
                 notes.append(f"texture '{name}' ({own} px) holds coarser strokes than the stroke scale asks for "
                              f"({side} px would); raise --texture-size or --stroke-scale for finer ones")
                 continue
-            raised = min(side, cap)
-            bases[slot] = resize_texture(texture, raised)
-            notes.append(f"texture '{name}' raised from {own} to {raised} px so it can hold strokes at the stroke "
-                         f"scale{'' if raised == side else f' (capped; {side} px would be needed)'}")
+            bases[slot] = resize_texture(texture, side)
+            notes.append(f"texture '{name}' raised from {own} to {side} px so it can hold strokes at the stroke "
+                         f"scale{'' if side >= need else f' (capped; {need} px would be needed)'}")
         return bases, notes
 
     def _shade_scale(self, gbuf: GBuffer) -> torch.Tensor | None:
@@ -208,25 +216,22 @@ class MeshBackend:
                                                          self.supersample, backgrounds, self.shading, self.device)
         return cameras, base, rgb, covered_samples(shaded, self.supersample, self._shade_scale(shaded))
 
-    def _residual_sides(self, gbufs: list[GBuffer], forced: int | None, finest: tuple[torch.Tensor, ...]
-                        ) -> list[int]:
-        """Per slot, the residual resolution at which a texel covers about one pixel of the finest views (the
-        median over them; finest: per batch, [V] bool, which of its views are of the finest scale)."""
-        sides = []
+    def _texel_needs(self, gbufs: list[GBuffer], finest: tuple[torch.Tensor, ...]) -> list[int]:
+        """Per slot, the residual's side (a power of two, at least 16) at which a texel covers about one pixel
+        of the finest views (the median over them; finest: per batch, [V] bool, which of its views are of the
+        finest scale)."""
+        needs = []
         for slot, texture in enumerate(self.originals):
-            if forced:
-                sides.append(forced)
-                continue
             lods = torch.cat([g.lod[pick.to(g.lod.device)][g.slot[pick.to(g.lod.device)] == slot]
                               for g, pick in zip(gbufs, finest, strict=True)])
             if len(lods) == 0:
-                sides.append(16)
+                needs.append(16)
                 continue
             # A footprint of 2^lod UV units per pixel side: one texel per pixel at 2^-lod texels per unit.
             side = 2.0 ** float(-lods.median())
             aspect = max(texture.shape[-2:]) / math.sqrt(texture.shape[-2] * texture.shape[-1])
-            sides.append(int(min(max(16, 2 ** round(math.log2(side * aspect))), MAX_RAISED_SIDE)))
-        return sides
+            needs.append(int(max(16, 2 ** round(math.log2(side * aspect)))))
+        return needs
 
     def _finish_batch(self, key: int, cameras: Cameras, gbuf: GBuffer, rgb: torch.Tensor,
                       samples: CoveredSamples) -> ViewBatch:
