@@ -44,6 +44,15 @@ PANEL_OPTIONS = {'loss': {'label': 'Loss',
                   'group': 'options',
                   'minimum': 0.0,
                   'unit': 'length'},
+ 'stroke_sizing': {'label': 'Stroke Sizing',
+                   'help': 'view (default): every training view lays the style at its own screen scale, the '
+                           "strongest look from every distance; world: every view lays it at the stroke scale's "
+                           'size on the surface, so strokes have one size in world units across a scene (and look '
+                           'small from afar); meshes',
+                   'kind': 'str',
+                   'default': 'view',
+                   'group': 'options',
+                   'choices': ['view', 'world']},
  'views': {'label': 'Views',
            'help': 'views per step, 3D backends',
            'kind': 'int',

@@ -9,7 +9,7 @@ Every style term is normalised by the size of its target, so each layer weighs a
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import torch
@@ -233,7 +233,8 @@ class Views:
 
     rgb [V, 3, H, W]; groups [V, G, H, W]: the pixels of each style group (None: one group, every pixel);
     union [V, 1, H, W]: the asset's pixels (None: all); features {tap, or "tap@scale" for scale != 1:
-    [V, C, h, w]}; content: the content target features [V, C, h, w] or None.
+    [V, C, h, w]}; content: the content target features [V, C, h, w] or None; style_levels: [V] the style
+    level each view asks for (Objective.style_levels), or None.
     """
 
     rgb: torch.Tensor
@@ -241,6 +242,7 @@ class Views:
     union: torch.Tensor | None
     features: dict[str, torch.Tensor]
     content: torch.Tensor | None
+    style_levels: torch.Tensor | None = None
 
     @cached_property
     def shown(self) -> torch.Tensor:
@@ -289,6 +291,10 @@ class Objective:
     (its mask the sum of theirs), so a map that gives every channel the same target is the single-style
     objective. Groups weigh by their share of the batch's pixels; a view that does not show a group adds
     nothing to that group's terms. `target` is the first group's (for reports); all groups use its taps.
+
+    style_levels: the scales of the style image that views may ask for (world-size strokes: a view whose height
+    is k stroke scales asks for the style shrunk by 1/k); every target then holds the statistics of the style
+    shrunk by level x style scale. A call's style_levels [V] (on rgb's device) picks each view's; None: level 1.
     """
 
     vgg: VGGFeatures
@@ -299,6 +305,7 @@ class Objective:
     content_weight: float = 0.1
     tv_weight: float = 0.0
     style_scales: tuple[float, ...] = (1.0,)
+    style_levels: tuple[float, ...] = (1.0,)
     channel_targets: tuple[StyleTarget, ...] = ()
     extra_terms: tuple[Term, ...] = ()
 
@@ -351,9 +358,9 @@ class Objective:
                 features.update({f"{tap}@{scale:g}": f for tap, f in small.items()})
         return Views(rgb, groups, union, features, content)
 
-    def __call__(self, rgb: torch.Tensor, mask: torch.Tensor | None,
-                 content: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        views = self.views(rgb, mask, content, self.taps, self.style_scales)
+    def __call__(self, rgb: torch.Tensor, mask: torch.Tensor | None, content: torch.Tensor | None,
+                 style_levels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        views = replace(self.views(rgb, mask, content, self.taps, self.style_scales), style_levels=style_levels)
         terms, total = {}, None
         for term in self.terms():
             value = term.value(views)
@@ -368,14 +375,28 @@ class Objective:
 
     def _group_style(self, views: Views, kind: str, scales: tuple[float, ...], group: int,
                      mask: torch.Tensor | None) -> torch.Tensor:
-        """Group `group`'s style distance per view [V], averaged over its taps and scales."""
+        """Group `group`'s style distance per view [V], averaged over its taps and scales, each view against the
+        style at its own level (views.style_levels; a view counts only the level it asks for, by weight, so no
+        value goes to the host)."""
+        if views.style_levels is None or self.style_levels == (1.0,):
+            return self._level_style(views, kind, scales, group, mask, 1.0)
+        total = 0
+        for level in self.style_levels:
+            chosen = (views.style_levels == level).to(views.rgb.dtype)
+            total = total + chosen * self._level_style(views, kind, scales, group, mask, level)
+        return total
+
+    def _level_style(self, views: Views, kind: str, scales: tuple[float, ...], group: int,
+                     mask: torch.Tensor | None, level: float) -> torch.Tensor:
+        """Group `group`'s style distance per view [V] against the style shrunk by `level`."""
         target, layers = self.style_groups[group][0], self.target.layers
         total = 0
         for scale in scales:
             suffix, small = ("", mask) if scale == 1.0 else (f"@{scale:g}", None if mask is None else
                                                              downsample(mask, scale))
+            key = "" if scale * level == 1.0 else f"@{scale * level:g}"
             for tap in layers:
-                total = total + style_distances(kind, views.features[tap + suffix], target, tap + suffix, small)
+                total = total + style_distances(kind, views.features[tap + suffix], target, tap + key, small)
         return total / (len(layers) * len(scales))
 
     def _color(self, views: Views) -> torch.Tensor:

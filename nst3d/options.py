@@ -121,15 +121,17 @@ def taps_for(opts: StyleOptions, vgg: VGGFeatures) -> tuple[list[str], str]:
 
 
 def build_objective(opts: StyleOptions, vgg: VGGFeatures, styles: list[torch.Tensor], palette: torch.Tensor,
-                    defaults: BackendDefaults) -> Objective:
-    """The objective for these options. palette: [3, ...] content colours for colour preservation."""
+                    defaults: BackendDefaults, style_levels: tuple[float, ...] = (1.0,)) -> Objective:
+    """The objective for these options. palette: [3, ...] content colours for colour preservation;
+    style_levels: the style image's scales the views may ask for (Objective.style_levels)."""
     style_layers, content_layer = taps_for(opts, vgg)
     vgg.check_taps([*style_layers, content_layer])
     styles = prepare_styles(styles, palette.cpu(), opts.preserve_color)
-    target = StyleTarget.from_images(vgg, styles, style_layers, opts.style_weights, defaults.style_scales)
+    scales = sorted({s * level for s in defaults.style_scales for level in style_levels}, reverse=True)
+    target = StyleTarget.from_images(vgg, styles, style_layers, opts.style_weights, scales)
     return Objective(vgg, target, content_layer, loss=opts.loss, style_weight=opts.strength,
                      content_weight=opts.content_weight, tv_weight=opts.tv_weight,
-                     style_scales=defaults.style_scales)
+                     style_scales=defaults.style_scales, style_levels=tuple(style_levels))
 
 
 def loop_config(opts: StyleOptions, stage: str = "stylizing") -> LoopConfig:

@@ -35,6 +35,7 @@ DEVICES = ("auto", "cpu", "cuda")
 SHADINGS = ("none", "lambert")
 EXPORT_FORMATS = ("glb", "obj")
 SPLITS = ("auto", "none")
+STROKE_SIZINGS = ("view", "world")
 
 # Far above any useful strength, far below where Adam's squared gradients overflow float32 (about 1e20 here) and
 # the parameters silently stop moving.
@@ -100,6 +101,11 @@ class StyleOptions:
                                               "fifth of the asset's bounding diagonal; a scene shares one); 3D "
                                               "backends", kind=float, positive=True, metavar="LENGTH",
                                         label="Stroke Scale", panel=True, unit="length")
+    stroke_sizing: str = option("view", "view (default): every training view lays the style at its own screen scale, "
+                                        "the strongest look from every distance; world: every view lays it at the "
+                                        "stroke scale's size on the surface, so strokes have one size in world "
+                                        "units across a scene (and look small from afar); meshes",
+                                choices=STROKE_SIZINGS, label="Stroke Sizing", panel=True)
     views: int | None = option(None, "views per step, 3D backends", kind=int, positive=True, soft_maximum=64,
                                label="Views", panel=True)
     optimizer: str = option("adam", "the optimiser", choices=OPTIMIZERS)

@@ -119,12 +119,12 @@ def accumulate_gradients(backend: Backend, objective: Objective, views: Any,
     content = _content_features(backend, objective, views, {} if content_cache is None else content_cache)
     render = backend.render(views)
     if not backend.deferred:
-        terms = objective(render.rgb, render.mask, content)
+        terms = objective(render.rgb, render.mask, content, render.style_levels)
         terms["total"].backward()
         return terms
     # Deferred back-propagation: d loss / d image here, the backend pushes it into its parameters.
     image = render.rgb.detach().requires_grad_(True)
-    terms = objective(image, render.mask, content)
+    terms = objective(image, render.mask, content, render.style_levels)
     terms["total"].backward()
     backend.backward_image(views, image.grad)
     return terms

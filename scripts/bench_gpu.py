@@ -10,7 +10,8 @@ cost as the real weights; the numbers are timings, not quality), and reads its -
 report's steady step time (the first, warm-up step is in the note); peak memory is the report's
 peak_device_memory_mb on a GPU (what the CUDA allocator reserved) and its peak_memory_mb (the process's peak
 resident set) on a CPU. The nerfacto row uses scripts/bench_nerf.py (a small self-made scene trained first) and
-runs only where nerfstudio imports and not with --small. A case that fails shows its error in the table and makes the exit status 1.
+runs only where nerfstudio imports and not with --small. A case that fails shows its error in the table and makes
+the exit status 1.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ scales, the training pool, set-up and step time and peak memory, as one Markdown
 Assets come from ../shared/assets (Spot with its texture, Fox, the bunny, ShapeCollection) and, with
 --dense-bunny, the bunny subdivided to about 65k triangles (no UVs: a generated atlas). Outputs go to --out.
 
+--stroke-sizing world runs every asset (and the dot test) with strokes at one world size.
 --dots adds the dot test: a style of dark dots on a light ground (made here) on a scene of two spheres of
 radius 1 and 0.25 (no UVs), at the default stroke scale and at half of it. The dot size on the surface, per
 sphere, is the correlation length of the stylized texture's luminance over the surface: the distance (world
@@ -129,7 +130,7 @@ def dot_test(args) -> list[str]:
     rows, lengths, stroke_scale = [], [], None
     for run in ("default", "half"):
         opts = StyleOptions(styles=[style], size=args.size, steps=args.steps, weights=args.weights,
-                            stroke_scale=stroke_scale)
+                            stroke_scale=stroke_scale, stroke_sizing=args.stroke_sizing)
         report = stylize_mesh_file(scene, folder / run, opts)
         asset = load_mesh(next((folder / run).glob("*_styled.glb")))
         slots = {slot.name.split("_")[0]: index for index, slot in enumerate(asset.slots)}
@@ -174,6 +175,7 @@ def main() -> int:
     parser.add_argument("--assets", default="spot,fox,bunny,shapes")
     parser.add_argument("--dense-bunny", action="store_true")
     parser.add_argument("--dots", action="store_true", help="also run the dot test (two spheres, two stroke scales)")
+    parser.add_argument("--stroke-sizing", choices=("view", "world"), default="view")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--no-baseline", action="store_true", help="skip the per-view baseline (half the time)")
@@ -196,7 +198,8 @@ def main() -> int:
     print("|" + " --- |" * 12)
     results = {}
     for name, (path, texture) in inputs.items():
-        opts = StyleOptions(styles=[args.style], size=args.size, steps=args.steps, weights=args.weights)
+        opts = StyleOptions(styles=[args.style], size=args.size, steps=args.steps, weights=args.weights,
+                            stroke_sizing=args.stroke_sizing)
         report = stylize_mesh_file(path, args.out / name.split()[0], opts, texture=texture,
                                    compare_baseline=not args.no_baseline)
         results[name] = report.to_dict()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from nst3d.files import save_image
@@ -129,6 +130,35 @@ def test_a_step_of_the_style_map_objective_reads_nothing_back(vgg, loss):
         objective(rgb, split, content)["total"].backward()
     with pytest.raises(AssertionError, match="host"), _NoHostReads():
         bool(split.any())  # the check itself works
+
+
+@pytest.mark.parametrize("loss", LOSS_KINDS)
+def test_each_view_meets_the_style_at_the_level_it_asks_for(vgg, loss):
+    """World-size strokes: a view at level 1/2 is measured against the style image shrunk by half (at every style
+    scale), one at level 1 against the style itself; a batch's style term is the mean of its views', and the
+    level choice reads nothing back from the device."""
+    style = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(4))
+    levels = (0.5, 1.0)
+    scales = sorted({s * level for s in SCALES for level in levels}, reverse=True)
+    leveled = _objective(vgg, StyleTarget.from_images(vgg, [style], LAYERS, scales=scales), loss,
+                         style_levels=levels)
+    half = F.interpolate(style[None], scale_factor=0.5, mode="area")[0]
+    rgb = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+
+    def style_term(objective, image, view_levels=None):
+        return objective(image, None, None, view_levels)["style"]
+
+    for k, (level, image) in enumerate(zip((0.5, 1.0), (half, style), strict=True)):
+        alone = _objective(vgg, StyleTarget.from_images(vgg, [image], LAYERS, scales=SCALES), loss)
+        want = style_term(alone, rgb[k:k + 1])
+        assert torch.allclose(style_term(leveled, rgb[k:k + 1], torch.tensor([level])), want, rtol=1e-5), level
+    both = style_term(leveled, rgb, torch.tensor([0.5, 1.0]))
+    parts = [style_term(leveled, rgb[k:k + 1], torch.tensor([v])) for k, v in enumerate((0.5, 1.0))]
+    assert torch.allclose(both, (parts[0] + parts[1]) / 2, rtol=1e-5)
+    assert torch.allclose(style_term(leveled, rgb), style_term(leveled, rgb, torch.tensor([1.0, 1.0])))
+    image = rgb.clone().requires_grad_(True)
+    with _NoHostReads():
+        leveled(image, None, None, torch.tensor([0.5, 1.0]))["total"].backward()
 
 
 @pytest.mark.gpu

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from nst3d.backends.mesh.backend import MeshBackend, close_shares
+from nst3d.backends.mesh.backend import MeshBackend, close_shares, world_style_levels
 from nst3d.backends.mesh.gbuffer import Rasterizer
 from nst3d.backends.mesh.load import load_mesh
 from nst3d.backends.mesh.surface import area_sample, centre_depth, visible_surface_views
@@ -154,6 +154,37 @@ def test_a_texture_too_small_for_the_stroke_scale_is_raised_with_a_warning(tmp_p
     assert raised.stylized_textures()[0].shape[-1] == min(side, 128)  # the export carries the finer texture
     kept = MeshBackend(asset, size=32, views_per_step=2, pool_size=4, stroke_scale=0.2, raise_textures=False)
     assert kept.pyramids[0].base.shape[-1] == 16 and any("--texture-size" in note for note in kept.notes)
+
+
+def test_world_sizing_asks_each_view_for_the_style_at_the_stroke_scales_size(tmp_path):
+    heights = torch.tensor([0.0, 0.25, 0.5, 0.25, 1.0, 0.0])
+    assert world_style_levels(heights, 0.25).tolist() == [0.125, 1.0, 0.5, 1.0, 0.25, 0.125]
+    assert world_style_levels(torch.zeros(3), 0.25).tolist() == [0.5] * 3  # no close views: one octave up
+    from tests.mesh_data import textured_quad_glb
+
+    asset = load_mesh(textured_quad_glb(tmp_path / "quad.glb", size=16))
+    world = MeshBackend(asset, size=32, views_per_step=3, pool_size=9, stroke_scale=0.25, stroke_sizing="world")
+    want = world_style_levels(world.view_heights, 0.25)
+    assert world.style_levels == tuple(sorted(set(want.tolist()))) and len(world.style_levels) >= 2
+    for batch in world.batches:
+        assert torch.equal(batch.style_levels, want[batch.key * 3:(batch.key + 1) * 3])
+        assert torch.equal(world.render(batch).style_levels, batch.style_levels)
+    view = MeshBackend(asset, size=32, views_per_step=3, pool_size=9, stroke_scale=0.25)
+    assert view.style_levels == (1.0,) and view.render(view.batches[0]).style_levels is None
+    with pytest.raises(ValueError, match="stroke sizing"):
+        MeshBackend(asset, size=32, views_per_step=3, pool_size=3, stroke_sizing="screen")
+
+
+def test_world_sizing_is_refused_where_it_is_not_built(tmp_path, random_weights_file, capsys):
+    from nst3d.cli import main
+    from nst3d.files import save_image
+
+    save_image(torch.rand(3, 16, 16), tmp_path / "c.png")
+    code = main(["image", str(tmp_path / "c.png"), "--style", str(tmp_path / "c.png"), "-o", str(tmp_path / "o.png"),
+                 "--weights", str(random_weights_file), "--stroke-sizing", "world", "--quiet"])
+    err = capsys.readouterr().err
+    assert code != 0 and "--stroke-sizing world is built for meshes" in err and "Traceback" not in err
+    assert not (tmp_path / "o.png").exists()
 
 
 def test_the_residual_may_grow_with_the_view_size(tmp_path):

@@ -15,9 +15,11 @@ class Render:
     rgb:   [V, 3, H, W] linear-ish display RGB, nominally in [0, 1] (not clamped while optimising).
     mask:  [V, 1, H, W] in [0, 1], 1 where the asset covers the pixel; None means every pixel counts.
     depth: [V, 1, H, W] camera-space z (OpenCV), 0 where nothing was hit; None if the backend has none.
+    style_levels: [V] the style image's scale each view asks for (nst3d.losses.Objective's style_levels; world-size
+    strokes), None: every view at the style's own scale.
 
-    Device rule: rgb, mask and depth always live on one device (checked here, on construction). A backend's
-    `render`/`render_content` return Renders on its working device (the loop's VGG's); renders it makes for
+    Device rule: rgb, mask, depth and style_levels always live on one device (checked here, on construction). A
+    backend's `render`/`render_content` return Renders on its working device (the loop's VGG's); renders it makes for
     keeping (e.g. held-out views, previews) may be on the CPU. Whoever computes with a Render and another
     device's tensors moves the whole Render once, with `to(device)`: nst3d.eval moves every Render to the
     objective's VGG device at the entry of evaluate_renders, per_view_baseline and evaluate_with_renders.
@@ -26,22 +28,23 @@ class Render:
     rgb: torch.Tensor
     mask: torch.Tensor | None = None
     depth: torch.Tensor | None = None
+    style_levels: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        for name in ("mask", "depth"):
+        for name in ("mask", "depth", "style_levels"):
             other = getattr(self, name)
             if other is not None and other.device != self.rgb.device:
                 raise ValueError(f"a Render's {name} is on {other.device} and its rgb on {self.rgb.device}: "
-                                 "rgb, mask and depth must share one device")
+                                 "rgb, mask, depth and style_levels must share one device")
 
     @property
     def device(self) -> torch.device:
         return self.rgb.device
 
     def to(self, device: torch.device | str) -> Render:
-        """This Render with rgb, mask and depth on `device` (tensors already there are not copied)."""
+        """This Render with all its tensors on `device` (tensors already there are not copied)."""
         move = (lambda t: None if t is None else t.to(device))
-        return Render(self.rgb.to(device), move(self.mask), move(self.depth))
+        return Render(self.rgb.to(device), move(self.mask), move(self.depth), move(self.style_levels))
 
 
 class Backend(Protocol):

@@ -36,11 +36,13 @@ CONTACT_SHEET = "contact_sheet.png"
 REPORT = "report.json"
 
 
-def mesh_objective(opts: StyleOptions, style_map: dict[str, list[Path]], vgg, palette: torch.Tensor) -> Objective:
+def mesh_objective(opts: StyleOptions, style_map: dict[str, list[Path]], vgg, palette: torch.Tensor,
+                   style_levels: tuple[float, ...] = (1.0,)) -> Objective:
     """The Objective; with --style-map, one StyleTarget per style group (group 0: the --style images). Groups
     that name the same images with the same weights share one target, so they are one style over their
-    pixels together (every name mapped to the --style images is the run without --style-map)."""
-    main = build_objective(opts, vgg, load_styles(opts), palette, DEFAULTS)
+    pixels together (every name mapped to the --style images is the run without --style-map). style_levels: the
+    style's scales the views ask for (MeshBackend.style_levels)."""
+    main = build_objective(opts, vgg, load_styles(opts), palette, DEFAULTS, style_levels)
     if not style_map:
         return main
 
@@ -54,7 +56,8 @@ def mesh_objective(opts: StyleOptions, style_map: dict[str, list[Path]], vgg, pa
         key = style_key(paths, None)
         if key not in targets:
             group_opts = replace(opts, styles=list(paths), style_weights=None)
-            targets[key] = build_objective(group_opts, vgg, load_styles(group_opts), palette, DEFAULTS).target
+            targets[key] = build_objective(group_opts, vgg, load_styles(group_opts), palette, DEFAULTS,
+                                           style_levels).target
         channel_targets.append(targets[key])
     return replace(main, channel_targets=tuple(channel_targets))
 
@@ -78,6 +81,7 @@ class MeshAdapter(Adapter):
 
     command = "mesh"
     defaults = DEFAULTS
+    world_strokes = True
     baseline_stage = "baseline"
 
     def __init__(self, input_path: Path, out_dir: Path, style_map: dict[str, list[Path]], *, texture_size: int | None,
@@ -128,14 +132,15 @@ class MeshAdapter(Adapter):
         backend = MeshBackend(self.asset, size=opts.size, views_per_step=opts.views, pool_size=self.pool_size,
                               lr=opts.lr, shading=self.shading, groups=self.groups, device=device, seed=opts.seed,
                               init=opts.init, stroke_scale=opts.stroke_scale,
-                              raise_textures=not self.texture_size)
+                              raise_textures=not self.texture_size, stroke_sizing=opts.stroke_sizing)
         on_event({"event": "message", "stage": "setup", "text": stroke_scale_text(backend, opts.stroke_scale)})
         for note in backend.notes:
             on_event({"event": "warning", "text": note})
         return backend
 
     def objective(self, opts: StyleOptions, vgg, styles: list[torch.Tensor]):
-        return mesh_objective(opts, self.style_map, vgg, texture_palette([s.texture for s in self.asset.slots]))
+        return mesh_objective(opts, self.style_map, vgg, texture_palette([s.texture for s in self.asset.slots]),
+                              self.backend.style_levels)
 
     def after_optimise(self, opts: StyleOptions) -> None:
         self.textures = self.backend.stylized_textures(keep_chroma=opts.preserve_color == "luminance")

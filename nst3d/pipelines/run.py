@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from nst3d.errors import UserError
 from nst3d.eval import HeldOutViews, baseline_config, evaluate_with_renders
 from nst3d.events import Event, EventSink, ignore
 from nst3d.features import VGGFeatures
@@ -52,6 +53,8 @@ class Adapter:
     compare_baseline: bool = False
     baseline_stage: str = "per-view baseline"
     backend: Any = None
+    #: whether the backend can lay strokes at one world size (--stroke-sizing world)
+    world_strokes: bool = False
 
     def check(self, opts: StyleOptions) -> None:
         """Refuse bad options or outputs before any work (UserError)."""
@@ -170,6 +173,9 @@ def run(adapter: Adapter, options: StyleOptions, on_event: EventSink | None = No
             send({"event": "message", "stage": name, "text": text})
 
     opts = with_defaults(options, adapter.defaults)
+    if opts.stroke_sizing == "world" and not adapter.world_strokes:
+        raise UserError(f"--stroke-sizing world is built for meshes so far, not for `nst3d {adapter.command}`; "
+                        "leave it at view")
     adapter.check(opts)
     device = resolve_device(opts.device)
     reset_peak_memory(device)

@@ -79,6 +79,17 @@ class ViewBatch:
     depth: torch.Tensor  # [V, 1, H, W]
     slots: list[int]  # the texture slots these views see
     samples: SampleMatrix  # those slots' residual mip chains (stacked, in `slots` order) -> the V*H*W pixels
+    style_levels: torch.Tensor | None = None  # [V] the style's scale each view asks for (world-size strokes)
+
+
+def world_style_levels(view_heights: torch.Tensor, stroke_scale: float) -> torch.Tensor:
+    """[V] the style image's scale each training view asks for so that a stroke has one size on the surface: 1
+    for views one stroke scale high, 1/2 an octave up, ... (exact powers of two: octaves are stroke scale x 2^k);
+    whole-object views (height 0) one octave beyond the coarsest close one (1/2 without close views)."""
+    close = view_heights[view_heights > 0]
+    coarsest = float(close.max()) if len(close) else stroke_scale
+    levels = stroke_scale / view_heights.clamp(min=1e-30)
+    return torch.where(view_heights > 0, levels, torch.tensor(stroke_scale / (2 * coarsest)))
 
 
 def close_shares(count: int, heights: list[float], area: float) -> list[int]:
@@ -105,7 +116,8 @@ class MeshBackend:
                  seed: int = 0, jitter_degrees: float = 12.0, zoom_range: tuple[float, float] = (0.85, 1.1),
                  residual_side: int | None = None, residual_scale: float = 1.0, upsample: str = "smooth",
                  init: str = "content", white_share: float = 1.0, stroke_scale: float | None = None,
-                 multi_scale: bool = True, raise_textures: bool = True, largest_side: int | None = None):
+                 multi_scale: bool = True, raise_textures: bool = True, largest_side: int | None = None,
+                 stroke_sizing: str = "view"):
         """groups: style group of each slot (for --style-map; default all 0); residual_side: force the
         residual's resolution (default: where one texel covers one pixel of the finest training views, median
         over them); residual_scale: the finest parameters' resolution relative to it (smoothly enlarged);
@@ -114,7 +126,8 @@ class MeshBackend:
         bounding diagonal); multi_scale: False keeps whole-object views only (the pool before stroke scales);
         raise_textures: resample a texture smaller than the finest views need up to that need (False: never;
         `notes` then says so); largest_side: the residual's and a raised texture's largest side (default
-        largest_residual_side(size))."""
+        largest_residual_side(size)); stroke_sizing: "view" (each view lays the style at its own screen scale) or
+        "world" (at the stroke scale's size on the surface: `style_levels`, world_style_levels)."""
         if shading not in ("none", "lambert"):
             raise ValueError(f"unknown shading {shading!r}; use none or lambert")
         self.asset = asset
@@ -143,6 +156,12 @@ class MeshBackend:
         finest = self.view_heights == min(heights) if heights else torch.ones(pool_size, dtype=torch.bool)
         if not finest.any():  # no close view could be placed: the whole-object views set the density
             finest = ~finest
+        if stroke_sizing not in ("view", "world"):
+            raise ValueError(f"unknown stroke sizing {stroke_sizing!r}; use view or world")
+        self.view_levels = (world_style_levels(self.view_heights, self.stroke_scale) if stroke_sizing == "world"
+                            else None)
+        #: the style's scales the views ask for (the objective's Objective.style_levels)
+        self.style_levels = (1.0,) if self.view_levels is None else tuple(sorted(set(self.view_levels.tolist())))
         self.largest_side = largest_side or largest_residual_side(size)
         needs = self._texel_needs([b[1] for b in built], finest.split(views_per_step))
         self.residual_sides = [residual_side or min(need, self.largest_side) for need in needs]
@@ -155,7 +174,7 @@ class MeshBackend:
             render_size = matched_size(tuple(texture.shape[-2:]), side * supersample)
             self.pyramids.append(TexturePyramid(texture, finest, levels, level_lr_scale, noise, upsample, output,
                                                 render_size))
-        self.batches = [self._finish_batch(key, *b) for key, b in enumerate(built)]
+        self.batches = [self._finish_batch(key, *b, views_per_step) for key, b in enumerate(built)]
         self._order: list[int] = []
 
     # ---------------------------------------------------------------------------------- set-up (once)
@@ -234,7 +253,7 @@ class MeshBackend:
         return needs
 
     def _finish_batch(self, key: int, cameras: Cameras, gbuf: GBuffer, rgb: torch.Tensor,
-                      samples: CoveredSamples) -> ViewBatch:
+                      samples: CoveredSamples, views_per_step: int) -> ViewBatch:
         slots, index = [], []
         for slot, pyramid in enumerate(self.pyramids):
             mine = samples.slot == slot
@@ -245,7 +264,9 @@ class MeshBackend:
             index.append(plan_samples(samples.pixel[mine], samples.uv[mine], samples.lod[mine], size,
                                       mip_levels(size), samples.factor[mine]))
         matrix = sample_matrix(index, [self.pyramids[s].render_size for s in slots], rgb[:, 0].numel())
-        return ViewBatch(key, cameras, rgb, self._group_mask(gbuf), gbuf.depth[:, None], slots, matrix)
+        levels = None if self.view_levels is None else self.view_levels[key * views_per_step:][:len(rgb)]
+        return ViewBatch(key, cameras, rgb, self._group_mask(gbuf), gbuf.depth[:, None], slots, matrix,
+                         None if levels is None else levels.to(self.device))
 
     def _group_mask(self, gbuf: GBuffer) -> torch.Tensor:
         """[V, G, H, W] coverage split by style group (edge pixels count in their representative's group)."""
@@ -275,13 +296,13 @@ class MeshBackend:
         weighted by coverage and shading and resolved into the pixels: one sparse product with the batch's
         SampleMatrix (nst3d.backends.mesh.resolve)."""
         if not views.slots:
-            return Render(views.content, views.mask, views.depth)
+            return Render(views.content, views.mask, views.depth, views.style_levels)
         v, _, h, w = views.content.shape
         parts = [stacked(mip_chain(self.pyramids[s].render_residual().contiguous(memory_format=torch.channels_last)))
                  for s in views.slots]
         texels = parts[0] if len(parts) == 1 else torch.cat(parts)
         residual = resolve(texels, views.samples).view(v, h, w, 3).permute(0, 3, 1, 2)
-        return Render(views.content + residual, views.mask, views.depth)
+        return Render(views.content + residual, views.mask, views.depth, views.style_levels)
 
     def render_content(self, views: ViewBatch) -> Render:
         return Render(views.content, views.mask, views.depth)

@@ -53,8 +53,9 @@ class ConsistentObjective:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.objective, name)
 
-    def __call__(self, rgb: torch.Tensor, mask: torch.Tensor | None, content: Any) -> dict[str, torch.Tensor]:
-        terms = self.objective(rgb, mask, content)
+    def __call__(self, rgb: torch.Tensor, mask: torch.Tensor | None, content: Any,
+                 style_levels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        terms = self.objective(rgb, mask, content, style_levels)
         views = self.backend.last_views
         if self.weight > 0 and views is not None and views.warps and len(views.mask) == len(rgb):
             terms["consistency"] = consistency_loss(rgb, views.warps)
