@@ -127,7 +127,7 @@ def build_objective(opts: StyleOptions, vgg: VGGFeatures, styles: list[torch.Ten
     style_layers, content_layer = taps_for(opts, vgg)
     vgg.check_taps([*style_layers, content_layer])
     styles = prepare_styles(styles, palette.cpu(), opts.preserve_color)
-    scales = sorted({s * level for s in defaults.style_scales for level in style_levels}, reverse=True)
+    scales = sorted({s * level for s in defaults.style_scales for level in (1.0, *style_levels)}, reverse=True)
     target = StyleTarget.from_images(vgg, styles, style_layers, opts.style_weights, scales)
     return Objective(vgg, target, content_layer, loss=opts.loss, style_weight=opts.strength,
                      content_weight=opts.content_weight, tv_weight=opts.tv_weight,

@@ -160,6 +160,8 @@ def test_world_sizing_asks_each_view_for_the_style_at_the_stroke_scales_size(tmp
     heights = torch.tensor([0.0, 0.25, 0.5, 0.25, 1.0, 0.0])
     assert world_style_levels(heights, 0.25).tolist() == [0.125, 1.0, 0.5, 1.0, 0.25, 0.125]
     assert world_style_levels(torch.zeros(3), 0.25).tolist() == [0.5] * 3  # no close views: one octave up
+    odd = 0.0499123  # not a float32: the levels must still be exact powers of two (they name the targets)
+    assert world_style_levels(torch.tensor([odd, 2 * odd, 0.0]), odd).tolist() == [1.0, 0.5, 0.25]
     from tests.mesh_data import textured_quad_glb
 
     asset = load_mesh(textured_quad_glb(tmp_path / "quad.glb", size=16))

@@ -84,12 +84,12 @@ class ViewBatch:
 
 def world_style_levels(view_heights: torch.Tensor, stroke_scale: float) -> torch.Tensor:
     """[V] the style image's scale each training view asks for so that a stroke has one size on the surface: 1
-    for views one stroke scale high, 1/2 an octave up, ... (exact powers of two: octaves are stroke scale x 2^k);
-    whole-object views (height 0) one octave beyond the coarsest close one (1/2 without close views)."""
-    close = view_heights[view_heights > 0]
-    coarsest = float(close.max()) if len(close) else stroke_scale
-    levels = stroke_scale / view_heights.clamp(min=1e-30)
-    return torch.where(view_heights > 0, levels, torch.tensor(stroke_scale / (2 * coarsest)))
+    for views one stroke scale high, 1/2 an octave up, ... (exact powers of two, so they name the objective's
+    targets exactly); whole-object views (height 0) one octave beyond the coarsest close one (1/2 without)."""
+    close = view_heights > 0
+    octave = torch.round(torch.log2(view_heights.clamp(min=1e-30) / stroke_scale)).clamp(min=0)
+    beyond = float(octave[close].max()) + 1 if bool(close.any()) else 1.0
+    return torch.where(close, 2.0 ** -octave, torch.tensor(2.0 ** -beyond))
 
 
 def close_shares(count: int, heights: list[float], area: float) -> list[int]:
