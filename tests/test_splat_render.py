@@ -94,8 +94,10 @@ def test_planning_holds_matrix_products_to_ieee_and_restores_the_process_choice(
         raise RuntimeError("a failing render")
     assert seen == [ieee] and getattr(matmul, name) == tf32
     s, cams = scene(n=20, degree=0), cameras(1, 16, 16)
-    plan(s["means"], s["quats"], s["scales"], s["opacities"], cams.world_to_cam, cams.K, 16, 16)
+    planned = plan(s["means"].requires_grad_(True), s["quats"], s["scales"], s["opacities"], cams.world_to_cam,
+                   cams.K, 16, 16)
     assert getattr(matmul, name) == tf32
+    assert not planned.weights.requires_grad  # and without autograd (geometry is fixed)
 
 
 class TileKernel:

@@ -56,6 +56,7 @@ from nst3d.color import keep_content_chroma
 from nst3d.scales import bounding_diagonal, octave_heights, stroke_scale_or_default, surface_cameras
 
 CLOSE_JITTER_DEGREES = 25.0  # close views look along directions this near the outward normal
+WHOLE_SHARE = 0.4  # of the training pool: whole-object views (the rest: close octaves)
 
 
 def largest_residual_side(size: int) -> int:
@@ -64,7 +65,6 @@ def largest_residual_side(size: int) -> int:
     the step (at 256 px, 2048 cost 1.56x the bare VGG step before the sparse step; 1024, 1.04x now), while a
     512 px close-up no longer magnifies a 1024 residual into texel-sized blotches (BENCHMARKS.md, first GPU runs)."""
     return min(4096, max(1024, 4 * size))
-WHOLE_SHARE = 0.4  # of the training pool: whole-object views (the rest: close octaves)
 
 
 @dataclass

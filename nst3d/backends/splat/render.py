@@ -329,7 +329,6 @@ class Plan:
                                                            self.entries, self.weights, self.alpha, self.depth))
 
 
-@torch.no_grad()
 @contextlib.contextmanager
 def ieee_matmul() -> Iterator[None]:
     """Float32 matrix products in IEEE precision inside, whatever the process chose; restored after. With TF32
@@ -345,6 +344,7 @@ def ieee_matmul() -> Iterator[None]:
         setattr(matmul, name, saved)
 
 
+@torch.no_grad()
 @ieee_matmul()
 def plan(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacities: torch.Tensor,
          viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int, near_plane: float = 0.01,
