@@ -85,9 +85,16 @@ def test_geometry_gradients_are_refused():
         rasterize_torch(s["means"].requires_grad_(True), s["quats"], s["scales"], s["opacities"], s["colors"],
                         cams.world_to_cam, cams.K, 16, 16, sh_degree=0)
 
-def test_planning_holds_matrix_products_to_ieee_and_restores_the_process_choice(tf32_matmul):
-    """TF32 cannot be seen on a CPU (the CUDA comparison is tests/test_splat_gpu.py); the setting's round trip can."""
+def test_planning_holds_matrix_products_to_ieee_and_restores_the_process_choice(tf32_matmul, monkeypatch):
+    """TF32 cannot be seen on a CPU (the CUDA comparison is tests/test_splat_gpu.py); the setting's round trip can.
+    Planning also runs without autograd (the geometry is fixed)."""
+    import nst3d.backends.splat.render as render_module
+
     matmul, (name, tf32, ieee) = torch.backends.cuda.matmul, tf32_matmul
+    inside = []
+    real_project = render_module.project
+    monkeypatch.setattr(render_module, "project", lambda *a, **k: inside.append(
+        (torch.is_grad_enabled(), getattr(matmul, name))) or real_project(*a, **k))
     seen = []
     with pytest.raises(RuntimeError), ieee_matmul():
         seen.append(getattr(matmul, name))
@@ -96,8 +103,7 @@ def test_planning_holds_matrix_products_to_ieee_and_restores_the_process_choice(
     s, cams = scene(n=20, degree=0), cameras(1, 16, 16)
     planned = plan(s["means"].requires_grad_(True), s["quats"], s["scales"], s["opacities"], cams.world_to_cam,
                    cams.K, 16, 16)
-    assert getattr(matmul, name) == tf32
-    assert not planned.weights.requires_grad  # and without autograd (geometry is fixed)
+    assert getattr(matmul, name) == tf32 and inside == [(False, ieee)] and not planned.weights.requires_grad
 
 
 class TileKernel:
