@@ -65,4 +65,3 @@ def tf32_matmul():
     setattr(matmul, name, tf32)
     yield name, tf32, ieee
     setattr(matmul, name, saved)
-
