@@ -46,6 +46,16 @@ def octave_heights(stroke_scale: float, diagonal: float) -> list[float]:
     return heights
 
 
+def world_style_levels(view_heights: torch.Tensor, stroke_scale: float) -> torch.Tensor:
+    """[V] the style image's scale each training view asks for so that a stroke has one size on the surface: 1
+    for views one stroke scale high, 1/2 an octave up, ... (exact powers of two, so they name the objective's
+    targets exactly); whole-object views (height 0) one octave beyond the coarsest close one (1/2 without)."""
+    close = view_heights > 0
+    octave = torch.round(torch.log2(view_heights.clamp(min=1e-30) / stroke_scale)).clamp(min=0)
+    beyond = float(octave[close].max()) + 1 if bool(close.any()) else 1.0
+    return torch.where(close, 2.0 ** -octave, torch.tensor(2.0 ** -beyond))
+
+
 def distance_for_height(view_height: float, fov_y_degrees: float) -> float:
     """How far from a surface point a camera must be for its image height to cover view_height there."""
     return view_height / 2 / math.tan(math.radians(fov_y_degrees) / 2)

@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from nst3d.schema import STROKE_SIZINGS  # noqa: E402  (this checkout's nst3d, first on the path)
 
 ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
 MESHES = {
@@ -175,7 +176,7 @@ def main() -> int:
     parser.add_argument("--assets", default="spot,fox,bunny,shapes")
     parser.add_argument("--dense-bunny", action="store_true")
     parser.add_argument("--dots", action="store_true", help="also run the dot test (two spheres, two stroke scales)")
-    parser.add_argument("--stroke-sizing", choices=("view", "world"), default="view")
+    parser.add_argument("--stroke-sizing", choices=STROKE_SIZINGS, default="view")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--no-baseline", action="store_true", help="skip the per-view baseline (half the time)")

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from nst3d.backends.mesh.backend import MeshBackend, close_shares, world_style_levels
+from nst3d.backends.mesh.backend import MeshBackend, close_shares
 from nst3d.backends.mesh.gbuffer import Rasterizer
 from nst3d.backends.mesh.load import load_mesh
 from nst3d.backends.mesh.surface import area_sample, centre_depth, visible_surface_views
 from nst3d.cameras import Cameras, intrinsics, look_at
 from nst3d.held_out import close_up_views
-from nst3d.scales import WHOLE_FRACTION, octave_heights, surface_cameras, zoomed
+from nst3d.scales import WHOLE_FRACTION, octave_heights, surface_cameras, world_style_levels, zoomed
 from tests.mesh_data import write_glb
 
 

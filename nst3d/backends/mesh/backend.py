@@ -53,7 +53,13 @@ from nst3d.cameras import (
     jitter_directions,
 )
 from nst3d.color import keep_content_chroma
-from nst3d.scales import bounding_diagonal, octave_heights, stroke_scale_or_default, surface_cameras
+from nst3d.scales import (
+    bounding_diagonal,
+    octave_heights,
+    stroke_scale_or_default,
+    surface_cameras,
+    world_style_levels,
+)
 
 CLOSE_JITTER_DEGREES = 25.0  # close views look along directions this near the outward normal
 WHOLE_SHARE = 0.4  # of the training pool: whole-object views (the rest: close octaves)
@@ -80,16 +86,6 @@ class ViewBatch:
     slots: list[int]  # the texture slots these views see
     samples: SampleMatrix  # those slots' residual mip chains (stacked, in `slots` order) -> the V*H*W pixels
     style_levels: torch.Tensor | None = None  # [V] the style's scale each view asks for (world-size strokes)
-
-
-def world_style_levels(view_heights: torch.Tensor, stroke_scale: float) -> torch.Tensor:
-    """[V] the style image's scale each training view asks for so that a stroke has one size on the surface: 1
-    for views one stroke scale high, 1/2 an octave up, ... (exact powers of two, so they name the objective's
-    targets exactly); whole-object views (height 0) one octave beyond the coarsest close one (1/2 without)."""
-    close = view_heights > 0
-    octave = torch.round(torch.log2(view_heights.clamp(min=1e-30) / stroke_scale)).clamp(min=0)
-    beyond = float(octave[close].max()) + 1 if bool(close.any()) else 1.0
-    return torch.where(close, 2.0 ** -octave, torch.tensor(2.0 ** -beyond))
 
 
 def close_shares(count: int, heights: list[float], area: float) -> list[int]:
