@@ -189,6 +189,19 @@ def test_world_sizing_is_refused_where_it_is_not_built(tmp_path, random_weights_
     assert not (tmp_path / "o.png").exists()
 
 
+def test_the_residual_holds_a_texel_per_pixel_of_the_finest_views(tmp_path):
+    """The unit quad seen 0.35 units high at 32 px: ~91 pixels per unit along the normal (~80 at the median with
+    the views' tilt). Rounding the need to the nearest power of two gave 64 texels (1.4 pixels a texel);
+    rounding up gives 128."""
+    from tests.mesh_data import textured_quad_glb
+
+    asset = load_mesh(textured_quad_glb(tmp_path / "quad.glb", size=16))
+    backend = MeshBackend(asset, size=32, views_per_step=2, pool_size=6, stroke_scale=0.35)
+    side = backend.residual_sides[0]
+    assert side >= 32 / 0.35 * 0.85 and side & (side - 1) == 0  # >= the median need, a power of two
+    assert side < 2 * 32 / 0.35  # and not a power of two more than that
+
+
 def test_the_residual_may_grow_with_the_view_size(tmp_path):
     """A stroke scale far below the texture's texel size asks for more texels than any cap: the cap is 1024 up to
     256 px views and 4 texels per view pixel row above, so larger renders do not magnify the residual."""

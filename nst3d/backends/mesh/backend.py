@@ -4,7 +4,7 @@ A pool of training views is rasterized ONCE at start-up, in scales (nst3d.scales
 (Fibonacci directions with jitter, each framed on the object's silhouette with a random zoom) and, for each
 octave from half the object down to the stroke scale, views whose height covers the octave's length at
 area-sampled visible surface points, looking along directions near the outward normal. The batches mix the
-scales, and the residual's texel density follows the finest octave (about one texel per pixel there).
+scales, and the residual's texel density follows the finest octave (at least one texel per pixel there).
 For each pool view the original textures are rendered once, with
 supersampling and trilinear mip filtering, over white (as the report, the contact sheet and most viewers show
 it: VGG features near the silhouette see the background, and on Spot training over random colours left the
@@ -115,7 +115,7 @@ class MeshBackend:
                  multi_scale: bool = True, raise_textures: bool = True, largest_side: int | None = None,
                  stroke_sizing: str = "view"):
         """groups: style group of each slot (for --style-map; default all 0); residual_side: force the
-        residual's resolution (default: where one texel covers one pixel of the finest training views, median
+        residual's resolution (default: at least one texel per pixel of the finest training views, median
         over them); residual_scale: the finest parameters' resolution relative to it (smoothly enlarged);
         white_share: share of pool views rendered over white (the others over a random colour each);
         stroke_scale: the closest views' height in world units (default: nst3d.scales.STROKE_FRACTION of the
@@ -232,9 +232,9 @@ class MeshBackend:
         return cameras, base, rgb, covered_samples(shaded, self.supersample, self._shade_scale(shaded))
 
     def _texel_needs(self, gbufs: list[GBuffer], finest: tuple[torch.Tensor, ...]) -> list[int]:
-        """Per slot, the residual's side (a power of two, at least 16) at which a texel covers about one pixel
-        of the finest views (the median over them; finest: per batch, [V] bool, which of its views are of the
-        finest scale)."""
+        """Per slot, the residual's side: the median texel need of the finest views' pixels, rounded up to a power
+        of two (at least 16), so a texel covers at most one pixel for half of them or more (rounding to the
+        nearest power left up to 1.4 pixels a texel). finest: per batch, [V] bool, which views are finest."""
         needs = []
         for slot, texture in enumerate(self.originals):
             lods = torch.cat([g.lod[pick.to(g.lod.device)][g.slot[pick.to(g.lod.device)] == slot]
@@ -245,7 +245,7 @@ class MeshBackend:
             # A footprint of 2^lod UV units per pixel side: one texel per pixel at 2^-lod texels per unit.
             side = 2.0 ** float(-lods.median())
             aspect = max(texture.shape[-2:]) / math.sqrt(texture.shape[-2] * texture.shape[-1])
-            needs.append(int(max(16, 2 ** round(math.log2(side * aspect)))))
+            needs.append(int(max(16, 2 ** math.ceil(math.log2(side * aspect) - 1e-6))))
         return needs
 
     def _finish_batch(self, key: int, cameras: Cameras, gbuf: GBuffer, rgb: torch.Tensor,
