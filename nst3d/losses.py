@@ -9,7 +9,7 @@ Every style term is normalised by the size of its target, so each layer weighs a
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
@@ -342,7 +342,7 @@ class Objective:
         return [*terms, *self.extra_terms]
 
     def views(self, rgb: torch.Tensor, mask: torch.Tensor | None, content: torch.Tensor | None,
-              taps: list[str], scales: tuple[float, ...]) -> Views:
+              taps: list[str], scales: tuple[float, ...], style_levels: torch.Tensor | None = None) -> Views:
         """The Views record for rgb [V, 3, H, W]: VGG features at `taps` (and the style taps at each scale)."""
         channels = len(self.channel_targets) or 1
         if (mask is None and channels > 1) or (mask is not None and mask.shape[1] != channels):
@@ -356,11 +356,11 @@ class Objective:
             if scale != 1.0:
                 small = self.vgg(downsample(rgb, scale), self.target.layers)
                 features.update({f"{tap}@{scale:g}": f for tap, f in small.items()})
-        return Views(rgb, groups, union, features, content)
+        return Views(rgb, groups, union, features, content, style_levels)
 
     def __call__(self, rgb: torch.Tensor, mask: torch.Tensor | None, content: torch.Tensor | None,
                  style_levels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        views = replace(self.views(rgb, mask, content, self.taps, self.style_scales), style_levels=style_levels)
+        views = self.views(rgb, mask, content, self.taps, self.style_scales, style_levels)
         terms, total = {}, None
         for term in self.terms():
             value = term.value(views)

@@ -170,7 +170,9 @@ class MeshBackend:
             render_size = matched_size(tuple(texture.shape[-2:]), side * supersample)
             self.pyramids.append(TexturePyramid(texture, finest, levels, level_lr_scale, noise, upsample, output,
                                                 render_size))
-        self.batches = [self._finish_batch(key, *b, views_per_step) for key, b in enumerate(built)]
+        levels = (None,) * len(built) if self.view_levels is None else self.view_levels.split(views_per_step)
+        self.batches = [self._finish_batch(key, *b, level)
+                        for key, (b, level) in enumerate(zip(built, levels, strict=True))]
         self._order: list[int] = []
 
     # ---------------------------------------------------------------------------------- set-up (once)
@@ -249,7 +251,7 @@ class MeshBackend:
         return needs
 
     def _finish_batch(self, key: int, cameras: Cameras, gbuf: GBuffer, rgb: torch.Tensor,
-                      samples: CoveredSamples, views_per_step: int) -> ViewBatch:
+                      samples: CoveredSamples, style_levels: torch.Tensor | None) -> ViewBatch:
         slots, index = [], []
         for slot, pyramid in enumerate(self.pyramids):
             mine = samples.slot == slot
@@ -260,9 +262,8 @@ class MeshBackend:
             index.append(plan_samples(samples.pixel[mine], samples.uv[mine], samples.lod[mine], size,
                                       mip_levels(size), samples.factor[mine]))
         matrix = sample_matrix(index, [self.pyramids[s].render_size for s in slots], rgb[:, 0].numel())
-        levels = None if self.view_levels is None else self.view_levels[key * views_per_step:][:len(rgb)]
         return ViewBatch(key, cameras, rgb, self._group_mask(gbuf), gbuf.depth[:, None], slots, matrix,
-                         None if levels is None else levels.to(self.device))
+                         None if style_levels is None else style_levels.to(self.device))
 
     def _group_mask(self, gbuf: GBuffer) -> torch.Tensor:
         """[V, G, H, W] coverage split by style group (edge pixels count in their representative's group)."""
