@@ -5,7 +5,9 @@
 #   bash scripts/gpu_check.sh [.whl]          # on the GPU machine (Python 3.12, CUDA torch preinstalled)
 # The wheels go into a private folder ($NST3D_GPU_SITE, default /tmp/nst3d-gpu-site), never into the machine's
 # Python. The first run compiles gsplat's CUDA kernels (minutes; cached in $TORCH_EXTENSIONS_DIR, default
-# .cache/torch_extensions). Whole run: under 8 minutes on an H200. Exit 0 only if the tests and every case pass.
+# .cache/torch_extensions). Last, it times the mesh step's resolve formulations side by side (bench_resolve.py).
+# Whole run: under 8 minutes on an H200 (under 5 with gsplat's build cached). Exit 0 only if the tests and every
+# benchmark case pass.
 # On a machine without CUDA it stops at once with one line and exit 1.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -56,6 +58,9 @@ timeout $(( budget - (SECONDS - start) > 60 ? budget - (SECONDS - start) : 60 ))
   "$python" scripts/bench_gpu.py --device cuda --timeout 150 --json .cache/bench_gpu.json
 bench=$?
 (( bench == 124 )) && echo "bench_gpu: stopped at the ${budget} s budget (first gsplat build too slow? run again: it is cached)"
+echo
+say "comparing the mesh step's resolve formulations (scripts/bench_resolve.py, 512 px)"
+timeout 90 "$python" scripts/bench_resolve.py --device cuda --size 512 || say "bench_resolve did not finish (exit $?)"
 echo
 echo "pytest -m gpu: $tests_line${summary:+ ($summary)}; $(( SECONDS - start )) s in all"
 (( tests == 0 && bench == 0 ))

@@ -1,5 +1,5 @@
 """The packaging scripts: version ranges and pins agree, the GPU check refuses a CPU machine in one line, and the
-GPU benchmark's small mode runs on a CPU (so neither script rots where CI has no GPU)."""
+GPU benchmark's small mode and the resolve comparison run on a CPU (so none of them rots where CI has no GPU)."""
 
 from __future__ import annotations
 
@@ -78,3 +78,17 @@ def test_gpu_benchmark_small_mode_runs_on_a_cpu(tmp_path):
         assert "open3d" in rows["mesh"]["note"], rows["mesh"]
     assert rows["nerfacto"]["note"].startswith("not run") and rows["nerfacto"]["seconds_per_step"] is None
     assert done.returncode == (0 if mesh_runs else 1), done.stderr
+
+
+def test_resolve_benchmark_compares_three_equal_formulations_on_a_cpu(tmp_path):
+    from nst3d.sample_scene import write_sample_scene
+
+    scene = write_sample_scene(tmp_path / "scene.glb")
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_resolve.py"), "--device", "cpu",
+                           "--size", "32", "--reps", "1", "--mesh", str(scene)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line.split("|") for line in done.stdout.splitlines() if line.startswith("|")][2:]  # past the header
+    assert [r[1].strip() for r in rows] == ["library (CSR products)", "gather + index_add", "spmv per channel"]
+    assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows), done.stdout
+    assert "entries" in done.stdout and "DIFFERS" not in done.stdout
