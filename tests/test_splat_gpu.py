@@ -51,7 +51,7 @@ def render_with(engine: str, device: str, s: dict, cams, bg: torch.Tensor, degre
     assert r.rgb.device.type == torch.device(device).type
     weights = torch.randn(r.rgb.shape, generator=torch.Generator().manual_seed(2)).to(device)
     (r.rgb * weights).sum().backward()
-    return r.rgb.detach(), r.alpha, r.depth, colors.grad
+    return r.rgb.detach(), r.alpha.detach(), r.depth.detach(), colors.grad
 
 
 @pytest.mark.gpu
