@@ -96,13 +96,12 @@ def main() -> int:
     pixels, texel_count = samples.matrix.shape
     forward_entries, backward_entries = entries(samples.matrix), entries(samples.adjoint)
 
-    def library_backward() -> torch.Tensor:
-        leaf = texels.detach().requires_grad_(True)
-        resolve(leaf, samples).backward(grad)
-        return leaf.grad
+    leaf = texels.detach().requires_grad_(True)
+    resolve(leaf, samples).backward(grad)
+    assert torch.allclose(leaf.grad, samples.adjoint @ grad), "resolve's backward is its adjoint product"
 
-    cases = {
-        "library (CSR products)": (lambda: resolve(texels, samples), library_backward),
+    cases = {  # each backward alone: d loss / d texels from d loss / d pixels (`grad`)
+        "library (CSR products)": (lambda: resolve(texels, samples), lambda: samples.adjoint @ grad),
         "gather + index_add": (lambda: gather_product(*forward_entries, texels, pixels),
                                lambda: gather_product(*backward_entries, grad, texel_count)),
         "spmv per channel": (lambda: spmv_product(samples.matrix, texels),
