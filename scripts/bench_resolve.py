@@ -7,10 +7,10 @@ scene, or --mesh; at --size, 4 views):
   columns swapped), no sparse library;
 - spmv: one sparse matrix-vector product per colour channel instead of one sparse x [T, 3] product.
 
-Each is timed forward and backward (median of --reps, synchronised), checked equal to the library's result, and
-printed with the batch's sizes (pixels P, texels T, entries) as one Markdown table. Why it exists: on an H200 the
-sparse products took 70 % of a 512 px Spot step's GPU time (BENCHMARKS.md, "Second GPU run"), and a GPU session
-has minutes, so the comparison is ready to run there:
+Each is timed forward and backward (the best of --reps after a warm-up, synchronised), checked equal to the library's
+result, and printed with the batch's sizes (pixels P, texels T, entries) as one Markdown table. Why it exists: on an
+H200 the sparse products took 70 % of a 512 px Spot step's GPU time (BENCHMARKS.md, "Second GPU run"), and a GPU
+session has minutes, so the comparison is ready to run there:
 
     python scripts/bench_resolve.py --device cuda --size 512
     python scripts/bench_resolve.py --device cpu --size 128 --reps 3      # here: a minute, numbers for the CPU
@@ -19,16 +19,15 @@ has minutes, so the comparison is ready to run there:
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's nst3d first
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]  # this nst3d first
+from bench_splat import timed  # noqa: E402  (best wall time over calls, synchronised on CUDA)
+
 from nst3d.backends.mesh.backend import MeshBackend  # noqa: E402
 from nst3d.backends.mesh.gbuffer import mip_chain  # noqa: E402
 from nst3d.backends.mesh.load import load_mesh  # noqa: E402
@@ -54,21 +53,6 @@ def gather_product(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor,
 def spmv_product(matrix: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
     """matrix @ dense one column at a time: [rows, C]."""
     return torch.stack([matrix @ dense[:, c].contiguous() for c in range(dense.shape[1])], dim=1)
-
-
-def timed(call: Callable[[], torch.Tensor], device: torch.device, reps: int) -> tuple[float, torch.Tensor]:
-    """(median milliseconds over `reps` calls after one warm-up, the last result)."""
-    result = call()
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        result = call()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times), result
 
 
 def main() -> int:
@@ -113,8 +97,9 @@ def main() -> int:
     print("| resolve | forward ms | backward ms | max difference to the library |\n| --- | ---: | ---: | ---: |")
     reference: tuple[torch.Tensor, torch.Tensor] | None = None
     for name, (forward, backward) in cases.items():
-        forward_ms, out = timed(forward, device, args.reps)
-        backward_ms, grad_out = timed(backward, device, args.reps)
+        forward_s, _, out = timed(forward, args.reps + 1)  # the first call warms up; the best one counts
+        backward_s, _, grad_out = timed(backward, args.reps + 1)
+        forward_ms, backward_ms = forward_s * 1e3, backward_s * 1e3
         if reference is None:
             reference, difference = (out, grad_out), "-"
         else:
