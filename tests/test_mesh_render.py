@@ -50,6 +50,25 @@ def test_level_of_detail_grows_by_one_per_doubling_of_distance(tmp_path):
     assert math.isclose(float(far - near), 1.0, abs_tol=1e-4)
 
 
+def test_level_of_detail_follows_the_footprints_longer_side_on_a_slanted_surface(tmp_path):
+    """Seen 60 degrees off its normal, the quad's pixel footprint is twice as long along the slope: the level
+    is one higher than face-on at the same depth (the footprint's area would give half a level, and the texture
+    would be undersampled along the slope)."""
+    asset = load_mesh(textured_quad_glb(tmp_path / "quad.glb"))
+    raster = Rasterizer(asset.world())
+    angle = math.radians(60.0)
+    eye = torch.tensor([[2.0 * math.sin(angle), 0.0, 2.0 * math.cos(angle)]])
+    slanted = Cameras(look_at(eye, torch.zeros(3)), intrinsics(32, 32, 40.0)[None], 32, 32)
+    face_on, tilted = raster.cast(front_camera(2.0)), raster.cast(slanted)
+    # At a pixel near the centre: its own depth and slant (|cos| between its ray and the quad's normal +z).
+    depth = float(tilted.depth[0, 16, 16])
+    slant = float(torch.nn.functional.normalize(slanted.rays()[1][0, 16, 16], dim=0)[2].abs())
+    assert 0.45 < slant < 0.55
+    longer_side = math.log2(depth / float(face_on.depth[0, 16, 16])) - math.log2(slant)
+    assert math.isclose(float(tilted.lod[0, 16, 16] - face_on.lod[0, 16, 16]), longer_side, abs_tol=1e-3)
+    assert longer_side > 0.9  # the area's side would be about half that
+
+
 def test_supersampling_gives_fractional_coverage_on_edges(tmp_path):
     asset = load_mesh(textured_quad_glb(tmp_path / "quad.glb"))
     base, fine = Rasterizer(asset.world()).rasterize(front_camera(2.3), supersample=2)

@@ -236,10 +236,12 @@ class MeshBackend:
     def _texel_needs(self, gbufs: list[GBuffer], finest: tuple[torch.Tensor, ...]) -> list[int]:
         """Per slot, the residual's side: the median texel need of the finest views' pixels, rounded up to a power
         of two (at least 16), so a texel covers at most one pixel for half of them or more (rounding to the
-        nearest power left up to 1.4 pixels a texel). finest: per batch, [V] bool, which views are finest."""
+        nearest power left up to 1.4 pixels a texel). The need is taken on each footprint's mean side (the square
+        root of its area), so the blur a slanted pixel gets along its slope does not lower it. finest: per batch,
+        [V] bool, which views are finest."""
         needs = []
         for slot, texture in enumerate(self.originals):
-            lods = torch.cat([g.lod[pick.to(g.lod.device)][g.slot[pick.to(g.lod.device)] == slot]
+            lods = torch.cat([(g.lod - g.stretch)[pick.to(g.lod.device)][g.slot[pick.to(g.lod.device)] == slot]
                               for g, pick in zip(gbufs, finest, strict=True)])
             if len(lods) == 0:
                 needs.append(16)

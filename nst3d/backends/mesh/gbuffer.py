@@ -38,8 +38,11 @@ class GBuffer:
                                 (None when the rasterize call did not ask for normals)
     slot:     [V, H, W] int64   texture slot of the hit (-1 = background)
     uv:       [V, H, W, 2]      texture coordinates of the hit, image convention, in [0, 1] (repeats wrapped)
-    lod:      [V, H, W]         log2 of the pixel's footprint in UV units (side): for a texture of N x N texels
-                                the mip level is lod + log2(N)
+    lod:      [V, H, W]         log2 of the longer side of the pixel's footprint in UV units (a slanted surface
+                                stretches it along the slope): for a texture of N x N texels the mip level is
+                                lod + log2(N)
+    stretch:  [V, H, W]         how much longer that side is than the footprint's mean side (the square root of
+                                its area), in log2 units (>= 0; 0 facing the camera): lod - stretch is the mean side's
     coverage: [V, H, W]         share of the pixel covered by the mesh (1 or 0 without supersampling)
     """
 
@@ -50,6 +53,7 @@ class GBuffer:
     slot: torch.Tensor
     uv: torch.Tensor
     lod: torch.Tensor
+    stretch: torch.Tensor
     coverage: torch.Tensor
 
     @property
@@ -161,11 +165,18 @@ class Rasterizer:
         slant = (rows[:, 15:18] * unit_dirs).sum(-1).abs().clamp(min=MIN_SLANT)
         depth = torch.where(hit, t, 0.0)
         focal = float(cam.K[0, 0, 0]) * float(cam.K[0, 1, 1])
-        # Pixel footprint on the surface: (z / f)^2 / slant world units^2; times the UV density -> UV area.
+        # Pixel footprint on the surface: z / f world units across the slope, z / (f * slant) along it, so
+        # (z / f)^2 / slant world units^2; times the UV density -> UV area. The level of detail follows the
+        # longer side (log2 of the side = half the area's, less half log2(slant)): a slanted view is never
+        # undersampled along the slope. With the area's side it was, and the optimiser wrote patterns into the
+        # texture that alias into the style only from grazing views (a purple-green mosaic on a cube face seen
+        # head-on: BENCHMARKS.md, "The level of detail follows the footprint's longer side").
         log_area = rows[:, 18] + torch.log2(depth.square().clamp(min=1e-24) / slant) - math.log2(focal)
+        stretch = -0.5 * torch.log2(slant)
         return GBuffer(face=face.view(1, h, w), bary=bary.view(1, h, w, 2), depth=depth.view(1, h, w),
                        normal=normal, slot=rows[:, 19].long().view(1, h, w), uv=uv.view(1, h, w, 2),
-                       lod=(0.5 * log_area).view(1, h, w), coverage=hit.float().view(1, h, w))
+                       lod=(0.5 * log_area + stretch).view(1, h, w), stretch=stretch.view(1, h, w),
+                       coverage=hit.float().view(1, h, w))
 
     def rasterize(self, cameras: Cameras, supersample: int = 1, normals: bool = True
                   ) -> tuple[GBuffer, GBuffer | None]:
@@ -215,7 +226,7 @@ def coarsen(fine: GBuffer, s: int) -> GBuffer:
     lod = take(fine.lod)
     return GBuffer(face=take(fine.face), bary=take(fine.bary), depth=take(fine.depth), normal=take(fine.normal),
                    slot=take(fine.slot), uv=take(fine.uv), lod=torch.where(coverage > 0, lod + math.log2(s), lod),
-                   coverage=coverage)
+                   stretch=take(fine.stretch), coverage=coverage)
 
 
 def pool(image: torch.Tensor, s: int) -> torch.Tensor:
