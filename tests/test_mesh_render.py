@@ -67,6 +67,11 @@ def test_level_of_detail_follows_the_footprints_longer_side_on_a_slanted_surface
     longer_side = math.log2(depth / float(face_on.depth[0, 16, 16])) - math.log2(slant)
     assert math.isclose(float(tilted.lod[0, 16, 16] - face_on.lod[0, 16, 16]), longer_side, abs_tol=1e-3)
     assert longer_side > 0.9  # the area's side would be about half that
+    # lod - stretch is the footprint's mean side (the residual's texel need is measured on it).
+    mean_side = math.log2(depth / float(face_on.depth[0, 16, 16])) - 0.5 * math.log2(slant)
+    assert math.isclose(float((tilted.lod - tilted.stretch)[0, 16, 16] - face_on.lod[0, 16, 16]), mean_side,
+                        abs_tol=1e-3)
+    assert abs(float(face_on.stretch[0, 16, 16])) < 1e-3  # facing the camera: none
 
 
 def test_supersampling_gives_fractional_coverage_on_edges(tmp_path):
