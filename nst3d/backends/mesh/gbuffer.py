@@ -32,7 +32,7 @@ class GBuffer:
 
     face:     [V, H, W] int64   triangle index into the WorldMesh (-1 = background)
     bary:     [V, H, W, 2]      barycentrics (u, v) of the hit: point = (1-u-v) p0 + u p1 + v p2
-                                (bary, uv, normal and lod are undefined on the background: check face/slot)
+                                (bary, uv, normal, lod and stretch are undefined on the background: check face/slot)
     depth:    [V, H, W]         camera-space z (OpenCV) of the hit, 0 on the background
     normal:   [V, H, W, 3]      world-space unit shading normal (vertex normals interpolated), facing the camera
                                 (None when the rasterize call did not ask for normals)
